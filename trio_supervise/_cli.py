@@ -1,0 +1,75 @@
+"""The ``trio-supervise`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from . import __version__
+from ._errors import ContextPoisoned, OutOfMemory, Unrecoverable
+from ._policy import DEVICE_POLICY, Directive, Policy
+
+# A scripted run: (time in seconds, the failure at that time).
+_DEMO_SCRIPT: tuple[tuple[float, Exception], ...] = (
+    (1.0, OutOfMemory("batch of 64 did not fit", retry_after=0.25)),
+    (4.0, ContextPoisoned("illegal memory access (CUDA error 700)")),
+    (9.0, ContextPoisoned("illegal memory access (CUDA error 700)")),
+    (70.0, ContextPoisoned("launch failure (CUDA error 719)")),
+    (71.0, OutOfMemory("batch of 64 did not fit")),
+    (72.0, ContextPoisoned("launch failure (CUDA error 719)")),
+    (73.0, ContextPoisoned("launch failure (CUDA error 719)")),
+    (74.0, ContextPoisoned("launch failure (CUDA error 719)")),
+)
+
+
+def demo_policy(policy: Policy = DEVICE_POLICY, *, out: TextIO | None = None) -> list[Directive]:
+    """Print ``policy`` deciding the scripted run of failures; return the directives."""
+    write = (out or sys.stdout).write
+    write(f"policy: {policy!r}\n\n")
+    write("what the decider says, error by error:\n")
+    examples: tuple[Exception, ...] = (
+        ContextPoisoned("x"),
+        OutOfMemory("x"),
+        Unrecoverable("x"),
+        ValueError("x"),
+    )
+    for exc in examples:
+        write(f"  {type(exc).__name__:<16} -> {policy.decide(exc).name}\n")
+    write("\na scripted run (times in seconds; only time empties the restart window):\n")
+    write(f"  {'time':>6}  {'directive':<9}  {'delay':>6}  reason\n")
+    state = policy.on_started(policy.initial_state(seed=0), 0.0)
+    directives = []
+    for now, exc in _DEMO_SCRIPT:
+        decision, state = policy.on_failure(state, exc, now)
+        directives.append(decision.directive)
+        write(
+            f"  {now:>6.1f}  {decision.directive.name:<9}  {decision.delay:>6.2f}  "
+            f"{decision.reason}\n"
+        )
+        if decision.directive in (Directive.STOP, Directive.ESCALATE):
+            break
+        state = policy.on_started(state, now + decision.delay)
+    return directives
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trio-supervise`` console script."""
+    parser = argparse.ArgumentParser(
+        prog="trio-supervise",
+        description="Erlang-grade supervision for GPU inference workers on Trio.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("demo", help="show the default policy deciding a scripted run of failures")
+    args = parser.parse_args(argv)
+    if args.command == "demo":
+        demo_policy()
+        return 0
+    parser.print_help()
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
