@@ -489,3 +489,41 @@ def test_device_policy() -> None:
     assert policy.decide(RuntimeError("x")) is Directive.ESCALATE
     assert policy.intensity == RestartIntensity(3, 60)
     assert policy.backoff == Backoff.none()
+
+
+# --- restart types ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("restart", "error", "directive", "counted"),
+    [
+        (ts.RestartType.PERMANENT, None, Directive.RESTART, True),
+        (ts.RestartType.PERMANENT, ts.ContextPoisoned("x"), Directive.RESTART, True),
+        (ts.RestartType.PERMANENT, ts.Unrecoverable("x"), Directive.STOP, False),
+        (ts.RestartType.TRANSIENT, None, Directive.STOP, False),
+        (ts.RestartType.TRANSIENT, ts.ContextPoisoned("x"), Directive.RESTART, True),
+        (ts.RestartType.TRANSIENT, ts.OutOfMemory("x"), Directive.RESUME, False),
+        (ts.RestartType.TEMPORARY, None, Directive.STOP, False),
+        (ts.RestartType.TEMPORARY, ts.ContextPoisoned("x"), Directive.STOP, False),
+        (ts.RestartType.TEMPORARY, ts.OutOfMemory("x"), Directive.STOP, False),
+        (ts.RestartType.TEMPORARY, KeyError("x"), Directive.ESCALATE, False),
+    ],
+)
+def test_on_exit_applies_the_restart_type(
+    restart: ts.RestartType, error: Exception | None, directive: Directive, counted: bool
+) -> None:
+    state = WORKER.on_started(WORKER.initial_state(), 0.0)
+    decision, after = WORKER.on_exit(state, error, 1.0, restart=restart)
+    assert (decision.directive, decision.counted, decision.gave_up) == (directive, counted, False)
+    assert after.restarts == ((1.0,) if counted else ())
+    assert after.started_at is None
+
+
+def test_on_exit_reasons_name_the_restart_type() -> None:
+    state = WORKER.initial_state()
+    decision, _ = WORKER.on_exit(state, None, 1.0, restart=ts.RestartType.TRANSIENT)
+    assert decision.reason == "a transient child returned normally"
+    decision, _ = WORKER.on_exit(state, ts.OutOfMemory("m"), 1.0, restart=ts.RestartType.TEMPORARY)
+    assert decision.reason == (
+        "OutOfMemory('m'): a temporary child is never restarted (the decider said RESUME)"
+    )

@@ -16,12 +16,15 @@ import math
 from typing import Any, ClassVar
 
 __all__ = [
+    "ChildStopped",
     "ContextPoisoned",
     "InferenceError",
     "InvalidPolicy",
     "OutOfMemory",
+    "ReadinessTimeout",
     "RestartIntensityExceeded",
     "SuperviseError",
+    "TooManyChildren",
     "Unrecoverable",
 ]
 
@@ -118,3 +121,22 @@ class RestartIntensityExceeded(SuperviseError):
 
 class InvalidPolicy(SuperviseError, ValueError):
     """A policy value was built with a bad argument; the message says what was expected."""
+
+
+class ChildStopped(SuperviseError):
+    """A supervised child stopped for good before it was ready, or was not there to be awaited.
+
+    Raised by ``nursery.start(supervised(...))`` and ``start_child`` instead of Trio's
+    "never called started", chained to the failure that stopped the child, if any.
+    """
+
+
+class ReadinessTimeout(SuperviseError):
+    """A child did not report ready (``task_status.started()``) within its readiness timeout.
+
+    It is a failure like any other, decided by the child's policy.
+    """
+
+
+class TooManyChildren(SuperviseError):
+    """A supervisor already runs its ``max_children`` children."""

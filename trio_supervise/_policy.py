@@ -467,6 +467,37 @@ class Policy:
         """An incarnation started at ``now`` (the backoff's streak resets after a healthy run)."""
         return attrs.evolve(state, started_at=now)
 
+    def on_exit(
+        self,
+        state: PolicyState,
+        error: Exception | None,
+        now: float,
+        *,
+        restart: RestartType = RestartType.PERMANENT,
+        ready: bool = True,
+    ) -> tuple[Decision, PolicyState]:
+        """Decide about an incarnation that ended, by the child's :class:`RestartType` (OTP).
+
+        ``PERMANENT``: as :meth:`on_failure` (a normal return is a counted restart).
+        ``TRANSIENT``: a normal return is a ``STOP``; a failure, as :meth:`on_failure`.
+        ``TEMPORARY``: never restarted: a failure is ``ESCALATE`` only when the decider says so,
+        else ``STOP``; nothing is counted.
+        """
+        if restart is RestartType.PERMANENT or (
+            restart is RestartType.TRANSIENT and error is not None
+        ):
+            return self.on_failure(state, error, now, ready=ready)
+        state = attrs.evolve(state, started_at=None)
+        kind = restart.name.lower()
+        if error is None:
+            return Decision(Directive.STOP, 0.0, False, f"a {kind} child returned normally"), state
+        directive = self.decide(error)
+        what = _describe(error)
+        if directive is Directive.ESCALATE:
+            return Decision(directive, 0.0, False, f"{what}: the decider says ESCALATE"), state
+        reason = f"{what}: a temporary child is never restarted (the decider said {directive.name})"
+        return Decision(Directive.STOP, 0.0, False, reason), state
+
     def on_failure(
         self,
         state: PolicyState,
