@@ -28,6 +28,7 @@ intensity; its delay is the error's ``retry_after`` when it has one, else the ba
 
 from __future__ import annotations
 
+import bisect
 import enum
 import math
 from collections.abc import Callable, Iterator
@@ -263,8 +264,8 @@ class RestartIntensity:
         """
         if restarts and now < restarts[-1]:
             raise ValueError(f"time must not go backwards: got now={now!r} after {restarts[-1]!r}")
-        threshold = now - self.within
-        kept = (*tuple(t for t in restarts if t >= threshold), now)
+        # The window is sorted, so the times to keep are a suffix: bisect, then slice.
+        kept = (*restarts[bisect.bisect_left(restarts, now - self.within) :], now)
         return kept, len(kept) > self.max_restarts
 
 
@@ -465,7 +466,7 @@ class Policy:
 
     def on_started(self, state: PolicyState, now: float) -> PolicyState:
         """An incarnation started at ``now`` (the backoff's streak resets after a healthy run)."""
-        return attrs.evolve(state, started_at=now)
+        return PolicyState(state.restarts, state.streak, now, state.rng)
 
     def on_exit(
         self,
@@ -537,8 +538,6 @@ class Policy:
             if directive is Directive.RESUME and not ready:
                 directive = Directive.RESTART
                 why = "it failed before it was ready, so RESUME becomes a counted RESTART"
-        state = attrs.evolve(state, started_at=None)
-
         if directive is Directive.RESUME:
             retry_after = getattr(error, "retry_after", None)
             delay, rng = self.backoff.delay(streak, state.rng)
@@ -546,27 +545,28 @@ class Policy:
                 delay = float(retry_after)
                 why += f", after the error's retry_after of {delay:g}s"
             decision = Decision(directive, delay, False, f"{what}: {why} (not counted)")
-            return decision, attrs.evolve(state, streak=streak + 1, rng=rng)
+            return decision, PolicyState(state.restarts, streak + 1, None, rng)
 
         if directive is not Directive.RESTART:
-            return Decision(directive, 0.0, False, f"{what}: {why}"), state
+            decision = Decision(directive, 0.0, False, f"{what}: {why}")
+            return decision, PolicyState(state.restarts, state.streak, None, state.rng)
 
         window, exceeded = self.intensity.record(state.restarts, now)
-        state = attrs.evolve(state, restarts=window)
         if exceeded:
             limit = self.intensity
             reason = (
                 f"{what}: {len(window)} restarts within {limit.within:g}s exceed "
                 f"max_restarts={limit.max_restarts}, so the supervisor gives up"
             )
-            return Decision(Directive.ESCALATE, 0.0, True, reason, counted=True), state
+            decision = Decision(Directive.ESCALATE, 0.0, True, reason, counted=True)
+            return decision, PolicyState(window, state.streak, None, state.rng)
         delay, rng = self.backoff.delay(streak, state.rng)
         reason = (
             f"{what}: {why}; restart {len(window)} of {self.intensity.max_restarts} "
             f"within {self.intensity.within:g}s, after {delay:.3g}s"
         )
         decision = Decision(Directive.RESTART, delay, False, reason, counted=True)
-        return decision, attrs.evolve(state, streak=streak + 1, rng=rng)
+        return decision, PolicyState(window, streak + 1, None, rng)
 
 
 DEVICE_POLICY = Policy(

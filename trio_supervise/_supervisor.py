@@ -27,9 +27,10 @@ waiting caller, so it is bounded by the number of children and callers.
 
 from __future__ import annotations
 
+import collections
 import enum
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -138,6 +139,10 @@ class ChildSpec:
     """Seeds the jitter of its backoff."""
 
 
+def _tuple_of_specs(children: Iterable[ChildSpec]) -> tuple[ChildSpec, ...]:
+    return tuple(children)
+
+
 @attrs.frozen
 class ChildInfo:
     """One row of :meth:`SupervisorHandle.which_children`."""
@@ -244,7 +249,7 @@ class Supervisor:
         default=RestartIntensity(1, 5.0), validator=_check_type(RestartIntensity)
     )
     """At most this many restarts of all its children together (OTP's default: 1 in 5 s)."""
-    children: tuple[ChildSpec, ...] = attrs.field(default=(), converter=tuple)
+    children: tuple[ChildSpec, ...] = attrs.field(default=(), converter=_tuple_of_specs)
     """The static children, started in order, each ready before the next."""
     max_children: int | None = None
     """At most this many children (static and dynamic, stopped ones excluded)."""
@@ -252,11 +257,11 @@ class Supervisor:
     """Callables given every event."""
 
     def __attrs_post_init__(self) -> None:
-        names = [spec.name for spec in self.children]
         for spec in self.children:
             if not isinstance(spec, ChildSpec):
                 raise TypeError(f"children must be ChildSpec values, got {spec!r}")
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        counts = collections.Counter(spec.name for spec in self.children)
+        duplicates = sorted(name for name, count in counts.items() if count > 1)
         if duplicates:
             raise ValueError(f"child names must be unique, got {duplicates} more than once")
         if self.max_children is not None and (
@@ -291,7 +296,9 @@ class SupervisorHandle:
         self.supervisor = supervisor
         self._emitter = Emitter(supervisor.name, supervisor.on_event)
         self._slots: list[_Slot] = []
-        self._pending: list[_Slot] = []
+        self._by_name: dict[str, _Slot] = {}
+        self._stopped = 0  # slots listed with status STOPPED
+        self._pending: collections.deque[_Slot] = collections.deque()
         self._restarts: tuple[float, ...] = ()
         self._total_restarts = 0
         self._nursery: trio.Nursery | None = None
@@ -318,11 +325,10 @@ class SupervisorHandle:
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"start_child takes a ChildSpec, got {spec!r}")
         self._check_open()
-        if any(slot.spec.name == spec.name for slot in self._slots):
+        if spec.name in self._by_name:
             raise ValueError(f"a child named {spec.name!r} exists already")
         limit = self.supervisor.max_children
-        live = sum(slot.status is not ChildStatus.STOPPED for slot in self._slots)
-        if limit is not None and live >= limit:
+        if limit is not None and len(self._slots) - self._stopped >= limit:
             raise TooManyChildren(
                 f"supervisor {self.supervisor.name!r} holds max_children={limit} children"
             )
@@ -379,15 +385,29 @@ class SupervisorHandle:
             raise ChildStopped(f"supervisor {self.supervisor.name!r} is not running")
 
     def _slot_named(self, name: str) -> _Slot:
-        for slot in self._slots:
-            if slot.spec.name == name:
-                return slot
-        raise KeyError(f"supervisor {self.supervisor.name!r} has no child named {name!r}")
+        try:
+            return self._by_name[name]
+        except KeyError:
+            message = f"supervisor {self.supervisor.name!r} has no child named {name!r}"
+            raise KeyError(message) from None
 
     def _new_slot(self, spec: ChildSpec) -> _Slot:
         slot = _Slot(spec, spec.policy.initial_state(spec.seed))
         self._slots.append(slot)
+        self._by_name[spec.name] = slot
         return slot
+
+    def _remove(self, slot: _Slot) -> None:
+        self._slots.remove(slot)
+        del self._by_name[slot.spec.name]
+        if slot in self._pending:
+            self._pending.remove(slot)
+
+    def _set_pending(self, slots: Iterable[_Slot]) -> None:
+        """Make ``slots`` (with those already pending) the pending ones, in start order."""
+        merged = set(self._pending)
+        merged.update(slots)
+        self._pending = collections.deque(s for s in self._slots if s in merged)
 
     async def _run(self, task_status: trio.TaskStatus[SupervisorHandle]) -> None:
         for spec in self.supervisor.children:
@@ -434,12 +454,13 @@ class SupervisorHandle:
         Returns early when one ends before it is ready: its exit is decided first.
         """
         while self._pending and self._fatal is None:
-            slot = self._pending.pop(0)
+            slot = self._pending[0]  # it stays pending until it is ready
             self._spawn(slot)
             assert slot.settled is not None
             await slot.settled.wait()
             if slot.status is not ChildStatus.RUNNING:
                 return
+            self._pending.popleft()
 
     def _spawn(self, slot: _Slot) -> None:
         assert self._nursery is not None
@@ -496,7 +517,7 @@ class SupervisorHandle:
 
     async def _on_exit(self, message: _Exit) -> None:
         slot = message.slot
-        if slot.generation != message.generation or slot not in self._slots:
+        if slot.generation != message.generation or self._by_name.get(slot.spec.name) is not slot:
             return  # stale: that incarnation was already stopped or replaced
         spec, error = slot.spec, message.error
         now = trio.current_time()
@@ -536,15 +557,16 @@ class SupervisorHandle:
         if slot in self._pending:
             self._pending.remove(slot)
         if slot.spec.restart is RestartType.TEMPORARY:
-            self._slots.remove(slot)
+            self._remove(slot)
+        else:
+            self._stopped += 1
 
     def _schedule(self, slots: list[_Slot]) -> None:
         """Start ``slots`` again: at once, or in order behind a start sequence in progress."""
         if self._pending:
             for slot in slots:
                 slot.status = ChildStatus.PENDING
-            merged = set(self._pending) | set(slots)
-            self._pending = [s for s in self._slots if s in merged]
+            self._set_pending(slots)
             return
         for slot in slots:
             self._spawn(slot)
@@ -565,11 +587,10 @@ class SupervisorHandle:
         for sibling in siblings:
             if sibling.spec.restart is RestartType.TEMPORARY:
                 self._finish(sibling)
-        restart = [s for s in group if s in self._slots and s.status is not ChildStatus.STOPPED]
+        restart = [s for s in group if s.status is not ChildStatus.STOPPED]
         for slot in restart:
             slot.status = ChildStatus.PENDING
-        merged = set(self._pending) | set(restart)
-        self._pending = [s for s in self._slots if s in merged]
+        self._set_pending(restart)
         if self._pending:
             head = self._pending[0]
             head.delay = max(head.delay, delay)
@@ -582,11 +603,11 @@ class SupervisorHandle:
             message.reply.set()
             return
         await self._stop_in_reverse([slot], "terminated by terminate_child")
+        if slot.status is ChildStatus.STOPPED:
+            self._stopped -= 1
         slot.status = ChildStatus.STOPPED
         slot.first_ready.set()
-        if slot in self._pending:
-            self._pending.remove(slot)
-        self._slots.remove(slot)
+        self._remove(slot)
         message.reply.set()
 
     async def _stop_in_reverse(self, slots: Sequence[_Slot], reason: str) -> None:

@@ -1,0 +1,1 @@
+"""Benchmarks of trio-supervise, each against a hand-written Trio baseline in the same run."""

@@ -1,0 +1,422 @@
+"""Supervision machinery against hand-written Trio code, in the same run (DESIGN.md targets).
+
+1. Restarts per second through ``supervised(...)``: a child that raises at once in every
+   incarnation, restarted N times with no backoff, against a hand-written loop that runs each
+   incarnation in its own nursery and catches the failure. Target: ratio >= 0.6. The policy's
+   intensity window keeps every restart (``RestartIntensity(N + 1, 1e9)``); a second row uses a
+   1 ms window, to tell the cost of the window's size from that of the rest of the machinery.
+2. Many children (10,000; 1,000 with ``--quick``) under one ONE_FOR_ONE ``Supervisor``, time
+   until all are ready and traced memory per child, against as many bare tasks started with
+   ``await nursery.start(...)`` one after another. Target: within 2x in time and in memory.
+
+Every number is the best of a few repetitions on the real clock (``time.perf_counter``); the two
+sides of a comparison are interleaved so that drift hits both. Memory is measured in separate
+runs under ``tracemalloc``, which would distort the timings.
+
+Run ``python benchmarks/bench_supervisor.py [--quick]`` or
+``python -m benchmarks.bench_supervisor [--quick]``; :func:`main` returns the numbers as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import logging
+import os
+import platform
+import sys
+import time
+import tracemalloc
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, cast
+
+import trio
+
+import trio_supervise
+from trio_supervise import (
+    Backoff,
+    ChildSpec,
+    Directive,
+    Policy,
+    RestartIntensity,
+    Strategy,
+    Supervisor,
+    on,
+    rules,
+    supervised,
+)
+
+RESTARTS_TARGET = 0.6
+"""DESIGN.md: restarts through ``supervised`` at >= 0.6 of the hand-written loop's rate."""
+CHILDREN_TARGET = 2.0
+"""DESIGN.md: many supervised children within 2x the time and memory of bare tasks."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    restarts: int
+    children: int
+    repeat: int
+
+
+FULL = Sizes(restarts=20_000, children=10_000, repeat=5)
+QUICK = Sizes(restarts=2_000, children=1_000, repeat=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: our number, the baseline's, and the target on their ratio."""
+
+    key: str
+    label: str
+    unit: str
+    ours: float
+    baseline: float
+    target: float
+    higher_is_better: bool
+
+    @property
+    def ratio(self) -> float:
+        """ours / baseline (for throughput higher is better, for time and memory lower)."""
+        return self.ours / self.baseline if self.baseline else float("inf")
+
+    @property
+    def met(self) -> bool:
+        """Whether the ratio meets the target."""
+        if self.higher_is_better:
+            return self.ratio >= self.target
+        return self.ratio <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-able values."""
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "ours": self.ours,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "target": self.target,
+            "higher_is_better": self.higher_is_better,
+            "met": self.met,
+        }
+
+
+# --- 1. restarts per second -------------------------------------------------------------------
+
+
+class Boom(Exception):
+    """Every incarnation but the last fails with this: the decider restarts it."""
+
+
+class Enough(Exception):
+    """The last incarnation fails with this: the decider stops the child."""
+
+
+ChildFn = Callable[..., Awaitable[None]]
+
+
+def failing_child(restarts: int) -> tuple[ChildFn, list[int]]:
+    """A child that raises at once: ``Boom`` ``restarts`` times, then ``Enough``.
+
+    Returns the child and a one-item list counting its incarnations, to check both sides ran
+    the same ``restarts + 1`` incarnations.
+    """
+    count = [0]
+
+    async def child(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        count[0] += 1
+        if count[0] > restarts:
+            raise Enough
+        raise Boom
+
+    return child, count
+
+
+LONG_WINDOW = 1e9
+"""An intensity window that never forgets: it ends up holding every restart of the run."""
+SHORT_WINDOW = 1e-3
+"""A 1 ms window: it holds only the last few dozen restarts at these rates."""
+
+
+async def restarts_ours(restarts: int, within: float = LONG_WINDOW) -> float:
+    """Seconds for ``restarts`` restarts through ``supervised``, then a STOP.
+
+    The policy always restarts (``RestartIntensity(restarts + 1, within)``, no backoff), but
+    for ``Enough``, which it maps to STOP.
+    """
+    child, count = failing_child(restarts)
+    policy = Policy(
+        rules(on(Enough, Directive.STOP), default=Directive.RESTART),
+        RestartIntensity(restarts + 1, within),
+        Backoff.none(),
+    )
+    run = supervised(child, policy, name="bench")
+    start = time.perf_counter()
+    await run()
+    elapsed = time.perf_counter() - start
+    assert count[0] == restarts + 1, count
+    return elapsed
+
+
+async def restarts_baseline(restarts: int) -> float:
+    """The same incarnations, hand-written: each in its own nursery, its failure caught."""
+    child, count = failing_child(restarts)
+    start = time.perf_counter()
+    stopped = False
+    while not stopped:
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(child)
+        except* Boom:
+            pass  # restart
+        except* Enough:
+            stopped = True
+    elapsed = time.perf_counter() - start
+    assert count[0] == restarts + 1, count
+    return elapsed
+
+
+def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
+    """Restarts per second, best of ``sizes.repeat`` for each side.
+
+    The first row is the generic case: an intensity window that keeps every restart. The
+    second, with a 1 ms window, isolates the per-restart machinery from the window's size;
+    both are compared with the same baseline runs.
+    """
+    n = sizes.restarts
+    ours_long: list[float] = []
+    ours_short: list[float] = []
+    baseline: list[float] = []
+    for _ in range(sizes.repeat):
+        gc.collect()
+        ours_long.append(trio.run(restarts_ours, n, LONG_WINDOW))
+        gc.collect()
+        ours_short.append(trio.run(restarts_ours, n, SHORT_WINDOW))
+        gc.collect()
+        baseline.append(trio.run(restarts_baseline, n))
+    long_row = Row(
+        key="restarts_per_s",
+        label=f"restarts/s ({n:,} restarts)",
+        unit="restarts/s",
+        ours=n / min(ours_long),
+        baseline=n / min(baseline),
+        target=RESTARTS_TARGET,
+        higher_is_better=True,
+    )
+    short_row = dataclasses.replace(
+        long_row,
+        key="restarts_per_s_short_window",
+        label=f"restarts/s, {SHORT_WINDOW * 1e3:g} ms window",
+        ours=n / min(ours_short),
+    )
+    return long_row, short_row
+
+
+# --- 2. many children -------------------------------------------------------------------------
+
+
+async def sleeper(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """The child body on both sides: ready at once, then sleeps until cancelled."""
+    task_status.started()
+    await trio.sleep_forever()
+
+
+def traced_bytes(measure_memory: bool) -> int:
+    """Memory traced by tracemalloc now, after a full collection (0 when not measuring)."""
+    if not measure_memory:
+        return 0
+    gc.collect()
+    return tracemalloc.get_traced_memory()[0]
+
+
+async def children_ours(n: int, measure_memory: bool) -> tuple[float, int, float]:
+    """Seconds until ``n`` supervised children are ready, the bytes they hold, and the seconds
+    of the first number spent building the ``ChildSpec`` values and the ``Supervisor``.
+
+    Time and memory include that building: the supervisor keeps the specs, and a user cannot
+    supervise a child without them.
+    """
+    policy = Policy(rules(default=Directive.RESTART))
+    async with trio.open_nursery() as nursery:
+        before = traced_bytes(measure_memory)
+        start = time.perf_counter()
+        specs = tuple(ChildSpec(f"child-{i}", sleeper, policy) for i in range(n))
+        # cast: mypy types ``children`` (attrs converter=tuple) as Iterable[_T_co], which no
+        # argument matches; the value is a plain tuple of ChildSpec.
+        supervisor = Supervisor("bench", Strategy.ONE_FOR_ONE, children=cast(Any, specs))
+        del specs  # the supervisor holds the same tuple
+        built = time.perf_counter() - start
+        handle = await nursery.start(supervisor.run)
+        elapsed = time.perf_counter() - start
+        used = traced_bytes(measure_memory) - before
+        assert handle.statistics().running == n
+        nursery.cancel_scope.cancel()  # stopping them is not measured
+    return elapsed, used, built
+
+
+async def children_baseline(n: int, measure_memory: bool) -> tuple[float, int, float]:
+    """The same for ``n`` bare tasks, each started with ``await nursery.start`` in turn."""
+    async with trio.open_nursery() as nursery:
+        before = traced_bytes(measure_memory)
+        start = time.perf_counter()
+        for _ in range(n):
+            await nursery.start(sleeper)
+        elapsed = time.perf_counter() - start
+        used = traced_bytes(measure_memory) - before
+        assert len(nursery.child_tasks) == n
+        nursery.cancel_scope.cancel()
+    return elapsed, used, 0.0
+
+
+def bench_children(sizes: Sizes) -> tuple[Row, Row, float]:
+    """Time to ready (best of ``sizes.repeat``) and memory per child (one traced run each).
+
+    Also returns the seconds our best run spent building specs and the supervisor.
+    """
+    n = sizes.children
+    ours: list[tuple[float, float]] = []
+    baseline: list[float] = []
+    for _ in range(sizes.repeat):
+        gc.collect()
+        elapsed, _, built = trio.run(children_ours, n, False)
+        ours.append((elapsed, built))
+        gc.collect()
+        baseline.append(trio.run(children_baseline, n, False)[0])
+    tracemalloc.start()
+    try:
+        gc.collect()
+        ours_bytes = trio.run(children_ours, n, True)[1]
+        gc.collect()
+        baseline_bytes = trio.run(children_baseline, n, True)[1]
+    finally:
+        tracemalloc.stop()
+    time_row = Row(
+        key="children_ready_s",
+        label=f"{n:,} children: time to ready",
+        unit="s",
+        ours=min(ours)[0],
+        baseline=min(baseline),
+        target=CHILDREN_TARGET,
+        higher_is_better=False,
+    )
+    memory_row = Row(
+        key="children_bytes_per_child",
+        label=f"{n:,} children: memory/child",
+        unit="B",
+        ours=ours_bytes / n,
+        baseline=baseline_bytes / n,
+        target=CHILDREN_TARGET,
+        higher_is_better=False,
+    )
+    return time_row, memory_row, min(ours)[1]
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def format_value(value: float, unit: str) -> str:
+    """A number with its unit, at a readable precision."""
+    if unit == "s":
+        return f"{value * 1e3:,.1f} ms"
+    if unit == "B":
+        return f"{value:,.0f} B"
+    return f"{value:,.0f} /s"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned text table."""
+    header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
+    lines = [
+        (
+            row.label,
+            format_value(row.ours, row.unit),
+            format_value(row.baseline, row.unit),
+            f"{row.ratio:.2f}",
+            f"{'>=' if row.higher_is_better else '<='} {row.target:.1f}",
+            "yes" if row.met else "no",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), rule, *(render(line) for line in lines)])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="bench_supervisor", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions per measurement (best is kept)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, print the table, and return the numbers.
+
+    Returns:
+        ``{"quick", "sizes", "environment", "results"}``; ``results`` maps each benchmark's key
+        to its ``ours``, ``baseline``, ``ratio``, ``target``, ``higher_is_better`` and ``met``
+        (the children's time also has ``ours_build``: the part spent building specs).
+    """
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        if args.repeat < 1:
+            raise SystemExit("--repeat must be >= 1")
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    # We measure the supervision machinery, not log formatting: the benchmark child's failures
+    # are logged at WARNING (and its restarts at INFO), so the library's logger is raised to
+    # ERROR for the run and restored afterwards. Events are then skipped before any is built.
+    library_logger = logging.getLogger("trio_supervise")
+    saved_level = library_logger.level
+    library_logger.setLevel(logging.ERROR)
+    try:
+        restart_rows = bench_restarts(sizes)
+        time_row, memory_row, build_s = bench_children(sizes)
+        rows = [*restart_rows, time_row, memory_row]
+    finally:
+        library_logger.setLevel(saved_level)
+    environment = {
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "trio_supervise": trio_supervise.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    print(
+        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
+        f"Python {environment['python']}, {environment['cpus']} CPUs; "
+        f"best of {sizes.repeat}{' (--quick)' if args.quick else ''}"
+    )
+    print(format_table(rows))
+    print(
+        f"ours, {sizes.children:,} children: {build_s * 1e3:,.1f} ms building ChildSpecs and "
+        f"Supervisor, {(time_row.ours - build_s) * 1e3:,.1f} ms in nursery.start(supervisor.run)"
+    )
+    results = {row.key: row.as_dict() for row in rows}
+    results[time_row.key]["ours_build"] = build_s
+    return {
+        "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
+        "environment": environment,
+        "results": results,
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
