@@ -29,7 +29,7 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import trio
 
@@ -244,9 +244,7 @@ async def children_ours(n: int, measure_memory: bool) -> tuple[float, int, float
         before = traced_bytes(measure_memory)
         start = time.perf_counter()
         specs = tuple(ChildSpec(f"child-{i}", sleeper, policy) for i in range(n))
-        # cast: mypy types ``children`` (attrs converter=tuple) as Iterable[_T_co], which no
-        # argument matches; the value is a plain tuple of ChildSpec.
-        supervisor = Supervisor("bench", Strategy.ONE_FOR_ONE, children=cast(Any, specs))
+        supervisor = Supervisor("bench", Strategy.ONE_FOR_ONE, children=specs)
         del specs  # the supervisor holds the same tuple
         built = time.perf_counter() - start
         handle = await nursery.start(supervisor.run)

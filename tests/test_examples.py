@@ -27,3 +27,20 @@ def test_every_example_runs_as_a_script(path: Path) -> None:
         [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_supervised_tasks_example(capsys: pytest.CaptureFixture[str]) -> None:
+    import trio
+    import trio.testing
+
+    namespace = runpy.run_path(str(EXAMPLES / "supervised_tasks.py"))
+    events = trio.run(namespace["main"], clock=trio.testing.MockClock(autojump_threshold=0))
+    poller = [e.kind.name for e in events if e.supervisor == "poller"]
+    assert poller.count("RESTARTING") == 4
+    assert poller[-2:] == ["FAILED", "STOPPED"]
+    app = [(e.child, e.kind.name) for e in events if e.supervisor == "app"]
+    assert app[-1] == ("heartbeat", "STOPPED")
+    assert ("poller", "STOPPED") in app
+    out = capsys.readouterr().out
+    assert "heartbeat: running, incarnation 1" in out
+    assert "poller: stopped, incarnation 5" in out

@@ -18,6 +18,8 @@ import trio
 __all__ = ["EventKind", "EventSubscription", "SupervisionEvent"]
 
 logger = logging.getLogger("trio_supervise")
+# A library leaves output to the application: without its own logging setup, nothing is printed.
+logger.addHandler(logging.NullHandler())
 
 
 class EventKind(enum.Enum):
@@ -89,12 +91,12 @@ class SupervisionEvent:
     def describe(self) -> str:
         """A one-line text for logs."""
         text = f"{self.supervisor}/{self.child}#{self.generation} {self.kind.value}"
+        if self.reason:  # the policy's sentence names the error and the delay itself
+            return f"{text}: {self.reason}"
         if self.error is not None:
             text += f": {self.error!r}"
         if self.delay is not None:
             text += f" (in {self.delay:.3g}s)"
-        if self.reason:
-            text += f" - {self.reason}"
         return text
 
 
