@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import trio
 
 import trio_supervise as ts
+from trio_supervise.runners.mock import MockRunner
 
 
 class Recorder:
@@ -53,3 +58,93 @@ def always(directive: ts.Directive, max_restarts: int = 100, within: float = 1.0
 
 class Boom(Exception):
     """A failure for tests."""
+
+
+class FaultRunner(MockRunner):
+    """A MockRunner with scripted faults, keyed by batch seq or runner instance (tests only).
+
+    ``batch_faults[seq] = (after_chunks, what)`` where ``what`` is an exception to raise, or
+    ``"hang"``, ``"unknown"`` (a chunk for an unknown request), ``"unfinished"`` (end early),
+    or ``("error", request_id, exc)`` (a chunk with ``error`` for one request).
+    ``load_faults[instance]`` is an exception to raise in load, or ``"hang"``.
+    ``rebuild_faults[n]`` is an exception for the n-th rebuild (0-based, across instances).
+    """
+
+    def __init__(
+        self,
+        *,
+        batch_faults: dict[int, tuple[int, object]] | None = None,
+        load_faults: dict[int, object] | None = None,
+        rebuild_faults: dict[int, BaseException] | None = None,
+        rebuild_time: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch_faults = batch_faults or {}
+        self.load_faults = load_faults or {}
+        self.rebuild_faults = rebuild_faults or {}
+        self.rebuild_time = rebuild_time
+        self.rebuilding = False
+
+    async def load(self, device: Any) -> None:
+        fault = self.load_faults.get(self.instance)
+        if fault == "hang":
+            await trio.sleep_forever()
+        if isinstance(fault, BaseException):
+            raise fault
+        await super().load(device)
+
+    async def execute(self, batch: ts.Batch) -> AsyncIterator[ts.Chunk]:
+        assert not self.rebuilding, "a batch started executing inside a rebuild"
+        after, what = self.batch_faults.get(batch.seq, (None, None))
+        if after == 0:
+            self.record.executes.append((self.instance, batch.seq, tuple(batch_ids(batch))))
+            await self._fault(what)
+        count = 0
+        async with contextlib.aclosing(super().execute(batch)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                count += 1
+                if count == after:
+                    if what == "unfinished":
+                        return
+                    if what == "unknown":
+                        yield ts.Chunk("no-such-request", (1,), "x")
+                    elif isinstance(what, tuple):
+                        _, request_id, exc = what
+                        yield ts.Chunk(request_id, error=exc)
+                    else:
+                        await self._fault(what)
+
+    async def _fault(self, what: object) -> None:
+        if what == "hang":
+            await trio.sleep_forever()
+        if isinstance(what, BaseException):
+            raise what
+
+    async def rebuild_session(self, cause: ts.RebuildCause) -> None:
+        assert not self.rebuilding, "rebuild_session ran concurrently with itself"
+        n = len(self.record.rebuilds)
+        self.rebuilding = True
+        try:
+            await trio.sleep(self.rebuild_time)
+            await super().rebuild_session(cause)
+        finally:
+            self.rebuilding = False
+        fault = self.rebuild_faults.get(n)
+        if fault is not None:
+            raise fault
+
+
+def batch_ids(batch: ts.Batch) -> list[str]:
+    return [r.id for r in batch.requests]
+
+
+def failing_factory(failures: dict[int, BaseException], **kwargs: Any) -> FaultRunner:
+    """A factory whose n-th call (0-based, counted in ``kwargs['record']``) raises."""
+    record = kwargs["record"]
+    fault = failures.get(record.instances)
+    if fault is not None:
+        record.instances += 1
+        raise fault
+    return FaultRunner(**kwargs)

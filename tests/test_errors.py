@@ -3,9 +3,21 @@ import pickle
 import pytest
 
 import trio_supervise as ts
-from trio_supervise._errors import __all__ as error_names
+from trio_supervise._errors import __all__ as _error_names
 
-RETRYABLE = {"ContextPoisoned": True, "OutOfMemory": True, "Unrecoverable": False}
+error_names = [name for name in _error_names if isinstance(getattr(ts, name), type)]
+
+RETRYABLE = {
+    "ContextPoisoned": True,
+    "HungWorker": True,
+    "OutOfMemory": True,
+    "WorkerStopped": True,
+    "Backpressure": True,
+    "RequestTimeout": True,
+    "Unrecoverable": False,
+    "BadRequest": False,
+    "RunnerError": False,
+}
 
 
 @pytest.mark.parametrize("name", error_names)

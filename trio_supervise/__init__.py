@@ -4,16 +4,24 @@ The public API lives here; modules with a leading underscore are private.
 """
 
 from ._errors import (
+    Backpressure,
+    BadRequest,
     ChildStopped,
+    ConfigError,
     ContextPoisoned,
+    HungWorker,
     InferenceError,
     InvalidPolicy,
     OutOfMemory,
     ReadinessTimeout,
+    RequestTimeout,
     RestartIntensityExceeded,
+    RunnerError,
     SuperviseError,
     TooManyChildren,
     Unrecoverable,
+    WorkerStopped,
+    classify_cuda_error,
 )
 from ._events import EventKind, EventSubscription, SupervisionEvent
 from ._policy import (
@@ -32,6 +40,8 @@ from ._policy import (
     on,
     rules,
 )
+from ._requests import RequestStream
+from ._runner import ModelRunner
 from ._supervised import supervised
 from ._supervisor import (
     ChildInfo,
@@ -42,33 +52,49 @@ from ._supervisor import (
     SupervisorHandle,
     SupervisorStatistics,
 )
+from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
+from ._worker import Worker, WorkerState, WorkerStatistics, open_worker
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEVICE_POLICY",
     "Backoff",
+    "Backpressure",
+    "BadRequest",
+    "Batch",
     "ChildInfo",
     "ChildSpec",
     "ChildStatus",
     "ChildStopped",
+    "Chunk",
+    "ConfigError",
     "ContextPoisoned",
     "Decider",
     "Decision",
     "Directive",
     "EventKind",
     "EventSubscription",
+    "FinishReason",
+    "HungWorker",
     "InferenceError",
     "InvalidPolicy",
+    "ModelRunner",
     "OutOfMemory",
     "Policy",
     "PolicyState",
     "ReadinessTimeout",
+    "RebuildCause",
+    "Request",
+    "RequestStream",
+    "RequestTimeout",
     "RestartIntensity",
     "RestartIntensityExceeded",
     "RestartType",
     "Rule",
     "Rules",
+    "RunnerError",
+    "SamplingParams",
     "Strategy",
     "SuperviseError",
     "SupervisionEvent",
@@ -77,9 +103,16 @@ __all__ = [
     "SupervisorStatistics",
     "TooManyChildren",
     "Unrecoverable",
+    "Usage",
+    "Worker",
+    "WorkerState",
+    "WorkerStatistics",
+    "WorkerStopped",
     "__version__",
+    "classify_cuda_error",
     "decide",
     "on",
+    "open_worker",
     "rules",
     "supervised",
 ]

@@ -16,16 +16,24 @@ import math
 from typing import Any, ClassVar
 
 __all__ = [
+    "Backpressure",
+    "BadRequest",
     "ChildStopped",
+    "ConfigError",
     "ContextPoisoned",
+    "HungWorker",
     "InferenceError",
     "InvalidPolicy",
     "OutOfMemory",
     "ReadinessTimeout",
+    "RequestTimeout",
     "RestartIntensityExceeded",
+    "RunnerError",
     "SuperviseError",
     "TooManyChildren",
     "Unrecoverable",
+    "WorkerStopped",
+    "classify_cuda_error",
 ]
 
 
@@ -112,6 +120,47 @@ class Unrecoverable(InferenceError):
     """
 
 
+class HungWorker(ContextPoisoned):
+    """The worker made no progress (a hung kernel, a load that never finished).
+
+    A hung device is as untrustworthy as a poisoned one, so this is a :class:`ContextPoisoned`
+    and the default policy restarts the tier. Retryable.
+    """
+
+
+class WorkerStopped(InferenceError):
+    """The worker stopped (or is draining) before this request could finish.
+
+    Retryable: another worker, or this one restarted, may serve it.
+    """
+
+    retryable_by_default = True
+
+
+class Backpressure(InferenceError):
+    """A bounded queue is full; the request was not accepted. Retryable, after ``retry_after``."""
+
+    retryable_by_default = True
+
+
+class RequestTimeout(InferenceError):
+    """The request passed its deadline before it finished. Retryable."""
+
+    retryable_by_default = True
+
+
+class BadRequest(InferenceError):
+    """The request itself is invalid (says what was expected and what was got). Not retryable."""
+
+
+class RunnerError(InferenceError):
+    """The runner misbehaved or failed with an error that is not one of ours. Not retryable.
+
+    Sent to the requests concerned: a chunk for an unknown or finished request, a batch that
+    ended without finishing a request, or a runner exception that is not an InferenceError.
+    """
+
+
 class RestartIntensityExceeded(SuperviseError):
     """More restarts than a policy's :class:`~trio_supervise.RestartIntensity` allows.
 
@@ -121,6 +170,17 @@ class RestartIntensityExceeded(SuperviseError):
 
 class InvalidPolicy(SuperviseError, ValueError):
     """A policy value was built with a bad argument; the message says what was expected."""
+
+
+class ConfigError(SuperviseError, ValueError):
+    """A worker, runner or service was configured wrongly; nothing was started.
+
+    ``problems`` lists every problem found, each naming where it is (a key path or argument).
+    """
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (message,)
 
 
 class ChildStopped(SuperviseError):
@@ -140,3 +200,42 @@ class ReadinessTimeout(SuperviseError):
 
 class TooManyChildren(SuperviseError):
     """A supervisor already runs its ``max_children`` children."""
+
+
+# CUDA status codes (runtime and driver share these numbers) that leave the context unusable:
+# illegal address, launch timeout, launch failure, illegal instruction, misaligned address,
+# invalid address space, invalid pc, hardware stack error, ECC and NVLink errors, unknown.
+STICKY_CUDA_STATUSES = frozenset(
+    {700, 702, 710, 714, 715, 716, 717, 718, 719, 721, 226, 214, 220, 999}
+)
+OOM_CUDA_STATUSES = frozenset({2})
+NO_DEVICE_CUDA_STATUSES = frozenset({35, 100})
+
+
+def classify_cuda_error(exc: BaseException) -> BaseException:
+    """Map a CuPy/CUDA exception to this library's taxonomy; return anything else unchanged.
+
+    ``CUDARuntimeError`` and ``CUDADriverError`` are recognised by their class name and
+    ``.status`` (duck-typed: a driver error cannot even be built without ``libcuda``). Sticky
+    codes become :class:`ContextPoisoned`, status 2 and CuPy's ``OutOfMemoryError`` become
+    :class:`OutOfMemory`, no device or driver (35, 100) becomes :class:`Unrecoverable`. The new
+    error is chained to the original (``__cause__``).
+    """
+    if isinstance(exc, InferenceError):
+        return exc
+    name = type(exc).__name__
+    mapped: InferenceError | None = None
+    if name == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
+        mapped = OutOfMemory(str(exc))
+    elif name in ("CUDARuntimeError", "CUDADriverError"):
+        status = getattr(exc, "status", None)
+        if status in STICKY_CUDA_STATUSES:
+            mapped = ContextPoisoned(f"sticky CUDA error {status}: {exc}")
+        elif status in OOM_CUDA_STATUSES:
+            mapped = OutOfMemory(f"CUDA out of memory: {exc}")
+        elif status in NO_DEVICE_CUDA_STATUSES:
+            mapped = Unrecoverable(f"no usable CUDA device or driver ({status}): {exc}")
+    if mapped is None:
+        return exc
+    mapped.__cause__ = exc
+    return mapped

@@ -1,0 +1,233 @@
+"""One accepted request's life: its output buffer, its one terminal outcome, its consumer.
+
+The runner side pushes chunks into a :class:`RequestState` without ever blocking: a slow
+consumer's tokens and text coalesce in the buffer (bounded by the request's ``max_tokens``).
+The consumer side is :class:`RequestStream`, an async iterator and async context manager that
+hands out everything buffered as one chunk, then the end (a final chunk, or the error).
+
+Theory of operation: ``outcome`` is set exactly once, by whichever comes first of the runner
+finishing the request, an error, the deadline, or the consumer leaving. After that, late chunks
+are dropped quietly (the consumer left) or reported as a runner mistake (the runner finished it
+already), never delivered.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from ._errors import InferenceError, RequestTimeout, RunnerError
+from ._types import Chunk, FinishReason, Request, Usage
+
+__all__ = ["RequestState", "RequestStream", "error_for_request"]
+
+
+def error_for_request(error: BaseException) -> InferenceError:
+    """A request's own copy of ``error``, typed, and chained to it.
+
+    An :class:`InferenceError` is copied; anything else becomes a :class:`RunnerError`.
+    """
+    if isinstance(error, InferenceError):
+        try:
+            own = copy.copy(error)
+        except Exception:  # a user subclass whose __init__ takes other arguments
+            own = RunnerError(str(error), retryable=error.retryable, retry_after=error.retry_after)
+    else:
+        own = RunnerError(f"the runner failed: {error!r}")
+    own.__cause__ = error
+    own.__traceback__ = None
+    return own
+
+
+class RequestState:
+    """An accepted request: output buffer, attempts, and its one terminal outcome."""
+
+    __slots__ = (
+        "attempts",
+        "cancelled_ids",
+        "error",
+        "finish_reason",
+        "lot",
+        "on_outcome",
+        "outcome",
+        "pending_text",
+        "pending_tokens",
+        "produced",
+        "produced_this_attempt",
+        "request",
+        "usage",
+    )
+
+    def __init__(self, request: Request, on_outcome: Callable[[RequestState], None]) -> None:
+        self.request = request
+        self.pending_tokens: list[int] = []
+        self.pending_text: list[str] = []
+        self.produced = 0
+        self.produced_this_attempt = False
+        self.attempts = 0
+        self.finish_reason: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.error: InferenceError | None = None
+        self.outcome: str | None = None  # "finished", "failed" or "cancelled"
+        self.lot = trio.lowlevel.ParkingLot()
+        self.on_outcome = on_outcome
+        self.cancelled_ids: set[str] | None = None  # the running batch's, while one runs it
+
+    def __repr__(self) -> str:
+        return f"<RequestState {self.request.id!r} {self.outcome or 'open'}>"
+
+    @property
+    def id(self) -> str:
+        return self.request.id
+
+    @property
+    def open(self) -> bool:
+        """No terminal outcome yet."""
+        return self.outcome is None
+
+    def _end(self, outcome: str) -> None:
+        self.outcome = outcome
+        self.lot.unpark_all()
+        self.on_outcome(self)
+
+    def push(self, chunk: Chunk) -> None:
+        """Take a chunk from the runner (the caller checked that the request is open).
+
+        Raises:
+            RunnerError: the chunk would exceed the request's ``max_tokens``.
+        """
+        self.produced_this_attempt = True
+        if chunk.token_ids:
+            self.produced += len(chunk.token_ids)
+            if self.produced > self.request.params.max_tokens:
+                raise RunnerError(
+                    f"the runner produced {self.produced} tokens for request {self.id!r}, "
+                    f"more than its max_tokens={self.request.params.max_tokens}"
+                )
+            self.pending_tokens.extend(chunk.token_ids)
+        if chunk.text:
+            self.pending_text.append(chunk.text)
+        if chunk.error is not None:
+            self.fail(error_for_request(chunk.error))
+            return
+        if chunk.finish_reason is not None:
+            self.finish_reason = chunk.finish_reason
+            self.usage = chunk.usage
+            self._end("finished")
+            return
+        self.lot.unpark_all()
+
+    def fail(self, error: InferenceError) -> None:
+        """End the request with ``error`` (its own object), unless it has ended already."""
+        if self.outcome is None:
+            self.error = error
+            self._end("failed")
+
+    def cancel(self) -> None:
+        """The consumer left: the runner sees it through the batch; late chunks are dropped."""
+        if self.outcome is None:
+            self.finish_reason = FinishReason.CANCELLED
+            if self.cancelled_ids is not None:
+                self.cancelled_ids.add(self.id)
+            self._end("cancelled")
+
+    def take(self) -> Chunk | None:
+        """Everything buffered, as one chunk (final when the request has finished)."""
+        final = self.outcome == "finished"
+        if not (self.pending_tokens or self.pending_text or final):
+            return None
+        chunk = Chunk(
+            self.id,
+            tuple(self.pending_tokens),
+            "".join(self.pending_text),
+            self.finish_reason if final else None,
+            self.usage if final else None,
+        )
+        self.pending_tokens.clear()
+        self.pending_text.clear()
+        return chunk
+
+
+class RequestStream:
+    """The consumer's side of one request: ``async for chunk in stream`` / ``async with``.
+
+    Each iteration returns everything produced since the last one as one chunk; the last chunk
+    has ``finish_reason`` (and usually ``usage``). A failed request raises its typed
+    :class:`InferenceError` after the chunks it already got. Leaving early (``aclose()``, or the
+    end of the ``async with`` block) cancels the request; the rest of its batch goes on.
+    """
+
+    def __init__(self, state: RequestState) -> None:
+        self._state = state
+        self._done = False
+
+    def __repr__(self) -> str:
+        return f"<RequestStream {self._state.id!r}>"
+
+    @property
+    def request(self) -> Request:
+        """The request."""
+        return self._state.request
+
+    def __aiter__(self) -> RequestStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        state = self._state
+        if self._done:
+            raise StopAsyncIteration
+        await trio.lowlevel.checkpoint_if_cancelled()
+        deadline = state.request.deadline
+        while True:
+            chunk = state.take()
+            if chunk is not None:
+                if chunk.finish_reason is not None:
+                    self._done = True
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return chunk
+            if state.outcome is not None:
+                self._done = True
+                if state.error is not None:
+                    raise state.error
+                raise StopAsyncIteration  # cancelled by this consumer
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await state.lot.park()
+                continue
+            state.fail(
+                RequestTimeout(f"request {state.id!r} passed its deadline before it finished")
+            )
+            if state.cancelled_ids is not None:
+                state.cancelled_ids.add(state.id)  # let the runner stop working on it
+
+    async def __aenter__(self) -> RequestStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Leave: an unfinished request is cancelled."""
+        self.close()
+        await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Synchronous :meth:`aclose`."""
+        self._done = True
+        self._state.cancel()
+
+    async def collect(self) -> tuple[tuple[int, ...], str, FinishReason | None, Usage | None]:
+        """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
+        tokens: list[int] = []
+        text: list[str] = []
+        reason: FinishReason | None = None
+        usage: Usage | None = None
+        async with self:
+            async for chunk in self:
+                tokens.extend(chunk.token_ids)
+                text.append(chunk.text)
+                reason, usage = chunk.finish_reason or reason, chunk.usage or usage
+        return tuple(tokens), "".join(text), reason, usage

@@ -1,0 +1,94 @@
+"""The runner contract: what a model runner must provide to be supervised by a worker.
+
+A runner owns a model on a device. The worker builds one per tier incarnation with
+``factory(**runner_args)``, ``await runner.load(device)``s it, then streams batches through
+``runner.execute(batch)``; on a restart it ``await runner.aclose()``s it and builds a new one.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from ._errors import ConfigError
+
+if TYPE_CHECKING:
+    from ._policy import Policy
+    from ._types import Batch, Chunk, RebuildCause
+    from .devices import DeviceContext
+
+__all__ = ["ModelRunner", "RunnerFactory", "resolve_factory", "runner_attributes"]
+
+
+@runtime_checkable
+class ModelRunner(Protocol):
+    """What a model runner implements.
+
+    Optional attributes: ``max_concurrency`` (int, default 1: how many batches may execute at
+    once), ``default_policy`` (a :class:`Policy` used when the worker is given none),
+    ``needs_device`` (bool, default True; False means the runner gets a ``CpuDevice`` and never
+    opens a GPU, as a remote runner does).
+    """
+
+    async def load(self, device: DeviceContext) -> None:
+        """Load the model onto ``device``. Raising, or hanging past the readiness timeout, is a
+        failure of the tier."""
+
+    def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
+        """Stream chunks for the batch's requests, in order per request; each request ends
+        with a chunk that has ``finish_reason`` or ``error``. Honour ``batch.is_cancelled``."""
+        ...
+
+    async def rebuild_session(self, cause: RebuildCause) -> None:
+        """Rebuild session state (re-read credentials, reset caches) without a full reload."""
+
+    async def aclose(self) -> None:
+        """Release everything ``load`` took."""
+
+
+RunnerFactory = Callable[..., Any]
+
+
+def resolve_factory(factory: str | RunnerFactory) -> RunnerFactory:
+    """A callable from a callable or an import path ``"package.module:factory"``.
+
+    Raises:
+        ConfigError: the path is malformed, or names nothing callable.
+    """
+    if callable(factory):
+        return factory
+    if not isinstance(factory, str) or factory.count(":") != 1:
+        raise ConfigError(
+            f"runner factory must be a callable or an import path 'module:factory', got {factory!r}"
+        )
+    module_name, _, attribute = factory.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import runner module {module_name!r}: {exc}") from exc
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not callable(target):
+        raise ConfigError(f"runner factory {factory!r} is not callable, got {target!r}")
+    result: RunnerFactory = target
+    return result
+
+
+def runner_attributes(runner_or_factory: Any) -> tuple[int, Policy | None, bool]:
+    """``(max_concurrency, default_policy, needs_device)`` of a runner (or its class), checked."""
+    from ._policy import Policy
+
+    concurrency = getattr(runner_or_factory, "max_concurrency", 1)
+    if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+        raise ConfigError(f"runner.max_concurrency must be an int >= 1, got {concurrency!r}")
+    policy = getattr(runner_or_factory, "default_policy", None)
+    if policy is not None and not isinstance(policy, Policy):
+        raise ConfigError(f"runner.default_policy must be a Policy or None, got {policy!r}")
+    needs_device = getattr(runner_or_factory, "needs_device", True)
+    if not isinstance(needs_device, bool):
+        raise ConfigError(f"runner.needs_device must be a bool, got {needs_device!r}")
+    return concurrency, policy, needs_device

@@ -1,0 +1,294 @@
+"""The restartable child tier: one incarnation's device context, runner and batches.
+
+Theory of operation
+-------------------
+An incarnation builds the runner (``factory(**runner_args)``), opens its device, ``load``s it
+within the readiness timeout (past it: :class:`HungWorker`), reports ready, then dispatches
+batches from the worker's queue, up to ``runner.max_concurrency`` at once, each in a task of the
+tier's own nursery.
+
+A batch's failure is decided here, with the worker's policy (``classify_cuda_error``, then
+``policy.decide``): RESUME fails only that batch's unfinished requests and dispatch goes on;
+anything else becomes the tier's one fatal error: the tier's scope is cancelled, the runner
+closed and the device context closed (after a probe: an inline tier whose device fails the probe
+after a poisoning cannot recover in this process, so the error becomes :class:`Unrecoverable`),
+and the error is raised to ``supervised``, which restarts, stops or escalates. The outcomes of
+the requests that were in flight are the worker's business (it sees the decision as an event).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ._errors import (
+    ContextPoisoned,
+    HungWorker,
+    RunnerError,
+    Unrecoverable,
+    classify_cuda_error,
+)
+from ._policy import Directive
+from ._requests import RequestState, error_for_request
+from ._runner import runner_attributes
+from ._types import Batch, Chunk, chunk_problem
+from .devices import CpuDevice, DeviceContext
+
+if TYPE_CHECKING:
+    from ._worker import Worker
+
+__all__ = ["Job", "RestartRequested", "Tier"]
+
+logger = logging.getLogger("trio_supervise")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a runner's ``aclose`` and a device probe get while a tier is torn down."""
+
+
+class RestartRequested(Exception):
+    """An operator asked for a restart (``worker.restart()``); the worker's policy resumes it."""
+
+    retry_after = 0.0
+
+
+class Gate:
+    """Open or closed; ``wait_open`` returns with no checkpoint between the check and the caller."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def open(self) -> None:
+        self.is_open = True
+        self._lot.unpark_all()
+
+    async def wait_open(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.is_open:
+            await self._lot.park()
+
+
+class Job:
+    """A batch of requests waiting for, or running on, a tier."""
+
+    __slots__ = ("error", "generation", "seq", "states")
+
+    def __init__(self, states: list[RequestState]) -> None:
+        self.states = states
+        self.seq: int | None = None
+        self.generation: int | None = None
+        self.error: BaseException | None = None  # set when its failure ended the tier
+
+    def __repr__(self) -> str:
+        return f"<Job seq={self.seq} {[s.id for s in self.states]}>"
+
+    def open_states(self) -> list[RequestState]:
+        return [s for s in self.states if s.open]
+
+
+class Tier:
+    """One incarnation of the child tier (see the module docstring)."""
+
+    def __init__(self, worker: Worker, generation: int) -> None:
+        self.worker = worker
+        self.generation = generation
+        self.runner: Any = None
+        self.device: DeviceContext | None = None
+        self.fatal: BaseException | None = None
+        self.failed_job: Job | None = None  # the batch whose failure ended this incarnation
+        self.dispatch_gate = Gate()  # closed: no job is taken from the queue
+        self.execute_gate = Gate()  # closed (while rebuilding): no batch starts executing
+        self.active = 0  # jobs taken from the queue and not yet settled
+        self.idle = trio.Event()  # set while active == 0
+        self.idle.set()
+        self._scope = trio.CancelScope()
+
+    def fail(self, error: BaseException) -> None:
+        """End this incarnation with ``error`` (the first one wins)."""
+        if self.fatal is None:
+            self.fatal = error
+        self._scope.cancel()
+
+    async def run(self, task_status: trio.TaskStatus[Any]) -> None:
+        worker = self.worker
+        try:
+            with self._scope:
+                await self._load()
+                worker._tier_ready(self)
+                task_status.started(worker)
+                async with trio.open_nursery() as nursery:
+                    await self._dispatch(nursery)
+        except Exception as exc:  # from load or dispatch; batches report through fail()
+            if self.fatal is None:
+                self.fatal = classify_cuda_error(exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._teardown()
+        assert self.fatal is not None, "a tier only ends by failing"
+        raise self.fatal
+
+    async def _load(self) -> None:
+        worker = self.worker
+        timeout = worker.readiness_timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            self.runner = worker.factory(**worker.runner_args)
+            self.concurrency, _, needs_device = runner_attributes(self.runner)
+            self.device = worker.open_device() if needs_device else CpuDevice()
+            await self.runner.load(self.device)
+        if scope.cancelled_caught:
+            raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
+
+    async def _teardown(self) -> None:
+        device, runner = self.device, self.runner
+        if device is not None and isinstance(self.fatal, ContextPoisoned):
+            await self._probe(device, self.fatal)
+        if runner is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                try:
+                    await runner.aclose()
+                except Exception:
+                    logger.exception("%s: runner.aclose() failed", self.worker.name)
+            if scope.cancelled_caught:
+                logger.warning("%s: runner.aclose() took over %gs", self.worker.name, CLOSE_TIMEOUT)
+        if device is not None:
+            try:
+                device.close()
+            except Exception:
+                logger.exception("%s: closing device %s failed", self.worker.name, device.name)
+
+    async def _probe(self, device: DeviceContext, error: BaseException) -> None:
+        """After a poisoning: can this process still use the device? If not, say the cure."""
+        failure: BaseException | None = None
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            try:
+                await device.probe()
+            except Exception as exc:
+                failure = exc
+        if scope.cancelled_caught:
+            failure = HungWorker(f"the device probe did not answer within {CLOSE_TIMEOUT:g}s")
+        if failure is None:
+            return
+        stop = Unrecoverable(
+            f"the device context on {device.name} is poisoned and cannot recover in this "
+            f"process (probe: {failure!r}); run the worker with isolation='process' so that "
+            "a fresh process can take over"
+        )
+        stop.__cause__ = error
+        self.fatal = stop
+        if self.failed_job is not None:
+            self.failed_job.error = stop
+
+    async def _dispatch(self, nursery: trio.Nursery) -> None:
+        slots = trio.Semaphore(self.concurrency)
+        while True:
+            await slots.acquire()
+            job = await self.worker._next_job(self)
+            self.active += 1
+            if self.active == 1:
+                self.idle = trio.Event()
+            nursery.start_soon(self._run_batch, job, slots)
+
+    async def _run_batch(self, job: Job, slots: trio.Semaphore) -> None:
+        try:
+            await self.execute_gate.wait_open()
+            # No checkpoint from here to the runner's first step: a rebuild that starts later
+            # finds this batch executing, as it should.
+            try:
+                await self._execute(job)
+            except Exception as exc:
+                self._batch_failed(job, exc)
+            # Settled (finished, or resumed). A batch cancelled because the tier ended is not:
+            # the worker settles it when it learns what the supervisor decided.
+            if job.error is None:
+                self.worker._job_done(job)
+        finally:
+            slots.release()
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
+
+    async def _execute(self, job: Job) -> None:
+        worker = self.worker
+        cancelled: set[str] = set()
+        for state in job.states:
+            state.attempts += 1  # a run is counted when it starts executing
+            state.produced_this_attempt = False
+            state.cancelled_ids = cancelled
+            if not state.open:
+                cancelled.add(state.id)
+        by_id = {state.id: state for state in job.states}
+        assert job.seq is not None
+        batch = Batch(tuple(s.request for s in job.states), job.seq, cancelled=cancelled)
+        hang = worker.hang_timeout
+        with trio.CancelScope() as watchdog:
+            if hang is not None:
+                watchdog.deadline = trio.current_time() + hang
+            chunks = self.runner.execute(batch)
+            async with _closing(chunks):
+                async for chunk in chunks:
+                    if hang is not None:
+                        watchdog.deadline = trio.current_time() + hang
+                    self._route(by_id, chunk, batch)
+        if watchdog.cancelled_caught:
+            raise HungWorker(f"batch {batch.seq} made no progress for hang_timeout={hang:g}s")
+        unfinished = [s.id for s in job.states if s.open]
+        if unfinished:
+            raise RunnerError(f"batch {batch.seq} ended without finishing requests {unfinished}")
+
+    def _route(self, by_id: dict[str, RequestState], chunk: Chunk, batch: Batch) -> None:
+        problem = chunk_problem(chunk)
+        if problem is not None:
+            raise RunnerError(f"batch {batch.seq}: {problem}")
+        state = by_id.get(chunk.request_id)
+        if state is None:
+            raise RunnerError(
+                f"batch {batch.seq}: the runner sent a chunk for request {chunk.request_id!r}, "
+                "which is not in the batch"
+            )
+        if state.open:
+            state.push(chunk)
+            self.worker._chunk_delivered(chunk)
+        elif state.outcome == "finished":
+            raise RunnerError(
+                f"batch {batch.seq}: the runner sent a chunk for request {state.id!r} "
+                "after finishing it"
+            )
+        # else: its consumer left, or it failed already (e.g. its deadline): dropped quietly.
+
+    def _batch_failed(self, job: Job, exc: Exception) -> None:
+        """Decide a batch's failure here: RESUME fails only its requests, else the tier ends."""
+        error = classify_cuda_error(exc)
+        worker = self.worker
+        if worker.policy.decide(error) is Directive.RESUME:  # type: ignore[arg-type]
+            retry_after = getattr(error, "retry_after", None)
+            for state in job.open_states():
+                own = error_for_request(error)
+                if own.retry_after is None and retry_after is not None:
+                    own.retry_after = retry_after
+                state.fail(own)
+            worker._batch_resumed(job, error)
+            return
+        job.error = error
+        if self.fatal is None:
+            self.failed_job = job
+        self.fail(error)
+
+
+@contextlib.asynccontextmanager
+async def _closing(chunks: AsyncIterator[Chunk]) -> AsyncIterator[None]:
+    """Close an async generator in this task, also when the batch is cancelled."""
+    try:
+        yield
+    finally:
+        close = getattr(chunks, "aclose", None)
+        if close is not None:
+            with trio.CancelScope(shield=True):
+                await close()

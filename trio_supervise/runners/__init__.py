@@ -1,0 +1,1 @@
+"""Model runners that ship with trio-supervise (import each from its module)."""
