@@ -22,3 +22,15 @@ def _deterministic_trio_scheduling() -> None:
     here: so that every run of a test schedules its tasks in the same order. A test must still
     pass whatever the order; the seed only makes a failure repeatable."""
     trio._core._run._r.seed(int(os.environ.get("TRIO_SCHEDULING_SEED", "0")))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` skip cleanly where CuPy sees no CUDA device."""
+    from trio_supervise.devices import cuda_available
+
+    if cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (cupy.cuda.is_available() is False)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -110,9 +110,9 @@ class FaultRunner(MockRunner):
                         return
                     if what == "unknown":
                         yield ts.Chunk("no-such-request", (1,), "x")
-                    elif isinstance(what, tuple):
+                    elif isinstance(what, tuple):  # ("error", request id or None: the first, exc)
                         _, request_id, exc = what
-                        yield ts.Chunk(request_id, error=exc)
+                        yield ts.Chunk(request_id or batch.requests[0].id, error=exc)
                     else:
                         await self._fault(what)
 

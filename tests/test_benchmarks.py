@@ -12,3 +12,11 @@ def test_bench_supervisor_quick_runs(capsys: pytest.CaptureFixture[str]) -> None
         assert row["ours"] > 0 and row["baseline"] > 0
         assert isinstance(row["met"], bool)
     assert "ratio" in capsys.readouterr().out
+
+
+def test_bench_worker_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_worker
+
+    result = bench_worker.main(["--quick", "--repeat", "1"])
+    assert set(result) >= {"quick", "sizes", "environment", "results"}
+    assert "ratio" in capsys.readouterr().out

@@ -232,7 +232,7 @@ def classify_cuda_error(exc: BaseException) -> BaseException:
         if status in STICKY_CUDA_STATUSES:
             mapped = ContextPoisoned(f"sticky CUDA error {status}: {exc}")
         elif status in OOM_CUDA_STATUSES:
-            mapped = OutOfMemory(f"CUDA out of memory: {exc}")
+            mapped = OutOfMemory(f"CUDA out of memory ({status}): {exc}")
         elif status in NO_DEVICE_CUDA_STATUSES:
             mapped = Unrecoverable(f"no usable CUDA device or driver ({status}): {exc}")
     if mapped is None:

@@ -16,7 +16,14 @@ from .._errors import ConfigError, Unrecoverable
 from ._cpu import CpuDevice
 from ._cupy import CupyDevice, cuda_available
 
-__all__ = ["CpuDevice", "CupyDevice", "DeviceContext", "MemoryInfo", "open_device"]
+__all__ = [
+    "CpuDevice",
+    "CupyDevice",
+    "DeviceContext",
+    "MemoryInfo",
+    "cuda_available",
+    "open_device",
+]
 
 T = TypeVar("T")
 

@@ -1,0 +1,593 @@
+"""The two-tier worker against hand-written Trio code, in the same run (DESIGN.md targets).
+
+1. Tokens per second delivered to consumers that read everything: batches of 64 requests of
+   256 tokens each, submitted with ``worker.submit(Batch(...))`` to a worker with a
+   ``MockRunner(delay=0)`` on the CPU, one consumer task per request. The baseline is a
+   hand-written pipeline: one producer task drives the same ``MockRunner.execute`` (so the
+   tokens cost exactly the same on both sides: one chunk per request per decoding step, a
+   checkpoint between steps) and sends each chunk on its request's memory channel, which that
+   request's consumer reads to the end. Both sides run the very same consumer function. Target:
+   ratio >= 2.0. Two baselines are measured: the idiomatic one, ``await send_channel.send(chunk)``
+   (a checkpoint per chunk), and a leaner one, ``send_channel.send_nowait(chunk)`` (only the
+   runner's checkpoint per step). The chunks the consumers received are reported too: ours
+   coalesces what a consumer has not read yet, so it may hand out fewer, larger chunks.
+2. Single-request round trip: ``worker.generate(Request(max_tokens=1))`` read to the end, many
+   times in a row, median latency, against a bare memory-channel round trip (a request object
+   sent to a server task, which computes the same one token and replies on a per-call reply
+   channel). Target: ratio <= 2.0.
+3. Inline restart latency: a runner whose ``execute`` raises ``ContextPoisoned`` on a chosen
+   batch, under ``DEVICE_POLICY`` (no backoff) with an intensity that never gives up; from the
+   moment the fault is raised to the moment the consumer of the next request (queued behind the
+   failing one) receives its first chunk from the new tier. Target: p50 < 1 ms (absolute: no
+   baseline); p99 is reported without a target.
+
+Every number is the best of a few repetitions on the real clock (``time.perf_counter``); the two
+sides of a comparison are interleaved so that drift hits both. Worker start-up and shutdown are
+not timed. Percentiles: each repetition's median is taken, the best of them reported; p99 is taken
+over the samples of all repetitions together (the tail is what it is, not the best of it).
+
+Run ``python benchmarks/bench_worker.py [--quick]`` or
+``python -m benchmarks.bench_worker [--quick]``; :func:`main` returns the numbers as a dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+import trio_supervise
+from trio_supervise import (
+    DEVICE_POLICY,
+    Batch,
+    Chunk,
+    ContextPoisoned,
+    Request,
+    RestartIntensity,
+    SamplingParams,
+    open_worker,
+)
+from trio_supervise.runners.mock import MockRunner, text_of, token_at
+
+THROUGHPUT_TARGET = 2.0
+"""DESIGN.md: tokens/s through a worker at >= 2x the hand-written per-token channel pipeline."""
+ROUND_TRIP_TARGET = 2.0
+"""DESIGN.md: a single-request round trip within 2x of a bare channel round trip."""
+RESTART_TARGET_S = 1e-3
+"""DESIGN.md: inline worker restart, fault to next served chunk, under 1 ms median."""
+
+BATCH_SIZE = 64
+"""Requests per batch (DESIGN.md: batches of 64)."""
+MAX_TOKENS = 256
+"""Tokens per request in the throughput benchmark."""
+VOCAB_SIZE = 50_000
+"""MockRunner's default vocabulary, used by the round-trip baseline's server too."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    batches: int
+    round_trips: int
+    restarts: int
+    repeat: int
+
+
+FULL = Sizes(batches=4, round_trips=2_000, restarts=200, repeat=5)
+QUICK = Sizes(batches=1, round_trips=200, restarts=20, repeat=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One line of the table: our number, the baseline's, and the target.
+
+    With a baseline, the target applies to the ratio ours / baseline; without one (``baseline``
+    None), it applies to ``ours`` itself. A row with no target is for information only.
+    """
+
+    key: str
+    label: str
+    unit: str
+    ours: float
+    baseline: float | None
+    target: float | None
+    higher_is_better: bool
+
+    @property
+    def ratio(self) -> float | None:
+        """ours / baseline (for throughput higher is better, for time lower); None without one."""
+        if self.baseline is None:
+            return None
+        return self.ours / self.baseline if self.baseline else float("inf")
+
+    @property
+    def met(self) -> bool | None:
+        """Whether the target is met (None for a row without a target)."""
+        if self.target is None:
+            return None
+        value = self.ours if self.ratio is None else self.ratio
+        if self.higher_is_better:
+            return value >= self.target
+        return value <= self.target
+
+    def as_dict(self) -> dict[str, Any]:
+        """The row as plain JSON-able values."""
+        return {
+            "label": self.label,
+            "unit": self.unit,
+            "ours": self.ours,
+            "baseline": self.baseline,
+            "ratio": self.ratio,
+            "target": self.target,
+            "higher_is_better": self.higher_is_better,
+            "met": self.met,
+        }
+
+
+@dataclasses.dataclass
+class Received:
+    """What the consumers of one run received, all together."""
+
+    tokens: int = 0
+    chunks: int = 0
+
+
+async def consume(chunks: AsyncIterator[Chunk], received: Received) -> None:
+    """The consumer on both sides of the throughput benchmark: read everything, count tokens."""
+    tokens = 0
+    count = 0
+    async for chunk in chunks:
+        tokens += len(chunk.token_ids)
+        count += 1
+    received.tokens += tokens
+    received.chunks += count
+
+
+def mock_runner() -> MockRunner:
+    """The runner both sides use: no delay, so one checkpoint between decoding steps."""
+    return MockRunner(delay=0.0)
+
+
+# --- 1. tokens per second ---------------------------------------------------------------------
+
+
+def batches_of_requests(batches: int) -> list[list[Request]]:
+    """``batches`` lists of ``BATCH_SIZE`` requests of ``MAX_TOKENS`` tokens, unique ids."""
+    params = SamplingParams(max_tokens=MAX_TOKENS)
+    return [
+        [Request(f"b{b}-r{i}", f"prompt number {i}", params) for i in range(BATCH_SIZE)]
+        for b in range(batches)
+    ]
+
+
+async def throughput_ours(batches: int) -> tuple[float, Received]:
+    """Seconds to deliver every token of ``batches`` batches through a worker, and what the
+    consumers received. The worker's start-up and shutdown are not timed."""
+    work = batches_of_requests(batches)
+    received = Received()
+    async with open_worker(MockRunner, device="cpu", runner_args={"delay": 0.0}) as worker:
+        start = time.perf_counter()
+        for requests in work:
+            streams = worker.submit(Batch(requests))
+            async with trio.open_nursery() as nursery:
+                for stream in streams:
+                    nursery.start_soon(consume, stream, received)
+        elapsed = time.perf_counter() - start
+    return elapsed, received
+
+
+async def throughput_baseline(batches: int, nowait: bool) -> tuple[float, Received]:
+    """The same batches through a hand-written pipeline: a producer task drives the same
+    ``MockRunner.execute`` and sends every chunk on its request's channel (``await send`` or,
+    with ``nowait``, ``send_nowait``); one consumer per channel."""
+    work = batches_of_requests(batches)
+    received = Received()
+    runner = mock_runner()
+    start = time.perf_counter()
+    for requests in work:
+        senders: dict[str, trio.MemorySendChannel[Chunk]] = {}
+        async with trio.open_nursery() as nursery:
+            for request in requests:
+                # Bounded by the request's max_tokens, like our per-request buffer: the whole
+                # output fits, so the producer never waits for a slow consumer (and send_nowait
+                # never raises WouldBlock), yet the channel is bounded (DESIGN.md principle 5).
+                # math.inf would behave the same here; a smaller bound would add blocking that
+                # ours does not have.
+                send, receive = trio.open_memory_channel[Chunk](MAX_TOKENS)
+                senders[request.id] = send
+                nursery.start_soon(consume, receive, received)
+            async for chunk in runner.execute(Batch(requests)):
+                send = senders[chunk.request_id]
+                if nowait:
+                    send.send_nowait(chunk)
+                else:
+                    await send.send(chunk)
+                if chunk.finish_reason is not None:
+                    send.close()
+    elapsed = time.perf_counter() - start
+    return elapsed, received
+
+
+async def production_alone(batches: int) -> float:
+    """Seconds the runner alone takes to produce the same tokens (no pipeline, no consumer)."""
+    work = batches_of_requests(batches)
+    runner = mock_runner()
+    start = time.perf_counter()
+    for requests in work:
+        async for _ in runner.execute(Batch(requests)):
+            pass
+    return time.perf_counter() - start
+
+
+@dataclasses.dataclass(frozen=True)
+class ThroughputResult:
+    """Rows and the chunk counts behind them."""
+
+    rows: tuple[Row, Row]
+    ours_chunks: int
+    baseline_chunks: int
+    production_s: float
+    tokens: int
+
+
+def bench_throughput(sizes: Sizes) -> ThroughputResult:
+    """Tokens/s, best of ``sizes.repeat`` for each side (ours, both baselines interleaved)."""
+    ours: list[tuple[float, Received]] = []
+    awaited: list[tuple[float, Received]] = []
+    nowait: list[tuple[float, Received]] = []
+    production: list[float] = []
+    for _ in range(sizes.repeat):
+        gc.collect()
+        ours.append(trio.run(throughput_ours, sizes.batches))
+        gc.collect()
+        awaited.append(trio.run(throughput_baseline, sizes.batches, False))
+        gc.collect()
+        nowait.append(trio.run(throughput_baseline, sizes.batches, True))
+        gc.collect()
+        production.append(trio.run(production_alone, sizes.batches))
+    tokens = sizes.batches * BATCH_SIZE * MAX_TOKENS
+    for _, received in (*ours, *awaited, *nowait):
+        assert received.tokens == tokens, (received, tokens)
+    best_ours = min(ours, key=lambda item: item[0])
+    best_awaited = min(awaited, key=lambda item: item[0])
+    best_nowait = min(nowait, key=lambda item: item[0])
+    row = Row(
+        key="tokens_per_s",
+        label=f"tokens/s, {sizes.batches} x {BATCH_SIZE} x {MAX_TOKENS} tok (vs await send)",
+        unit="tok/s",
+        ours=tokens / best_ours[0],
+        baseline=tokens / best_awaited[0],
+        target=THROUGHPUT_TARGET,
+        higher_is_better=True,
+    )
+    lean = dataclasses.replace(
+        row,
+        key="tokens_per_s_vs_send_nowait",
+        label="tokens/s (vs send_nowait)",
+        baseline=tokens / best_nowait[0],
+    )
+    return ThroughputResult(
+        rows=(row, lean),
+        ours_chunks=best_ours[1].chunks,
+        baseline_chunks=best_awaited[1].chunks,
+        production_s=min(production),
+        tokens=tokens,
+    )
+
+
+# --- 2. single-request round trip -------------------------------------------------------------
+
+ONE_TOKEN = SamplingParams(max_tokens=1)
+
+
+async def round_trip_ours(n: int) -> list[float]:
+    """Seconds for each of ``n`` sequential one-token requests through a worker."""
+    latencies: list[float] = []
+    async with open_worker(MockRunner, device="cpu", runner_args={"delay": 0.0}) as worker:
+        for i in range(n):
+            start = time.perf_counter()
+            async for _ in worker.generate(Request(f"r{i}", "hello", ONE_TOKEN)):
+                pass
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+Call = tuple[Request, trio.MemorySendChannel[Chunk]]
+
+
+async def one_token_server(calls: trio.MemoryReceiveChannel[Call]) -> None:
+    """The baseline's server: the same one token as MockRunner, replied as a Chunk."""
+    async for request, reply in calls:
+        token = token_at(request, 0, VOCAB_SIZE)
+        await reply.send(Chunk(request.id, (token,), text_of(token)))
+
+
+async def round_trip_baseline(n: int) -> list[float]:
+    """Seconds for each of ``n`` bare channel round trips (request out, reply back)."""
+    latencies: list[float] = []
+    # Bounded like the worker's pending queue (max_pending=1024); one call at a time here.
+    calls_send, calls_receive = trio.open_memory_channel[Call](1024)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(one_token_server, calls_receive)
+        for i in range(n):
+            start = time.perf_counter()
+            # A per-call reply channel, like the worker's per-request stream; one reply fits.
+            reply_send, reply_receive = trio.open_memory_channel[Chunk](1)
+            await calls_send.send((Request(f"r{i}", "hello", ONE_TOKEN), reply_send))
+            await reply_receive.receive()
+            latencies.append(time.perf_counter() - start)
+        nursery.cancel_scope.cancel()
+    return latencies
+
+
+def percentile(samples: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile of ``samples`` (``fraction`` in (0, 1])."""
+    ordered = sorted(samples)
+    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil, at least the first
+    return ordered[int(rank) - 1]
+
+
+def bench_round_trip(sizes: Sizes) -> tuple[Row, dict[str, float]]:
+    """Median round trip, best of ``sizes.repeat`` per side; p99s over all samples as extras."""
+    ours: list[list[float]] = []
+    baseline: list[list[float]] = []
+    for _ in range(sizes.repeat):
+        gc.collect()
+        ours.append(trio.run(round_trip_ours, sizes.round_trips))
+        gc.collect()
+        baseline.append(trio.run(round_trip_baseline, sizes.round_trips))
+    row = Row(
+        key="round_trip_s",
+        label=f"round trip, 1 token (median of {sizes.round_trips:,})",
+        unit="s",
+        ours=min(statistics.median(run) for run in ours),
+        baseline=min(statistics.median(run) for run in baseline),
+        target=ROUND_TRIP_TARGET,
+        higher_is_better=False,
+    )
+    extras = {
+        "ours_p99": percentile([x for run in ours for x in run], 0.99),
+        "baseline_p99": percentile([x for run in baseline for x in run], 0.99),
+    }
+    return row, extras
+
+
+# --- 3. inline restart latency ----------------------------------------------------------------
+
+FAULT_PROMPT = "fault"
+"""A batch whose first request has this prompt makes :class:`FaultingRunner` raise."""
+
+
+class FaultingRunner(MockRunner):
+    """A MockRunner whose ``execute`` raises ``ContextPoisoned`` on a batch led by a request
+    with the prompt :data:`FAULT_PROMPT`, appending ``time.perf_counter()`` to ``faults`` just
+    before it raises. ``faults`` is shared by every incarnation (pass it in ``runner_args``)."""
+
+    def __init__(self, *, faults: list[float], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.faults = faults
+
+    async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
+        if batch.requests[0].prompt == FAULT_PROMPT:
+            self.faults.append(time.perf_counter())
+            raise ContextPoisoned("benchmark fault: the device context is poisoned")
+        async for chunk in super().execute(batch):
+            yield chunk
+
+
+RESTART_POLICY = attrs.evolve(DEVICE_POLICY, intensity=RestartIntensity(10**6, 1.0))
+"""DEVICE_POLICY (ContextPoisoned -> RESTART, no backoff) with an intensity that never gives up
+at these rates (DEVICE_POLICY's own, 3 restarts a minute, would give up on the 4th)."""
+
+
+async def restarts_ours(n: int) -> list[float]:
+    """For each of ``n`` restarts: seconds from the fault to the next request's first chunk.
+
+    Each round submits a failing request (not idempotent, so it ends with ``ContextPoisoned``
+    instead of being run again), then the next request, which waits in the worker's queue
+    while the tier restarts; both consumers are already waiting when the fault is raised.
+    """
+    faults: list[float] = []
+    latencies: list[float] = []
+
+    async def expect_poisoned(stream: trio_supervise.RequestStream) -> None:
+        try:
+            async for _ in stream:
+                pass
+        except ContextPoisoned:
+            return
+        raise AssertionError("the failing request did not end with ContextPoisoned")
+
+    async def first_chunk(
+        stream: trio_supervise.RequestStream, worker: trio_supervise.Worker, generation: int
+    ) -> None:
+        async with stream:
+            async for _ in stream:
+                latencies.append(time.perf_counter() - faults[-1])
+                assert worker.generation == generation + 1, "served by the new tier"
+                break
+
+    async with open_worker(
+        FaultingRunner, device="cpu", policy=RESTART_POLICY, runner_args={"faults": faults}
+    ) as worker:
+        for i in range(n):
+            failing = worker.generate(Request(f"f{i}", FAULT_PROMPT, ONE_TOKEN, idempotent=False))
+            following = worker.generate(Request(f"n{i}", "hello", ONE_TOKEN))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(expect_poisoned, failing)
+                nursery.start_soon(first_chunk, following, worker, worker.generation)
+        assert worker.generation == n + 1, worker.generation
+    assert len(faults) == len(latencies) == n
+    return latencies
+
+
+def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
+    """p50 (best of ``sizes.repeat`` medians) and p99 (all samples) of the restart latency."""
+    runs: list[list[float]] = []
+    for _ in range(sizes.repeat):
+        gc.collect()
+        runs.append(trio.run(restarts_ours, sizes.restarts))
+    p50 = Row(
+        key="restart_fault_to_chunk_p50_s",
+        label=f"inline restart, fault to chunk p50 ({sizes.restarts} restarts)",
+        unit="s",
+        ours=min(statistics.median(run) for run in runs),
+        baseline=None,
+        target=RESTART_TARGET_S,
+        higher_is_better=False,
+    )
+    p99 = dataclasses.replace(
+        p50,
+        key="restart_fault_to_chunk_p99_s",
+        label="inline restart, fault to chunk p99",
+        ours=percentile([x for run in runs for x in run], 0.99),
+        target=None,
+    )
+    return p50, p99
+
+
+# --- the table --------------------------------------------------------------------------------
+
+
+def format_value(value: float | None, unit: str) -> str:
+    """A number with its unit, at a readable precision ("-" for none)."""
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1e6:,.1f} us" if value < 1e-3 else f"{value * 1e3:,.2f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def format_target(row: Row) -> str:
+    """The target, with its direction and, for an absolute one, its unit."""
+    if row.target is None:
+        return "-"
+    sign = ">=" if row.higher_is_better else "<="
+    if row.baseline is None:
+        return f"{'>' if row.higher_is_better else '<'} {format_value(row.target, row.unit)}"
+    return f"{sign} {row.target:.1f}"
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    """The rows as an aligned text table."""
+    header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
+    lines = [
+        (
+            row.label,
+            format_value(row.ours, row.unit),
+            format_value(row.baseline, row.unit),
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            format_target(row),
+            "-" if row.met is None else "yes" if row.met else "no",
+        )
+        for row in rows
+    ]
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+
+    def render(cells: Sequence[str]) -> str:
+        first = cells[0].ljust(widths[0])
+        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
+        return "  ".join([first, *rest])
+
+    rule = "  ".join("-" * width for width in widths)
+    return "\n".join([render(header), rule, *(render(line) for line in lines)])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="bench_worker", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions per measurement (best is kept)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, print the table, and return the numbers.
+
+    Returns:
+        ``{"quick", "sizes", "environment", "results"}``; ``results`` maps each benchmark's key
+        to its ``label``, ``unit``, ``ours``, ``baseline``, ``ratio``, ``target``,
+        ``higher_is_better`` and ``met`` (``baseline`` and ``ratio`` are None for an absolute
+        target, ``target`` and ``met`` None for a row given for information). The throughput
+        row also has ``ours_chunks``, ``baseline_chunks`` (chunks the consumers received),
+        ``tokens`` and ``production_s`` (the runner alone); the round trip ``ours_p99`` and
+        ``baseline_p99``.
+    """
+    args = parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.repeat is not None:
+        if args.repeat < 1:
+            raise SystemExit("--repeat must be >= 1")
+        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    # We measure the worker, not log formatting: every restart of benchmark 3 is logged at
+    # WARNING, so the library's logger is raised to ERROR for the run and restored afterwards.
+    library_logger = logging.getLogger("trio_supervise")
+    saved_level = library_logger.level
+    library_logger.setLevel(logging.ERROR)
+    try:
+        throughput = bench_throughput(sizes)
+        round_trip, round_trip_extras = bench_round_trip(sizes)
+        restart_rows = bench_restarts(sizes)
+        rows = [*throughput.rows, round_trip, *restart_rows]
+    finally:
+        library_logger.setLevel(saved_level)
+    environment = {
+        "python": platform.python_version(),
+        "trio": trio.__version__,
+        "trio_supervise": trio_supervise.__version__,
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+    print(
+        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
+        f"Python {environment['python']}, {environment['cpus']} CPUs; "
+        f"best of {sizes.repeat}{' (--quick)' if args.quick else ''}"
+    )
+    print(format_table(rows))
+    tokens = throughput.tokens
+    print(
+        f"chunks received for {tokens:,} tokens: ours {throughput.ours_chunks:,} "
+        f"({tokens / throughput.ours_chunks:.2f} tokens/chunk), baseline "
+        f"{throughput.baseline_chunks:,} (1 token/chunk); the runner alone produces them at "
+        f"{tokens / throughput.production_s:,.0f} tok/s"
+    )
+    print(
+        f"round trip p99: ours {format_value(round_trip_extras['ours_p99'], 's')}, baseline "
+        f"{format_value(round_trip_extras['baseline_p99'], 's')}"
+    )
+    results = {row.key: row.as_dict() for row in rows}
+    results["tokens_per_s"].update(
+        ours_chunks=throughput.ours_chunks,
+        baseline_chunks=throughput.baseline_chunks,
+        tokens=tokens,
+        production_s=throughput.production_s,
+    )
+    results["round_trip_s"].update(round_trip_extras)
+    return {
+        "quick": args.quick,
+        "sizes": dataclasses.asdict(sizes),
+        "environment": environment,
+        "results": results,
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
