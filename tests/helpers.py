@@ -101,18 +101,25 @@ class FaultRunner(MockRunner):
             self.record.executes.append((self.instance, batch.seq, tuple(batch_ids(batch))))
             await self._fault(what)
         count = 0
+        finished: set[str] = set()
         async with contextlib.aclosing(super().execute(batch)) as chunks:
             async for chunk in chunks:
                 yield chunk
+                if chunk.final:
+                    finished.add(chunk.request_id)
                 count += 1
                 if count == after:
                     if what == "unfinished":
                         return
                     if what == "unknown":
                         yield ts.Chunk("no-such-request", (1,), "x")
-                    elif isinstance(what, tuple):  # ("error", request id or None: the first, exc)
+                    elif isinstance(what, tuple):  # ("error", request id or None, exc)
                         _, request_id, exc = what
-                        yield ts.Chunk(request_id or batch.requests[0].id, error=exc)
+                        if request_id is None:  # the first request still running, if any
+                            running = [r.id for r in batch.requests if r.id not in finished]
+                            request_id = running[0] if running else None
+                        if request_id is not None:
+                            yield ts.Chunk(request_id, error=exc)
                     else:
                         await self._fault(what)
 
