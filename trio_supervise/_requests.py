@@ -14,7 +14,6 @@ already), never delivered.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -52,10 +51,10 @@ class RequestState:
         "error",
         "finish_reason",
         "lot",
+        "max_tokens",
         "on_outcome",
         "outcome",
-        "pending_text",
-        "pending_tokens",
+        "pending",
         "produced",
         "produced_this_attempt",
         "request",
@@ -64,8 +63,8 @@ class RequestState:
 
     def __init__(self, request: Request, on_outcome: Callable[[RequestState], None]) -> None:
         self.request = request
-        self.pending_tokens: list[int] = []
-        self.pending_text: list[str] = []
+        self.max_tokens = request.params.max_tokens
+        self.pending: list[Chunk] = []  # from the runner, not yet taken by the consumer
         self.produced = 0
         self.produced_this_attempt = False
         self.attempts = 0
@@ -101,25 +100,26 @@ class RequestState:
             RunnerError: the chunk would exceed the request's ``max_tokens``.
         """
         self.produced_this_attempt = True
-        if chunk.token_ids:
-            self.produced += len(chunk.token_ids)
-            if self.produced > self.request.params.max_tokens:
+        tokens = chunk.token_ids
+        if tokens:
+            self.produced += len(tokens)
+            if self.produced > self.max_tokens:
                 raise RunnerError(
                     f"the runner produced {self.produced} tokens for request {self.id!r}, "
                     f"more than its max_tokens={self.request.params.max_tokens}"
                 )
-            self.pending_tokens.extend(chunk.token_ids)
-        if chunk.text:
-            self.pending_text.append(chunk.text)
         if chunk.error is not None:
+            if tokens or chunk.text:  # its output still reaches the consumer, then the error
+                self.pending.append(Chunk(self.id, tokens, chunk.text))
             self.fail(error_for_request(chunk.error))
             return
+        self.pending.append(chunk)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
             self.usage = chunk.usage
             self._end("finished")
-            return
-        self.lot.unpark_all()
+        elif self.lot:  # a consumer waits
+            self.lot.unpark_all()
 
     def fail(self, error: InferenceError) -> None:
         """End the request with ``error`` (its own object), unless it has ended already."""
@@ -136,20 +136,20 @@ class RequestState:
             self._end("cancelled")
 
     def take(self) -> Chunk | None:
-        """Everything buffered, as one chunk (final when the request has finished)."""
-        final = self.outcome == "finished"
-        if not (self.pending_tokens or self.pending_text or final):
+        """Everything buffered, as one chunk (the final one when the request has finished)."""
+        pending = self.pending
+        if len(pending) == 1:  # the common case: hand the runner's chunk over as it is
+            return pending.pop()
+        if not pending:
             return None
-        chunk = Chunk(
-            self.id,
-            tuple(self.pending_tokens),
-            "".join(self.pending_text),
-            self.finish_reason if final else None,
-            self.usage if final else None,
-        )
-        self.pending_tokens.clear()
-        self.pending_text.clear()
-        return chunk
+        tokens: list[int] = []
+        text: list[str] = []
+        for chunk in pending:
+            tokens.extend(chunk.token_ids)
+            text.append(chunk.text)
+        last = pending[-1]
+        pending.clear()
+        return Chunk(self.id, tuple(tokens), "".join(text), last.finish_reason, last.usage)
 
 
 class RequestStream:
@@ -180,21 +180,30 @@ class RequestStream:
         state = self._state
         if self._done:
             raise StopAsyncIteration
-        await trio.lowlevel.checkpoint_if_cancelled()
-        deadline = state.request.deadline
+        waited = False
         while True:
-            chunk = state.take()
-            if chunk is not None:
+            if state.pending:
+                if not waited:  # parking was this call's checkpoint; otherwise take one now
+                    await trio.lowlevel.checkpoint_if_cancelled()
+                chunk = state.take()
+                assert chunk is not None
                 if chunk.finish_reason is not None:
                     self._done = True
-                await trio.lowlevel.cancel_shielded_checkpoint()
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                 return chunk
             if state.outcome is not None:
                 self._done = True
+                await trio.lowlevel.checkpoint()
                 if state.error is not None:
                     raise state.error
                 raise StopAsyncIteration  # cancelled by this consumer
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            deadline = state.request.deadline
+            waited = True
+            if deadline is None:
+                await state.lot.park()
+                continue
+            with trio.move_on_at(deadline):
                 await state.lot.park()
                 continue
             state.fail(

@@ -18,10 +18,8 @@ the requests that were in flight are the worker's business (it sees the decision
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -194,7 +192,10 @@ class Tier:
             self.active += 1
             if self.active == 1:
                 self.idle = trio.Event()
-            nursery.start_soon(self._run_batch, job, slots)
+            if self.concurrency == 1:  # one batch at a time: no task to spawn
+                await self._run_batch(job, slots)
+            else:
+                nursery.start_soon(self._run_batch, job, slots)
 
     async def _run_batch(self, job: Job, slots: trio.Semaphore) -> None:
         try:
@@ -216,7 +217,6 @@ class Tier:
                 self.idle.set()
 
     async def _execute(self, job: Job) -> None:
-        worker = self.worker
         cancelled: set[str] = set()
         for state in job.states:
             state.attempts += 1  # a run is counted when it starts executing
@@ -227,19 +227,46 @@ class Tier:
         by_id = {state.id: state for state in job.states}
         assert job.seq is not None
         batch = Batch(tuple(s.request for s in job.states), job.seq, cancelled=cancelled)
-        hang = worker.hang_timeout
-        with trio.CancelScope() as watchdog:
-            if hang is not None:
-                watchdog.deadline = trio.current_time() + hang
-            chunks = self.runner.execute(batch)
-            async with _closing(chunks):
-                async for chunk in chunks:
-                    if hang is not None:
-                        watchdog.deadline = trio.current_time() + hang
-                    self._route(by_id, chunk, batch)
+        hang = self.worker.hang_timeout
+        if hang is None:
+            await self._stream(batch, by_id, None)
+            return
+        with trio.CancelScope(deadline=trio.current_time() + hang) as watchdog:
+            await self._stream(batch, by_id, watchdog)
         if watchdog.cancelled_caught:
             raise HungWorker(f"batch {batch.seq} made no progress for hang_timeout={hang:g}s")
-        unfinished = [s.id for s in job.states if s.open]
+
+    async def _stream(
+        self, batch: Batch, by_id: dict[str, RequestState], watchdog: trio.CancelScope | None
+    ) -> None:
+        """Route the runner's chunks to their requests; each chunk extends the watchdog."""
+        hang = self.worker.hang_timeout
+        chunks = self.runner.execute(batch)
+        get = by_id.get
+        tokens = 0
+        try:
+            async for chunk in chunks:
+                if watchdog is not None:
+                    watchdog.deadline = trio.current_time() + hang  # type: ignore[operator]
+                # Inline fast path of _route for a well-formed chunk of an open request.
+                state = get(chunk.request_id) if type(chunk) is Chunk else None
+                if (
+                    state is not None
+                    and state.outcome is None
+                    and chunk.error is None
+                    and type(chunk.token_ids) is tuple
+                ):
+                    state.push(chunk)
+                    tokens += len(chunk.token_ids)
+                else:
+                    self._route(by_id, chunk, batch)
+        finally:
+            self.worker.tokens += tokens
+            # Close an unfinished async generator here, in this task, even when cancelled.
+            if getattr(chunks, "ag_frame", None) is not None:
+                with trio.CancelScope(shield=True):
+                    await chunks.aclose()
+        unfinished = [s.id for s in by_id.values() if s.open]
         if unfinished:
             raise RunnerError(f"batch {batch.seq} ended without finishing requests {unfinished}")
 
@@ -255,7 +282,7 @@ class Tier:
             )
         if state.open:
             state.push(chunk)
-            self.worker._chunk_delivered(chunk)
+            self.worker.tokens += len(chunk.token_ids)
         elif state.outcome == "finished":
             raise RunnerError(
                 f"batch {batch.seq}: the runner sent a chunk for request {state.id!r} "
@@ -280,15 +307,3 @@ class Tier:
         if self.fatal is None:
             self.failed_job = job
         self.fail(error)
-
-
-@contextlib.asynccontextmanager
-async def _closing(chunks: AsyncIterator[Chunk]) -> AsyncIterator[None]:
-    """Close an async generator in this task, also when the batch is cancelled."""
-    try:
-        yield
-    finally:
-        close = getattr(chunks, "aclose", None)
-        if close is not None:
-            with trio.CancelScope(shield=True):
-                await close()

@@ -43,7 +43,7 @@ from ._requests import RequestState, RequestStream, error_for_request
 from ._runner import resolve_factory, runner_attributes
 from ._supervised import supervised
 from ._tier import Job, RestartRequested, Tier
-from ._types import Batch, Chunk, RebuildCause, Request
+from ._types import Batch, RebuildCause, Request
 from .devices import DeviceContext, open_device
 
 __all__ = ["Worker", "WorkerState", "WorkerStatistics", "open_worker"]
@@ -185,6 +185,7 @@ class Worker:
         self._seq = 0
         self._counts = collections.Counter[str]()
         self._running = False
+        self.tokens = 0  # delivered to request buffers (the tier counts them)
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self.state.value.name} generation={self.generation}>"
@@ -199,7 +200,9 @@ class Worker:
             Backpressure: ``max_pending`` batches are waiting already.
             WorkerStopped: the worker is stopped, failed or draining.
         """
-        return self.submit(Batch((request,)))[0]
+        if not isinstance(request, Request):
+            raise BadRequest(f"generate takes a Request, got {request!r}")
+        return self._submit((request,))[0]
 
     def submit(self, batch: Batch) -> tuple[RequestStream, ...]:
         """Submit exactly this batch; one stream per request, in order.
@@ -208,15 +211,18 @@ class Worker:
         """
         if not isinstance(batch, Batch):
             raise BadRequest(f"submit takes a Batch, got {batch!r}")
+        return self._submit(batch.requests)
+
+    def _submit(self, requests: tuple[Request, ...]) -> tuple[RequestStream, ...]:
         self._check_accepting()
-        for request in batch.requests:
+        for request in requests:
             if request.id in self._open:
                 raise BadRequest(f"request id {request.id!r} is already in flight on {self.name!r}")
         if len(self._queue) >= self.max_pending:
             raise Backpressure(
                 f"{self.name!r} has max_pending={self.max_pending} batches waiting already"
             )
-        states = [RequestState(request, self._request_ended) for request in batch.requests]
+        states = [RequestState(request, self._request_ended) for request in requests]
         for state in states:
             self._open[state.id] = state
         self._counts["accepted"] += len(states)
@@ -234,9 +240,6 @@ class Worker:
         self._counts[state.outcome or "?"] += 1
         if not self._open:
             self._idle.set()
-
-    def _chunk_delivered(self, chunk: Chunk) -> None:
-        self._counts["tokens"] += len(chunk.token_ids)
 
     async def _next_job(self, tier: Tier) -> Job:
         """The next job with an open request, for ``tier`` (waits while there is none)."""
@@ -429,7 +432,7 @@ class Worker:
             cancelled=counts["cancelled"],
             requeued=counts["requeued"],
             batches=counts["batches"],
-            tokens=counts["tokens"],
+            tokens=self.tokens,
         )
 
 
