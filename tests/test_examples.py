@@ -44,3 +44,17 @@ def test_supervised_tasks_example(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "heartbeat: running, incarnation 1" in out
     assert "poller: stopped, incarnation 5" in out
+
+
+def test_embed_worker_example(capsys: pytest.CaptureFixture[str]) -> None:
+    import trio
+    import trio.testing
+
+    namespace = runpy.run_path(str(EXAMPLES / "embed_worker.py"))
+    result = trio.run(namespace["main"], clock=trio.testing.MockClock(autojump_threshold=0))
+    assert result["generation"] == 2  # one poisoning, one rebuilt tier
+    assert result["finished"] == 4  # every prompt was served in the end
+    log = result["log"]
+    assert sum("ContextPoisoned (retryable=True)" in line for line in log) == 1
+    assert sum("served by generation 2" in line for line in log) >= 1
+    assert "generation 2, requests 5: 4 finished, 1 failed" in capsys.readouterr().out
