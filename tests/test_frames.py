@@ -1,0 +1,85 @@
+"""The process tier's wire protocol: frames round-trip, split anywhere, and refuse garbage."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import trio_supervise as ts
+from trio_supervise.isolation import _frames as f
+
+REPLIES = [
+    f.Ready(pid=123, max_concurrency=2),
+    f.ChunkFrame(3, "r1", [1, 2, 3], "a b c", "length", (4, 3)),
+    f.ChunkFrame(3, "r2", [], "", None, None, f.ErrorData("OutOfMemory", "full", True, 0.5, "tb")),
+    f.BatchEnd(3),
+    f.BatchFailed(3, f.ErrorData("ContextPoisoned", "700", True), sticky=True),
+    f.RebuildDone(7),
+    f.Fatal(f.ErrorData("ConfigError", "cannot import 'nope'")),
+    f.Heartbeat(progress=42, busy=1),
+]
+MESSAGES = [
+    f.Init("pkg.mod:factory", {"delay": 0.5, "nested": {"a": [1, 2]}}, "cpu", ["/x"], 2),
+    f.Execute(5, [f.RequestData("r1", "hi", 4, 1.0, 1.0, 3, ["\n"], True, None)]),
+    f.Cancel(5, "r1"),
+    f.Rebuild(1, "manual"),
+    f.Stop(),
+]
+
+
+@given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
+def test_frames_survive_any_split_of_the_stream(cuts: list[int]) -> None:
+    stream = b"".join(f.encode(m) for m in REPLIES)
+    reader = f.FrameReader(from_child=True)
+    got, position = [], 0
+    for cut in cuts:
+        got += reader.feed(stream[position : position + cut])
+        position += cut
+    got += reader.feed(stream[position:])
+    assert got == REPLIES
+    assert reader.pending == 0
+
+
+def test_each_direction_decodes_only_its_own_messages() -> None:
+    to_child = f.FrameReader(from_child=False)
+    assert to_child.feed(b"".join(f.encode(m) for m in MESSAGES)) == MESSAGES
+    with pytest.raises(f.MalformedFrame, match=r"^undecodable frame"):
+        to_child.feed(f.encode(f.BatchEnd(1)))
+
+
+def test_garbage_and_oversized_frames_are_malformed() -> None:
+    reader = f.FrameReader(from_child=True)
+    with pytest.raises(f.MalformedFrame, match=r"^frame length \d+ exceeds 16777216"):
+        reader.feed(b"\xff\xff\xff\xffgarbage")
+    reader = f.FrameReader(from_child=True)
+    with pytest.raises(f.MalformedFrame, match=r"^undecodable frame .*: b'hello'"):
+        reader.feed(b"\x00\x00\x00\x05hello")
+
+
+def test_errors_cross_as_data() -> None:
+    original = ts.OutOfMemory("no room", retry_after=1.5)
+    back = f.error_from_data(f.error_to_data(original))
+    assert type(back) is ts.OutOfMemory
+    assert (back.message, back.retryable, back.retry_after) == ("no room", True, 1.5)
+    poisoned = f.error_from_data(f.error_to_data(ts.HungWorker("stuck")))
+    assert type(poisoned) is ts.HungWorker
+    config = f.error_from_data(f.error_to_data(ts.ConfigError("bad path")))
+    assert type(config) is ts.ConfigError and str(config) == "bad path"
+    try:
+        raise KeyError("their own")
+    except KeyError as exc:
+        foreign = f.error_from_data(f.error_to_data(exc))
+    assert type(foreign) is ts.RunnerError
+    assert str(foreign) == "KeyError: 'their own'"
+    assert "in the child process:" in foreign.__notes__[0]
+    assert "KeyError" in foreign.__notes__[0]
+
+
+def test_requests_and_chunks_round_trip() -> None:
+    request = ts.Request("r", (1, 2), ts.SamplingParams(5, 0.5, 0.9, 7, ("x",)), False, 12.5)
+    assert f.request_from_data(f.request_to_data(request)) == request
+    chunk = ts.Chunk("r", (4, 5), "ab", ts.FinishReason.STOP, ts.Usage(2, 2))
+    assert f.chunk_from_frame(f.chunk_to_frame(0, chunk)) == chunk
+    failed = f.chunk_from_frame(f.chunk_to_frame(0, ts.Chunk("r", error=ts.BadRequest("long"))))
+    assert type(failed.error) is ts.BadRequest and failed.final

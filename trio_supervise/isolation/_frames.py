@@ -1,0 +1,311 @@
+"""The wire protocol between a worker and its child process: length-prefixed msgspec frames.
+
+Each frame is a 4-byte big-endian length, then that many bytes of msgpack: one of the tagged
+structs below. A length over :data:`MAX_FRAME` (16 MiB), or bytes that do not decode to a known
+message, is a :class:`MalformedFrame`: the parent treats the child as dead.
+
+Parent to child: :class:`Init`, :class:`Execute`, :class:`Cancel`, :class:`Rebuild`,
+:class:`Stop`. Child to parent: :class:`Ready`, :class:`ChunkFrame`, :class:`BatchEnd`,
+:class:`BatchFailed`, :class:`RebuildDone`, :class:`Fatal`, :class:`Heartbeat`.
+
+Errors cross as data (:class:`ErrorData`): the exported class name, message, retryable,
+retry_after and the traceback text. Classes that are not the library's own arrive as
+:class:`RunnerError`.
+"""
+
+from __future__ import annotations
+
+import traceback
+from typing import Any
+
+import msgspec
+
+from .. import _errors
+from .._errors import InferenceError, RunnerError, SuperviseError
+from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
+
+__all__ = [
+    "MAX_FRAME",
+    "BatchEnd",
+    "BatchFailed",
+    "Cancel",
+    "ChunkFrame",
+    "ErrorData",
+    "Execute",
+    "Fatal",
+    "FrameReader",
+    "Heartbeat",
+    "Init",
+    "MalformedFrame",
+    "Ready",
+    "Rebuild",
+    "RebuildDone",
+    "RequestData",
+    "Stop",
+    "encode",
+    "error_from_data",
+    "error_to_data",
+]
+
+MAX_FRAME = 16 * 1024 * 1024
+"""The largest frame, in bytes."""
+
+
+class MalformedFrame(Exception):
+    """Bytes on the frame socket that are not a valid frame."""
+
+
+class _Message(msgspec.Struct, tag=True, array_like=True):
+    pass
+
+
+class ErrorData(msgspec.Struct, array_like=True, frozen=True):
+    """An exception as data."""
+
+    cls: str
+    message: str
+    retryable: bool | None = None
+    retry_after: float | None = None
+    traceback: str = ""
+
+
+class RequestData(msgspec.Struct, array_like=True, frozen=True):
+    """A :class:`Request` as data."""
+
+    id: str
+    prompt: str | list[int]
+    max_tokens: int
+    temperature: float
+    top_p: float
+    seed: int | None
+    stop: list[str]
+    idempotent: bool
+    deadline: float | None
+
+
+# --- parent to child --------------------------------------------------------------------------
+
+
+class Init(_Message):
+    """Build the runner: ``factory`` (an import path) with ``runner_args``, on ``device``."""
+
+    factory: str
+    runner_args: dict[str, Any]
+    device: str
+    sys_path: list[str]
+    generation: int
+
+
+class Execute(_Message):
+    """Run a batch."""
+
+    seq: int
+    requests: list[RequestData]
+
+
+class Cancel(_Message):
+    """A request's consumer left: the runner sees it through ``batch.is_cancelled``."""
+
+    seq: int
+    request_id: str
+
+
+class Rebuild(_Message):
+    """Call ``runner.rebuild_session(cause)``."""
+
+    token: int
+    cause: str
+
+
+class Stop(_Message):
+    """Close the runner and exit."""
+
+
+# --- child to parent --------------------------------------------------------------------------
+
+
+class Ready(_Message):
+    """The runner is loaded."""
+
+    pid: int
+    max_concurrency: int
+
+
+class ChunkFrame(_Message):
+    """One chunk of batch ``seq``."""
+
+    seq: int
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    usage: tuple[int, int] | None = None
+    error: ErrorData | None = None
+
+
+class BatchEnd(_Message):
+    """Batch ``seq`` ended normally (the runner's iterator was exhausted)."""
+
+    seq: int
+
+
+class BatchFailed(_Message):
+    """Batch ``seq`` raised ``error``; ``sticky``: the child exits after this report."""
+
+    seq: int
+    error: ErrorData
+    sticky: bool = False
+
+
+class RebuildDone(_Message):
+    """The rebuild ``token`` finished, with ``error`` if it raised."""
+
+    token: int
+    error: ErrorData | None = None
+
+
+class Fatal(_Message):
+    """The child cannot go on (a failed build or load, a sticky error); it exits after this."""
+
+    error: ErrorData
+
+
+class Heartbeat(_Message):
+    """The child is alive; ``progress`` counts chunks produced so far, ``busy`` batches running."""
+
+    progress: int
+    busy: int
+
+
+Message = Init | Execute | Cancel | Rebuild | Stop
+Reply = Ready | ChunkFrame | BatchEnd | BatchFailed | RebuildDone | Fatal | Heartbeat
+
+_encoder = msgspec.msgpack.Encoder()
+_to_child = msgspec.msgpack.Decoder(Message)
+_to_parent = msgspec.msgpack.Decoder(Reply)
+
+
+def encode(message: msgspec.Struct) -> bytes:
+    """A whole frame (length prefix and payload) for ``message``."""
+    payload = _encoder.encode(message)
+    if len(payload) > MAX_FRAME:
+        raise MalformedFrame(f"a frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
+    return len(payload).to_bytes(4, "big") + payload
+
+
+class FrameReader:
+    """Splits a byte stream into decoded messages; feed it bytes as they arrive."""
+
+    def __init__(self, *, from_child: bool) -> None:
+        self._decoder = _to_parent if from_child else _to_child
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        """Add ``data``; return the messages it completed.
+
+        Raises:
+            MalformedFrame: an oversized length, or a payload that is not a known message.
+        """
+        self._buffer += data
+        messages = []
+        while len(self._buffer) >= 4:
+            size = int.from_bytes(self._buffer[:4], "big")
+            if size > MAX_FRAME:
+                head = bytes(self._buffer[:16])
+                raise MalformedFrame(
+                    f"frame length {size} exceeds {MAX_FRAME} (first bytes: {head!r})"
+                )
+            if len(self._buffer) < 4 + size:
+                break
+            payload = bytes(self._buffer[4 : 4 + size])
+            del self._buffer[: 4 + size]
+            try:
+                messages.append(self._decoder.decode(payload))
+            except msgspec.DecodeError as exc:
+                raise MalformedFrame(f"undecodable frame ({exc}): {payload[:64]!r}") from exc
+        return messages
+
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet part of a whole frame."""
+        return len(self._buffer)
+
+
+# --- conversions ------------------------------------------------------------------------------
+
+
+def error_to_data(error: BaseException) -> ErrorData:
+    """An exception as data: its class name if the library exports it, else the qualified name."""
+    cls = type(error)
+    name = cls.__name__ if getattr(_errors, cls.__name__, None) is cls else cls.__qualname__
+    text = "".join(traceback.format_exception(error))
+    if isinstance(error, InferenceError):
+        return ErrorData(name, error.message, error.retryable, error.retry_after, text)
+    return ErrorData(name, str(error), None, None, text)
+
+
+def error_from_data(data: ErrorData) -> SuperviseError:
+    """The exception back: the library's own classes as themselves, others as RunnerError.
+
+    The child's traceback text is attached as a note.
+    """
+    cls = getattr(_errors, data.cls, None)
+    error: SuperviseError
+    if isinstance(cls, type) and issubclass(cls, InferenceError):
+        error = cls(data.message, retryable=data.retryable, retry_after=data.retry_after)
+    elif isinstance(cls, type) and issubclass(cls, SuperviseError):
+        error = cls(data.message)  # ConfigError and the supervision errors take a message
+    else:
+        error = RunnerError(f"{data.cls}: {data.message}")
+    if data.traceback:
+        error.add_note(f"in the child process:\n{data.traceback.rstrip()}")
+    return error
+
+
+def request_to_data(request: Request) -> RequestData:
+    """A request as data."""
+    params = request.params
+    prompt = request.prompt if isinstance(request.prompt, str) else list(request.prompt)
+    return RequestData(
+        request.id,
+        prompt,
+        params.max_tokens,
+        params.temperature,
+        params.top_p,
+        params.seed,
+        list(params.stop),
+        request.idempotent,
+        request.deadline,
+    )
+
+
+def request_from_data(data: RequestData) -> Request:
+    """The request back."""
+    params = SamplingParams(
+        data.max_tokens, data.temperature, data.top_p, data.seed, tuple(data.stop)
+    )
+    prompt = data.prompt if isinstance(data.prompt, str) else tuple(data.prompt)
+    return Request(data.id, prompt, params, data.idempotent, data.deadline)
+
+
+def chunk_to_frame(seq: int, chunk: Chunk) -> ChunkFrame:
+    """A chunk as data."""
+    usage = (
+        None if chunk.usage is None else (chunk.usage.prompt_tokens, chunk.usage.completion_tokens)
+    )
+    reason = None if chunk.finish_reason is None else chunk.finish_reason.value
+    error = None if chunk.error is None else error_to_data(chunk.error)
+    return ChunkFrame(
+        seq, chunk.request_id, list(chunk.token_ids), chunk.text, reason, usage, error
+    )
+
+
+def chunk_from_frame(frame: ChunkFrame) -> Chunk:
+    """The chunk back (an error that is not an InferenceError arrives as RunnerError)."""
+    usage = None if frame.usage is None else Usage(*frame.usage)
+    reason = None if frame.finish_reason is None else FinishReason(frame.finish_reason)
+    error = None
+    if frame.error is not None:
+        restored = error_from_data(frame.error)
+        error = restored if isinstance(restored, InferenceError) else RunnerError(str(restored))
+    return Chunk(frame.request_id, tuple(frame.token_ids), frame.text, reason, usage, error)
