@@ -19,21 +19,17 @@ Run ``python benchmarks/bench_supervisor.py [--quick]`` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gc
-import logging
-import os
-import platform
 import sys
 import time
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import trio
 
-import trio_supervise
 from trio_supervise import (
     Backoff,
     ChildSpec,
@@ -45,6 +41,18 @@ from trio_supervise import (
     on,
     rules,
     supervised,
+)
+
+if not __package__:  # run as a script: ``benchmarks`` is a package of the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (
+    Row,
+    collected_run,
+    parse_args,
+    pick_sizes,
+    quiet_library_logger,
+    report,
 )
 
 RESTARTS_TARGET = 0.6
@@ -64,44 +72,6 @@ class Sizes:
 
 FULL = Sizes(restarts=20_000, children=10_000, repeat=5)
 QUICK = Sizes(restarts=2_000, children=1_000, repeat=3)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: our number, the baseline's, and the target on their ratio."""
-
-    key: str
-    label: str
-    unit: str
-    ours: float
-    baseline: float
-    target: float
-    higher_is_better: bool
-
-    @property
-    def ratio(self) -> float:
-        """ours / baseline (for throughput higher is better, for time and memory lower)."""
-        return self.ours / self.baseline if self.baseline else float("inf")
-
-    @property
-    def met(self) -> bool:
-        """Whether the ratio meets the target."""
-        if self.higher_is_better:
-            return self.ratio >= self.target
-        return self.ratio <= self.target
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as plain JSON-able values."""
-        return {
-            "label": self.label,
-            "unit": self.unit,
-            "ours": self.ours,
-            "baseline": self.baseline,
-            "ratio": self.ratio,
-            "target": self.target,
-            "higher_is_better": self.higher_is_better,
-            "met": self.met,
-        }
 
 
 # --- 1. restarts per second -------------------------------------------------------------------
@@ -191,12 +161,9 @@ def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
     ours_short: list[float] = []
     baseline: list[float] = []
     for _ in range(sizes.repeat):
-        gc.collect()
-        ours_long.append(trio.run(restarts_ours, n, LONG_WINDOW))
-        gc.collect()
-        ours_short.append(trio.run(restarts_ours, n, SHORT_WINDOW))
-        gc.collect()
-        baseline.append(trio.run(restarts_baseline, n))
+        ours_long.append(collected_run(restarts_ours, n, LONG_WINDOW))
+        ours_short.append(collected_run(restarts_ours, n, SHORT_WINDOW))
+        baseline.append(collected_run(restarts_baseline, n))
     long_row = Row(
         key="restarts_per_s",
         label=f"restarts/s ({n:,} restarts)",
@@ -278,17 +245,13 @@ def bench_children(sizes: Sizes) -> tuple[Row, Row, float]:
     ours: list[tuple[float, float]] = []
     baseline: list[float] = []
     for _ in range(sizes.repeat):
-        gc.collect()
-        elapsed, _, built = trio.run(children_ours, n, False)
+        elapsed, _, built = collected_run(children_ours, n, False)
         ours.append((elapsed, built))
-        gc.collect()
-        baseline.append(trio.run(children_baseline, n, False)[0])
+        baseline.append(collected_run(children_baseline, n, False)[0])
     tracemalloc.start()
     try:
-        gc.collect()
-        ours_bytes = trio.run(children_ours, n, True)[1]
-        gc.collect()
-        baseline_bytes = trio.run(children_baseline, n, True)[1]
+        ours_bytes = collected_run(children_ours, n, True)[1]
+        baseline_bytes = collected_run(children_baseline, n, True)[1]
     finally:
         tracemalloc.stop()
     time_row = Row(
@@ -324,45 +287,6 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:,.0f} /s"
 
 
-def format_table(rows: Sequence[Row]) -> str:
-    """The rows as an aligned text table."""
-    header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
-    lines = [
-        (
-            row.label,
-            format_value(row.ours, row.unit),
-            format_value(row.baseline, row.unit),
-            f"{row.ratio:.2f}",
-            f"{'>=' if row.higher_is_better else '<='} {row.target:.1f}",
-            "yes" if row.met else "no",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def render(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(header), rule, *(render(line) for line in lines)])
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(
-        prog="bench_supervisor", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=None, help="repetitions per measurement (best is kept)"
-    )
-    return parser.parse_args(argv)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the benchmarks, print the table, and return the numbers.
 
@@ -371,49 +295,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         to its ``ours``, ``baseline``, ``ratio``, ``target``, ``higher_is_better`` and ``met``
         (the children's time also has ``ours_build``: the part spent building specs).
     """
-    args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    if args.repeat is not None:
-        if args.repeat < 1:
-            raise SystemExit("--repeat must be >= 1")
-        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    args = parse_args(argv, prog="bench_supervisor", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
     # We measure the supervision machinery, not log formatting: the benchmark child's failures
     # are logged at WARNING (and its restarts at INFO), so the library's logger is raised to
     # ERROR for the run and restored afterwards. Events are then skipped before any is built.
-    library_logger = logging.getLogger("trio_supervise")
-    saved_level = library_logger.level
-    library_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_library_logger():
         restart_rows = bench_restarts(sizes)
         time_row, memory_row, build_s = bench_children(sizes)
-        rows = [*restart_rows, time_row, memory_row]
-    finally:
-        library_logger.setLevel(saved_level)
-    environment = {
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "trio_supervise": trio_supervise.__version__,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    print(
-        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
-        f"Python {environment['python']}, {environment['cpus']} CPUs; "
-        f"best of {sizes.repeat}{' (--quick)' if args.quick else ''}"
+    result = report(
+        [*restart_rows, time_row, memory_row],
+        sizes=sizes,
+        quick=args.quick,
+        format_value=format_value,
     )
-    print(format_table(rows))
     print(
         f"ours, {sizes.children:,} children: {build_s * 1e3:,.1f} ms building ChildSpecs and "
         f"Supervisor, {(time_row.ours - build_s) * 1e3:,.1f} ms in nursery.start(supervisor.run)"
     )
-    results = {row.key: row.as_dict() for row in rows}
-    results[time_row.key]["ours_build"] = build_s
-    return {
-        "quick": args.quick,
-        "sizes": dataclasses.asdict(sizes),
-        "environment": environment,
-        "results": results,
-    }
+    result["results"][time_row.key]["ours_build"] = build_s
+    return result
 
 
 if __name__ == "__main__":

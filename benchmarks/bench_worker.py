@@ -32,16 +32,11 @@ Run ``python benchmarks/bench_worker.py [--quick]`` or
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import gc
-import logging
-import os
-import platform
-import statistics
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -59,6 +54,20 @@ from trio_supervise import (
     open_worker,
 )
 from trio_supervise.runners.mock import MockRunner, text_of, token_at
+
+if not __package__:  # run as a script: ``benchmarks`` is a package of the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (
+    Row,
+    best_median,
+    collected_run,
+    parse_args,
+    pick_sizes,
+    pooled_percentile,
+    quiet_library_logger,
+    report,
+)
 
 THROUGHPUT_TARGET = 2.0
 """DESIGN.md: tokens/s through a worker at >= 2x the hand-written per-token channel pipeline."""
@@ -87,53 +96,6 @@ class Sizes:
 
 FULL = Sizes(batches=4, round_trips=2_000, restarts=200, repeat=5)
 QUICK = Sizes(batches=1, round_trips=200, restarts=20, repeat=3)
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the table: our number, the baseline's, and the target.
-
-    With a baseline, the target applies to the ratio ours / baseline; without one (``baseline``
-    None), it applies to ``ours`` itself. A row with no target is for information only.
-    """
-
-    key: str
-    label: str
-    unit: str
-    ours: float
-    baseline: float | None
-    target: float | None
-    higher_is_better: bool
-
-    @property
-    def ratio(self) -> float | None:
-        """ours / baseline (for throughput higher is better, for time lower); None without one."""
-        if self.baseline is None:
-            return None
-        return self.ours / self.baseline if self.baseline else float("inf")
-
-    @property
-    def met(self) -> bool | None:
-        """Whether the target is met (None for a row without a target)."""
-        if self.target is None:
-            return None
-        value = self.ours if self.ratio is None else self.ratio
-        if self.higher_is_better:
-            return value >= self.target
-        return value <= self.target
-
-    def as_dict(self) -> dict[str, Any]:
-        """The row as plain JSON-able values."""
-        return {
-            "label": self.label,
-            "unit": self.unit,
-            "ours": self.ours,
-            "baseline": self.baseline,
-            "ratio": self.ratio,
-            "target": self.target,
-            "higher_is_better": self.higher_is_better,
-            "met": self.met,
-        }
 
 
 @dataclasses.dataclass
@@ -249,14 +211,10 @@ def bench_throughput(sizes: Sizes) -> ThroughputResult:
     nowait: list[tuple[float, Received]] = []
     production: list[float] = []
     for _ in range(sizes.repeat):
-        gc.collect()
-        ours.append(trio.run(throughput_ours, sizes.batches))
-        gc.collect()
-        awaited.append(trio.run(throughput_baseline, sizes.batches, False))
-        gc.collect()
-        nowait.append(trio.run(throughput_baseline, sizes.batches, True))
-        gc.collect()
-        production.append(trio.run(production_alone, sizes.batches))
+        ours.append(collected_run(throughput_ours, sizes.batches))
+        awaited.append(collected_run(throughput_baseline, sizes.batches, False))
+        nowait.append(collected_run(throughput_baseline, sizes.batches, True))
+        production.append(collected_run(production_alone, sizes.batches))
     tokens = sizes.batches * BATCH_SIZE * MAX_TOKENS
     for _, received in (*ours, *awaited, *nowait):
         assert received.tokens == tokens, (received, tokens)
@@ -332,34 +290,25 @@ async def round_trip_baseline(n: int) -> list[float]:
     return latencies
 
 
-def percentile(samples: Sequence[float], fraction: float) -> float:
-    """The nearest-rank percentile of ``samples`` (``fraction`` in (0, 1])."""
-    ordered = sorted(samples)
-    rank = max(1, -(-len(ordered) * fraction // 1))  # ceil, at least the first
-    return ordered[int(rank) - 1]
-
-
 def bench_round_trip(sizes: Sizes) -> tuple[Row, dict[str, float]]:
     """Median round trip, best of ``sizes.repeat`` per side; p99s over all samples as extras."""
     ours: list[list[float]] = []
     baseline: list[list[float]] = []
     for _ in range(sizes.repeat):
-        gc.collect()
-        ours.append(trio.run(round_trip_ours, sizes.round_trips))
-        gc.collect()
-        baseline.append(trio.run(round_trip_baseline, sizes.round_trips))
+        ours.append(collected_run(round_trip_ours, sizes.round_trips))
+        baseline.append(collected_run(round_trip_baseline, sizes.round_trips))
     row = Row(
         key="round_trip_s",
         label=f"round trip, 1 token (median of {sizes.round_trips:,})",
         unit="s",
-        ours=min(statistics.median(run) for run in ours),
-        baseline=min(statistics.median(run) for run in baseline),
+        ours=best_median(ours),
+        baseline=best_median(baseline),
         target=ROUND_TRIP_TARGET,
         higher_is_better=False,
     )
     extras = {
-        "ours_p99": percentile([x for run in ours for x in run], 0.99),
-        "baseline_p99": percentile([x for run in baseline for x in run], 0.99),
+        "ours_p99": pooled_percentile(ours, 0.99),
+        "baseline_p99": pooled_percentile(baseline, 0.99),
     }
     return row, extras
 
@@ -437,13 +386,12 @@ def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
     """p50 (best of ``sizes.repeat`` medians) and p99 (all samples) of the restart latency."""
     runs: list[list[float]] = []
     for _ in range(sizes.repeat):
-        gc.collect()
-        runs.append(trio.run(restarts_ours, sizes.restarts))
+        runs.append(collected_run(restarts_ours, sizes.restarts))
     p50 = Row(
         key="restart_fault_to_chunk_p50_s",
         label=f"inline restart, fault to chunk p50 ({sizes.restarts} restarts)",
         unit="s",
-        ours=min(statistics.median(run) for run in runs),
+        ours=best_median(runs),
         baseline=None,
         target=RESTART_TARGET_S,
         higher_is_better=False,
@@ -452,7 +400,7 @@ def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
         p50,
         key="restart_fault_to_chunk_p99_s",
         label="inline restart, fault to chunk p99",
-        ours=percentile([x for run in runs for x in run], 0.99),
+        ours=pooled_percentile(runs, 0.99),
         target=None,
     )
     return p50, p99
@@ -461,62 +409,11 @@ def bench_restarts(sizes: Sizes) -> tuple[Row, Row]:
 # --- the table --------------------------------------------------------------------------------
 
 
-def format_value(value: float | None, unit: str) -> str:
-    """A number with its unit, at a readable precision ("-" for none)."""
-    if value is None:
-        return "-"
+def format_value(value: float, unit: str) -> str:
+    """A number with its unit, at a readable precision."""
     if unit == "s":
         return f"{value * 1e6:,.1f} us" if value < 1e-3 else f"{value * 1e3:,.2f} ms"
     return f"{value:,.0f} {unit}"
-
-
-def format_target(row: Row) -> str:
-    """The target, with its direction and, for an absolute one, its unit."""
-    if row.target is None:
-        return "-"
-    sign = ">=" if row.higher_is_better else "<="
-    if row.baseline is None:
-        return f"{'>' if row.higher_is_better else '<'} {format_value(row.target, row.unit)}"
-    return f"{sign} {row.target:.1f}"
-
-
-def format_table(rows: Sequence[Row]) -> str:
-    """The rows as an aligned text table."""
-    header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
-    lines = [
-        (
-            row.label,
-            format_value(row.ours, row.unit),
-            format_value(row.baseline, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
-            format_target(row),
-            "-" if row.met is None else "yes" if row.met else "no",
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-
-    def render(cells: Sequence[str]) -> str:
-        first = cells[0].ljust(widths[0])
-        rest = [cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)]
-        return "  ".join([first, *rest])
-
-    rule = "  ".join("-" * width for width in widths)
-    return "\n".join([render(header), rule, *(render(line) for line in lines)])
-
-
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = argparse.ArgumentParser(
-        prog="bench_worker", description=__doc__.splitlines()[0] if __doc__ else None
-    )
-    parser.add_argument(
-        "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
-    )
-    parser.add_argument(
-        "--repeat", type=int, default=None, help="repetitions per measurement (best is kept)"
-    )
-    return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -531,37 +428,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ``tokens`` and ``production_s`` (the runner alone); the round trip ``ours_p99`` and
         ``baseline_p99``.
     """
-    args = parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    if args.repeat is not None:
-        if args.repeat < 1:
-            raise SystemExit("--repeat must be >= 1")
-        sizes = dataclasses.replace(sizes, repeat=args.repeat)
+    args = parse_args(argv, prog="bench_worker", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
     # We measure the worker, not log formatting: every restart of benchmark 3 is logged at
     # WARNING, so the library's logger is raised to ERROR for the run and restored afterwards.
-    library_logger = logging.getLogger("trio_supervise")
-    saved_level = library_logger.level
-    library_logger.setLevel(logging.ERROR)
-    try:
+    with quiet_library_logger():
         throughput = bench_throughput(sizes)
         round_trip, round_trip_extras = bench_round_trip(sizes)
         restart_rows = bench_restarts(sizes)
-        rows = [*throughput.rows, round_trip, *restart_rows]
-    finally:
-        library_logger.setLevel(saved_level)
-    environment = {
-        "python": platform.python_version(),
-        "trio": trio.__version__,
-        "trio_supervise": trio_supervise.__version__,
-        "cpus": os.cpu_count(),
-        "platform": platform.platform(),
-    }
-    print(
-        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
-        f"Python {environment['python']}, {environment['cpus']} CPUs; "
-        f"best of {sizes.repeat}{' (--quick)' if args.quick else ''}"
+    result = report(
+        [*throughput.rows, round_trip, *restart_rows],
+        sizes=sizes,
+        quick=args.quick,
+        format_value=format_value,
     )
-    print(format_table(rows))
     tokens = throughput.tokens
     print(
         f"chunks received for {tokens:,} tokens: ours {throughput.ours_chunks:,} "
@@ -573,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         f"round trip p99: ours {format_value(round_trip_extras['ours_p99'], 's')}, baseline "
         f"{format_value(round_trip_extras['baseline_p99'], 's')}"
     )
-    results = {row.key: row.as_dict() for row in rows}
+    results = result["results"]
     results["tokens_per_s"].update(
         ours_chunks=throughput.ours_chunks,
         baseline_chunks=throughput.baseline_chunks,
@@ -581,12 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         production_s=throughput.production_s,
     )
     results["round_trip_s"].update(round_trip_extras)
-    return {
-        "quick": args.quick,
-        "sizes": dataclasses.asdict(sizes),
-        "environment": environment,
-        "results": results,
-    }
+    return result
 
 
 if __name__ == "__main__":
