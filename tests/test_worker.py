@@ -385,3 +385,30 @@ def test_worker_refuses_bad_arguments() -> None:
     assert worker.name == "MockRunner"
     with pytest.raises(ts.BadRequest, match=r"^submit takes a Batch, got 3$"):
         worker.submit(3)  # type: ignore[arg-type]
+
+
+async def test_the_bodys_exception_comes_out_plainly_and_fails_everything(
+    autojump_clock: Clock,
+) -> None:
+    with pytest.raises(ValueError, match=r"^the app failed$"):
+        async with ts.open_worker(MockRunner, runner_args={"delay": 1.0}, device="cpu") as worker:
+            stream = worker.generate(req("a", 10))
+            raise ValueError("the app failed")
+    _kind, error = await outcome(stream)
+    assert isinstance(error, ts.WorkerStopped)
+    assert str(error) == "worker 'MockRunner' stopped: its owner failed before request 'a' finished"
+
+
+async def test_states_after_a_normal_exit_and_after_cancellation(autojump_clock: Clock) -> None:
+    async with ts.open_worker(MockRunner, device="cpu") as worker:
+        pass
+    with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is stopped$"):
+        worker.generate(req("late"))
+    cancelled = ts.Worker(MockRunner, device="cpu")
+    with trio.move_on_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(cancelled.run)
+            await trio.sleep_forever()
+    assert cancelled.state.value is WorkerState.STOPPED
+    with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is cancelled$"):
+        cancelled.generate(req("late"))

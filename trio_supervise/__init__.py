@@ -6,6 +6,7 @@ The public API lives here; modules with a leading underscore are private.
 from ._errors import (
     Backpressure,
     BadRequest,
+    ChildDied,
     ChildStopped,
     ConfigError,
     ContextPoisoned,
@@ -63,6 +64,7 @@ __all__ = [
     "Backpressure",
     "BadRequest",
     "Batch",
+    "ChildDied",
     "ChildInfo",
     "ChildSpec",
     "ChildStatus",

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 __all__ = [
     "Backpressure",
     "BadRequest",
+    "ChildDied",
     "ChildStopped",
     "ConfigError",
     "ContextPoisoned",
@@ -125,6 +126,13 @@ class HungWorker(ContextPoisoned):
 
     A hung device is as untrustworthy as a poisoned one, so this is a :class:`ContextPoisoned`
     and the default policy restarts the tier. Retryable.
+    """
+
+
+class ChildDied(ContextPoisoned):
+    """The child process of a process-isolated worker ended, went silent, or broke protocol.
+
+    A :class:`ContextPoisoned`: the default policy restarts it with a fresh process. Retryable.
     """
 
 

@@ -193,8 +193,8 @@ class RequestStream:
                     await trio.lowlevel.cancel_shielded_checkpoint()
                 return chunk
             if state.outcome is not None:
+                await trio.lowlevel.checkpoint()  # a cancellation here leaves the error to read
                 self._done = True
-                await trio.lowlevel.checkpoint()
                 if state.error is not None:
                     raise state.error
                 raise StopAsyncIteration  # cancelled by this consumer

@@ -108,6 +108,7 @@ class Tier:
         self.idle = trio.Event()  # set while active == 0
         self.idle.set()
         self._scope = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None
 
     def fail(self, error: BaseException) -> None:
         """End this incarnation with ``error`` (the first one wins)."""
@@ -119,12 +120,15 @@ class Tier:
         worker = self.worker
         try:
             with self._scope:
-                await self._load()
-                worker._tier_ready(self)
-                task_status.started(worker)
                 async with trio.open_nursery() as nursery:
+                    self.nursery = nursery  # for a tier's helper tasks (a child process, ...)
+                    await self._load()
+                    worker._tier_ready(self)
+                    task_status.started(worker)
                     await self._dispatch(nursery)
         except Exception as exc:  # from load or dispatch; batches report through fail()
+            if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # the nursery wraps what its body raised
             if self.fatal is None:
                 self.fatal = classify_cuda_error(exc)
         finally:

@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import attrs
+import msgspec
 import trio
 from trio_util import AsyncValue
 
@@ -47,6 +48,17 @@ from ._types import Batch, RebuildCause, Request
 from .devices import DeviceContext, open_device
 
 __all__ = ["Worker", "WorkerState", "WorkerStatistics", "open_worker"]
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is trio.Cancelled, alone or in groups of nothing else."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_is_cancellation(leaf) for leaf in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
+
+
+def _unavailable_in_parent(**kwargs: Any) -> Any:
+    raise AssertionError("a process-isolated worker builds its runner in the child")
 
 
 class WorkerState(enum.Enum):
@@ -140,13 +152,39 @@ class Worker:
         readiness_timeout: float | None = None,
         drain_timeout: float = 30.0,
         name: str | None = None,
+        isolation: str = "inline",
+        heartbeat_timeout: float = 10.0,
     ) -> None:
-        self.factory = resolve_factory(runner_factory)
+        if isolation not in ("inline", "process"):
+            raise ConfigError(f"isolation must be 'inline' or 'process', got {isolation!r}")
+        self.isolation = isolation
+        if isolation == "process":
+            if not isinstance(runner_factory, str):
+                raise ConfigError(
+                    "isolation='process' takes the runner factory as an import path "
+                    "'module:factory' (the parent never imports the runner), "
+                    f"got {runner_factory!r}"
+                )
+            if not isinstance(device, str):
+                raise ConfigError(f"isolation='process' takes the device as a str, got {device!r}")
+            self.factory_path = runner_factory
+            self.factory: Callable[..., Any] = _unavailable_in_parent
+        else:
+            self.factory = resolve_factory(runner_factory)
+            self.factory_path = ""
         if runner_args is not None and not isinstance(runner_args, Mapping):
             raise ConfigError(
                 f"runner_args must be a mapping of keyword arguments, got {runner_args!r}"
             )
         self.runner_args = dict(runner_args or {})
+        if isolation == "process":
+            try:
+                msgspec.msgpack.encode(self.runner_args)
+            except (TypeError, msgspec.EncodeError) as exc:
+                raise ConfigError(
+                    "runner_args must be plain data that msgspec can encode for a child "
+                    f"process: {exc}"
+                ) from exc
         if not (callable(device) or isinstance(device, str)):
             raise ConfigError(
                 f"device must be 'auto', 'cpu', 'cuda:N' or a callable, got {device!r}"
@@ -156,7 +194,11 @@ class Worker:
         ):
             raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda:N', got {device!r}")
         self._device = device
-        _, default_policy, _ = runner_attributes(self.factory)
+        self.device_spec = device if isinstance(device, str) else ""
+        # A process-isolated runner is never imported here: DEVICE_POLICY unless one is given.
+        _, default_policy, _ = (
+            runner_attributes(self.factory) if isolation == "inline" else (1, None, True)
+        )
         chosen = policy if policy is not None else default_policy or DEVICE_POLICY
         if not isinstance(chosen, Policy):
             raise ConfigError(f"policy must be a Policy or None, got {policy!r}")
@@ -169,7 +211,9 @@ class Worker:
         self.hang_timeout = _positive("hang_timeout", hang_timeout)
         self.readiness_timeout = _positive("readiness_timeout", readiness_timeout)
         self.drain_timeout = _positive("drain_timeout", drain_timeout, allow_none=False)
-        self.name: str = name or str(getattr(self.factory, "__name__", "worker"))
+        self.heartbeat_timeout = _positive("heartbeat_timeout", heartbeat_timeout, allow_none=False)
+        default_name = runner_factory.rpartition(":")[2] if isinstance(runner_factory, str) else ""
+        self.name: str = name or default_name or str(getattr(self.factory, "__name__", "worker"))
         self.state: AsyncValue[WorkerState] = AsyncValue(WorkerState.STARTING)
         self.generation = 0
         self._queue: collections.deque[Job] = collections.deque()
@@ -288,7 +332,7 @@ class Worker:
         try:
             await run_tiers(task_status=task_status)
         except BaseException as exc:
-            reason = "cancelled" if isinstance(exc, trio.Cancelled) else "failed"
+            reason = "cancelled" if _is_cancellation(exc) else "failed"
             self._stop_everything(
                 WorkerState.FAILED if reason == "failed" else WorkerState.STOPPED, reason
             )
@@ -298,7 +342,13 @@ class Worker:
     async def _tier_incarnation(self, *, task_status: trio.TaskStatus[Any]) -> None:
         self.generation += 1
         self.state.value = WorkerState.STARTING
-        tier = self._tier = Tier(self, self.generation)
+        if self.isolation == "process":
+            from .isolation.process import ProcessTier  # the inline path never imports it
+
+            tier: Tier = ProcessTier(self, self.generation)
+        else:
+            tier = Tier(self, self.generation)
+        self._tier = tier
         await tier.run(task_status)
 
     def _tier_ready(self, tier: Tier) -> None:
@@ -341,8 +391,8 @@ class Worker:
         """No more requests: the failing batch's get their own error, the rest WorkerStopped."""
         if self.state.value not in (WorkerState.STOPPED, WorkerState.FAILED):
             self.state.value = state
+            self._stopped_reason = reason
         self._accepting = False
-        self._stopped_reason = self._stopped_reason or reason
         for job in list(self._in_flight):
             if job.error is not None:
                 for request_state in job.open_states():
@@ -449,6 +499,8 @@ async def open_worker(
     readiness_timeout: float | None = None,
     drain_timeout: float = 30.0,
     name: str | None = None,
+    isolation: str = "inline",
+    heartbeat_timeout: float = 10.0,
 ) -> AsyncIterator[Worker]:
     """Run a worker for the body of an ``async with``; yields it once its first tier is ready.
 
@@ -464,6 +516,11 @@ async def open_worker(
         readiness_timeout: seconds a tier may take to build and load before ``HungWorker``.
         drain_timeout: on a normal exit, seconds in-flight work gets to finish.
         name: for events and errors (default: the factory's name).
+        isolation: ``"inline"`` (this process) or ``"process"`` (a child process that a fresh
+            one replaces on every restart: the cure for a poisoned CUDA context). The factory
+            must then be an import path and ``runner_args`` plain data.
+        heartbeat_timeout: with ``isolation="process"``, seconds without any frame from the
+            child before it is taken for dead.
 
     Resource handling: when the body ends normally, the worker drains within
     ``drain_timeout``, then fails the rest with ``WorkerStopped``; when it ends with an
@@ -490,20 +547,13 @@ async def open_worker(
         readiness_timeout=readiness_timeout,
         drain_timeout=drain_timeout,
         name=name,
+        isolation=isolation,
+        heartbeat_timeout=heartbeat_timeout,
     )
-    failure: list[BaseException] = []
-
-    async def run(*, task_status: trio.TaskStatus[Worker] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            await worker.run(task_status=task_status)
-        except Exception as exc:
-            failure.append(exc)
-            raise
-
     plain: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:
-            await nursery.start(run)
+            await nursery.start(worker.run)
             try:
                 yield worker
             except BaseException:
@@ -517,10 +567,10 @@ async def open_worker(
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
-        # The worker's own failure, alone in the group: raise it plainly (below, so that it is
-        # not chained to the group).
-        if not (failure and len(group.exceptions) == 1 and group.exceptions[0] is failure[0]):
+        # One exception (the worker's own failure, or the body's): raise it plainly, below, so
+        # that it is not chained to the group our nursery wrapped it in.
+        if len(group.exceptions) != 1:
             raise
-        plain = failure[0]
+        plain = group.exceptions[0]
     if plain is not None:
         raise plain

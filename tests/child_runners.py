@@ -1,0 +1,75 @@
+"""Runners for process-isolation tests: imported by the child process, by import path.
+
+Each misbehaves once, the first time, gated by a marker file (a trio.Event cannot cross a
+process boundary), so the restarted child behaves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import trio_supervise as ts
+from trio_supervise.runners.mock import MockRunner
+
+
+def _first_time(marker: str) -> bool:
+    """True once per marker file: creates it."""
+    try:
+        with open(marker, "x"):
+            return True
+    except FileExistsError:
+        return False
+
+
+class OnceRunner(MockRunner):
+    """MockRunner that, on the first batch of the first incarnation, misbehaves as told."""
+
+    def __init__(self, *, marker: str, fault: str, after: int = 1, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
+        self.fault = fault
+        self.after = after
+
+    async def load(self, device: Any) -> None:
+        print(f"loading on {device.name}", flush=True)  # stdout must not corrupt the protocol
+        if self.fault == "load" and _first_time(self.marker):
+            raise ts.ContextPoisoned("load failed in the child")
+        await super().load(device)
+
+    async def execute(self, batch: ts.Batch) -> AsyncIterator[ts.Chunk]:
+        count = 0
+        async with contextlib.aclosing(super().execute(batch)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                count += 1
+                if count == self.after and _first_time(self.marker):
+                    self._misbehave()
+
+    def _misbehave(self) -> None:
+        if self.fault == "exit":
+            os._exit(1)
+        if self.fault == "hang":
+            time.sleep(3600)  # blocks the child's event loop: no heartbeat either
+        if self.fault == "garbage":
+            fd = int(sys.argv[-1])
+            os.write(fd, b"\xff\xff\xff\xffgarbage that is not a frame")
+        if self.fault == "print":
+            print("a runner's print goes to the parent's log, not into the frames")
+        if self.fault == "poison":
+            raise ts.ContextPoisoned("poisoned in the child")
+        if self.fault == "foreign":
+            raise KeyError("a class the parent does not know")
+
+
+def failing_factory(**kwargs: Any) -> MockRunner:
+    raise ValueError(f"factory got bad arguments: {sorted(kwargs)}")
+
+
+def marker_in(tmp_path: Path) -> str:
+    return str(tmp_path / "fault-fired")

@@ -1,0 +1,199 @@
+"""The child process of a process-isolated worker: ``python -m trio_supervise._child FD``.
+
+It speaks frames (:mod:`.isolation._frames`) on the socket ``FD`` that its parent passed it:
+an ``Init`` builds and loads the runner (a failure is reported as ``Fatal``, then the child
+exits), then it answers ``Ready`` and runs ``Execute`` batches (up to the runner's
+``max_concurrency``, the parent's dispatch sees to that), streaming chunks back. A batch error
+is classified and reported as data; after a sticky one (a poisoned CUDA context) the child
+``os._exit``s, since nothing in this process can use the device again. Heartbeats every
+second carry a progress counter, so the parent can tell a dead child from a busy one, and a
+busy one from a hung one.
+
+The child dies with its parent: the socket's end of file, ``PR_SET_PDEATHSIG`` where Linux
+offers it, and a thread that watches the parent's pid (device work may block this event loop).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+import trio
+
+from ._errors import ConfigError, ContextPoisoned, classify_cuda_error
+from ._runner import resolve_factory, runner_attributes
+from ._types import Batch, RebuildCause
+from .devices import CpuDevice, open_device
+from .isolation import _frames as frames
+
+HEARTBEAT_INTERVAL = 1.0
+STICKY_EXIT_CODE = 70
+
+
+def _die_with_parent() -> None:
+    """Exit when the parent dies, even if this process's event loop is blocked."""
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    threading.Thread(target=watch, name="trio-supervise-parent-watch", daemon=True).start()
+
+
+class _Child:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self.stream = stream
+        self.send_lock = trio.Lock()
+        self.progress = 0
+        self.busy = 0
+        self.runner: Any = None
+        self.cancelled: dict[int, set[str]] = {}
+
+    async def send(self, message: Any) -> None:
+        async with self.send_lock:
+            await self.stream.send_all(frames.encode(message))
+
+    async def serve(self) -> None:
+        reader = frames.FrameReader(from_child=False)
+        messages: list[Any] = []
+        init = None
+        while init is None:
+            data = await self.stream.receive_some()
+            if not data:
+                return
+            messages = reader.feed(data)
+            if messages:
+                init, messages = messages[0], messages[1:]
+        if not isinstance(init, frames.Init):
+            raise frames.MalformedFrame(f"expected Init first, got {init!r}")
+        if not await self._build(init):
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._heartbeats)
+            nursery.start_soon(self._on_sigterm, nursery.cancel_scope)
+            while True:
+                for message in messages:
+                    if isinstance(message, frames.Stop):
+                        nursery.cancel_scope.cancel()
+                        break
+                    self._handle(message, nursery)
+                data = await self.stream.receive_some()
+                if not data:  # the parent went away
+                    nursery.cancel_scope.cancel()
+                    break
+                messages = reader.feed(data)
+        with trio.CancelScope(shield=True), trio.move_on_after(5):
+            await self.runner.aclose()
+
+    async def _build(self, init: frames.Init) -> bool:
+        for path in reversed(init.sys_path):
+            if path not in sys.path:
+                sys.path.insert(0, path)
+        try:
+            try:
+                factory = resolve_factory(init.factory)
+                self.runner = factory(**init.runner_args)
+                concurrency, _, needs_device = runner_attributes(self.runner)
+            except ConfigError:
+                raise
+            except Exception as exc:
+                raise ConfigError(f"building the runner {init.factory!r} failed: {exc!r}") from exc
+            device = open_device(init.device) if needs_device else CpuDevice()
+            await self.runner.load(device)
+        except Exception as exc:
+            await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
+            return False
+        await self.send(frames.Ready(os.getpid(), concurrency))
+        return True
+
+    def _handle(self, message: Any, nursery: trio.Nursery) -> None:
+        if isinstance(message, frames.Execute):
+            self.cancelled[message.seq] = set()
+            nursery.start_soon(self._execute, message)
+        elif isinstance(message, frames.Cancel):
+            self.cancelled.get(message.seq, set()).add(message.request_id)
+        elif isinstance(message, frames.Rebuild):
+            nursery.start_soon(self._rebuild, message)
+
+    async def _execute(self, message: frames.Execute) -> None:
+        seq = message.seq
+        cancelled = self.cancelled[seq]
+        batch = Batch(
+            [frames.request_from_data(r) for r in message.requests], seq, cancelled=cancelled
+        )
+        self.busy += 1
+        try:
+            chunks = self.runner.execute(batch)
+            try:
+                async for chunk in chunks:
+                    self.progress += 1
+                    await self.send(frames.chunk_to_frame(seq, chunk))
+            finally:
+                if getattr(chunks, "ag_frame", None) is not None:
+                    with trio.CancelScope(shield=True):
+                        await chunks.aclose()
+        except Exception as exc:
+            error = classify_cuda_error(exc)
+            sticky = isinstance(error, ContextPoisoned) and error is not exc
+            await self.send(frames.BatchFailed(seq, frames.error_to_data(error), sticky))
+            if sticky:  # the context is poisoned for this whole process
+                os._exit(STICKY_EXIT_CODE)
+        else:
+            await self.send(frames.BatchEnd(seq))
+        finally:
+            self.busy -= 1
+            self.cancelled.pop(seq, None)
+
+    async def _rebuild(self, message: frames.Rebuild) -> None:
+        try:
+            await self.runner.rebuild_session(RebuildCause(message.cause))
+        except Exception as exc:
+            error = frames.error_to_data(classify_cuda_error(exc))
+            await self.send(frames.RebuildDone(message.token, error))
+        else:
+            await self.send(frames.RebuildDone(message.token))
+
+    async def _heartbeats(self) -> None:
+        while True:
+            await self.send(frames.Heartbeat(self.progress, self.busy))
+            await trio.sleep(HEARTBEAT_INTERVAL)
+
+    async def _on_sigterm(self, scope: trio.CancelScope) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM) as signals:
+            async for _ in signals:
+                scope.cancel()  # drain: the runner is closed on the way out
+                return
+
+
+async def _main(fd: int) -> None:
+    sock = socket.socket(fileno=fd)
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
+    await _Child(stream).serve()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: ``python -m trio_supervise._child FD``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or not args[0].isdigit():
+        sys.exit("usage: python -m trio_supervise._child FD (started by a worker, not by hand)")
+    _die_with_parent()
+    trio.run(_main, int(args[0]))
+
+
+if __name__ == "__main__":
+    main()
