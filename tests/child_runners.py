@@ -73,3 +73,25 @@ def failing_factory(**kwargs: Any) -> MockRunner:
 
 def marker_in(tmp_path: Path) -> str:
     return str(tmp_path / "fault-fired")
+
+
+class PoliteRunner(MockRunner):
+    """A runner with its own policy: OutOfMemory restarts it; 5 restarts a minute."""
+
+    default_policy = ts.Policy(
+        ts.rules(
+            ts.on(ts.OutOfMemory, ts.ContextPoisoned, ts.Directive.RESTART),
+            ts.on(ValueError, ts.Directive.STOP),
+        ),
+        ts.RestartIntensity(5, 60.0),
+        ts.Backoff(0.1, 1.0),
+    )
+
+
+class ForeignPolicyRunner(MockRunner):
+    """A policy over a class the parent could only get by importing the runner's module."""
+
+    class Local(Exception):
+        pass
+
+    default_policy = ts.Policy(ts.rules(ts.on(Local, ts.Directive.RESUME)))

@@ -83,3 +83,24 @@ def test_requests_and_chunks_round_trip() -> None:
     assert f.chunk_from_frame(f.chunk_to_frame(0, chunk)) == chunk
     failed = f.chunk_from_frame(f.chunk_to_frame(0, ts.Chunk("r", error=ts.BadRequest("long"))))
     assert type(failed.error) is ts.BadRequest and failed.final
+
+
+def test_policies_cross_as_data_when_they_name_only_known_classes() -> None:
+    policy = ts.Policy(
+        ts.rules(
+            ts.on(ts.ContextPoisoned, ValueError, ts.Directive.RESTART),
+            default=ts.Directive.STOP,
+        ),
+        ts.RestartIntensity(4, 30.0),
+        ts.Backoff(0.5, 8.0, 3.0, 0.25, 2.0),
+    )
+    assert f.policy_from_data(f.policy_to_data(policy)) == policy
+    assert f.policy_from_data(f.policy_to_data(ts.DEVICE_POLICY)) == ts.DEVICE_POLICY
+
+    class Mine(Exception):
+        pass
+
+    with pytest.raises(ts.ConfigError, match=r"names .*Mine, which the parent cannot import"):
+        f.policy_to_data(ts.Policy(ts.rules(ts.on(Mine, ts.Directive.RESUME))))
+    with pytest.raises(ts.ConfigError, match=r"must use rules\(\.\.\.\)"):
+        f.policy_to_data(ts.Policy(lambda exc: ts.Directive.RESUME))

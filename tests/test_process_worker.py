@@ -159,3 +159,22 @@ def test_process_isolation_refuses_what_cannot_cross() -> None:
         ts.Worker(RUNNERS, runner_args={"x": object()}, isolation="process")
     with pytest.raises(ts.ConfigError, match=r"^isolation must be 'inline' or 'process'"):
         ts.Worker(RUNNERS, isolation="thread")
+
+
+async def test_the_runners_default_policy_crosses_as_data() -> None:
+    from child_runners import PoliteRunner
+
+    with trio.fail_after(30):
+        async with ts.open_worker(
+            "child_runners:PoliteRunner", device="cpu", isolation="process"
+        ) as worker:
+            assert worker.policy.decider.inner == PoliteRunner.default_policy.decider  # type: ignore[attr-defined]
+            assert worker.policy.intensity == PoliteRunner.default_policy.intensity
+            assert worker.policy.backoff == PoliteRunner.default_policy.backoff
+        with pytest.raises(
+            ts.ConfigError, match=r"names ForeignPolicyRunner.Local, which the parent"
+        ):
+            async with ts.open_worker(
+                "child_runners:ForeignPolicyRunner", device="cpu", isolation="process"
+            ):
+                pass

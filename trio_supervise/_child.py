@@ -81,6 +81,9 @@ class _Child:
                 init, messages = messages[0], messages[1:]
         if not isinstance(init, frames.Init):
             raise frames.MalformedFrame(f"expected Init first, got {init!r}")
+        if init.probe:
+            await self._probe(init)
+            return
         if not await self._build(init):
             return
         async with trio.open_nursery() as nursery:
@@ -100,10 +103,20 @@ class _Child:
         with trio.CancelScope(shield=True), trio.move_on_after(5):
             await self.runner.aclose()
 
+    async def _probe(self, init: frames.Init) -> None:
+        """Import the factory and report its class-level attributes, nothing more."""
+        _extend_path(init.sys_path)
+        try:
+            factory = resolve_factory(init.factory)
+            concurrency, policy, _ = runner_attributes(factory)
+            data = None if policy is None else frames.policy_to_data(policy)
+        except Exception as exc:
+            await self.send(frames.Fatal(frames.error_to_data(exc)))
+            return
+        await self.send(frames.Ready(os.getpid(), concurrency, data))
+
     async def _build(self, init: frames.Init) -> bool:
-        for path in reversed(init.sys_path):
-            if path not in sys.path:
-                sys.path.insert(0, path)
+        _extend_path(init.sys_path)
         try:
             try:
                 factory = resolve_factory(init.factory)
@@ -178,6 +191,13 @@ class _Child:
             async for _ in signals:
                 scope.cancel()  # drain: the runner is closed on the way out
                 return
+
+
+def _extend_path(paths: list[str]) -> None:
+    """The parent's sys.path, so the runner imports here as it would there."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
 
 
 async def _main(fd: int) -> None:

@@ -202,7 +202,9 @@ class Worker:
         chosen = policy if policy is not None else default_policy or DEVICE_POLICY
         if not isinstance(chosen, Policy):
             raise ConfigError(f"policy must be a Policy or None, got {policy!r}")
-        self.policy = attrs.evolve(chosen, decider=_WorkerDecider(chosen.decider))
+        self._use_policy(chosen)
+        # A process-isolated runner's own default_policy is learnt from a probe child in run().
+        self._probe_policy = isolation == "process" and policy is None
         for label, value in (("max_pending", max_pending), ("max_attempts", max_attempts)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{label} must be an int >= 1, got {value!r}")
@@ -233,6 +235,9 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self.state.value.name} generation={self.generation}>"
+
+    def _use_policy(self, policy: Policy) -> None:
+        self.policy = attrs.evolve(policy, decider=_WorkerDecider(policy.decider))
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -326,6 +331,13 @@ class Worker:
         if self._running:
             raise RuntimeError(f"worker {self.name!r} is running already")
         self._running = True
+        if self._probe_policy:
+            from .isolation import _frames
+            from .isolation.process import probe_runner
+
+            ready = await probe_runner(self)
+            if ready.policy is not None:
+                self._use_policy(_frames.policy_from_data(ready.policy))
         run_tiers = supervised(
             self._tier_incarnation, self.policy, name=self.name, on_event=self._on_event
         )

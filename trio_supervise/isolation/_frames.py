@@ -15,13 +15,16 @@ retry_after and the traceback text. Classes that are not the library's own arriv
 
 from __future__ import annotations
 
+import builtins
 import traceback
 from typing import Any
 
 import msgspec
 
 from .. import _errors
-from .._errors import InferenceError, RunnerError, SuperviseError
+from .._errors import ConfigError, InferenceError, RunnerError, SuperviseError
+from .._policy import Backoff, Directive, Policy, RestartIntensity, Rules, on
+from .._policy import rules as rules_
 from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
 
 __all__ = [
@@ -37,6 +40,7 @@ __all__ = [
     "Heartbeat",
     "Init",
     "MalformedFrame",
+    "PolicyData",
     "Ready",
     "Rebuild",
     "RebuildDone",
@@ -45,6 +49,8 @@ __all__ = [
     "encode",
     "error_from_data",
     "error_to_data",
+    "policy_from_data",
+    "policy_to_data",
 ]
 
 MAX_FRAME = 16 * 1024 * 1024
@@ -87,13 +93,19 @@ class RequestData(msgspec.Struct, array_like=True, frozen=True):
 
 
 class Init(_Message):
-    """Build the runner: ``factory`` (an import path) with ``runner_args``, on ``device``."""
+    """Build the runner: ``factory`` (an import path) with ``runner_args``, on ``device``.
+
+    With ``probe``, only import the factory, answer ``Ready`` with its class-level attributes
+    (``max_concurrency``, ``default_policy``) and exit: the parent learns the runner's policy
+    without importing it.
+    """
 
     factory: str
     runner_args: dict[str, Any]
     device: str
     sys_path: list[str]
     generation: int
+    probe: bool = False
 
 
 class Execute(_Message):
@@ -124,11 +136,21 @@ class Stop(_Message):
 # --- child to parent --------------------------------------------------------------------------
 
 
+class PolicyData(msgspec.Struct, array_like=True, frozen=True):
+    """A :class:`Policy` as data: rules over the library's and the builtin exception classes."""
+
+    rules: list[tuple[list[str], str]]
+    default: str
+    intensity: tuple[int, float]
+    backoff: tuple[float, float, float, float, float | None]
+
+
 class Ready(_Message):
-    """The runner is loaded."""
+    """The runner is loaded (or, after a probe, its factory imported)."""
 
     pid: int
     max_concurrency: int
+    policy: PolicyData | None = None
 
 
 class ChunkFrame(_Message):
@@ -309,3 +331,63 @@ def chunk_from_frame(frame: ChunkFrame) -> Chunk:
         restored = error_from_data(frame.error)
         error = restored if isinstance(restored, InferenceError) else RunnerError(str(restored))
     return Chunk(frame.request_id, tuple(frame.token_ids), frame.text, reason, usage, error)
+
+
+def _exception_class(name: str) -> type[Exception]:
+    cls = getattr(_errors, name, None) or getattr(builtins, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)):
+        raise ConfigError(f"policy rule names {name!r}, not an exception class")
+    return cls
+
+
+def policy_to_data(policy: Policy) -> PolicyData:
+    """A policy as data.
+
+    Raises:
+        ConfigError: its decider is not ``rules(...)``, or names an exception class that is
+            neither the library's nor a builtin one (the parent must not import the runner).
+    """
+    decider = policy.decider
+    if not isinstance(decider, Rules):
+        raise ConfigError(
+            f"a process-isolated runner's default_policy must use rules(...), got {decider!r}; "
+            "pass policy= to open_worker instead"
+        )
+    rules = []
+    for rule in decider.rules:
+        names = []
+        for cls in rule.exception_types:
+            if _exception_class_or_none(cls.__name__) is not cls:
+                raise ConfigError(
+                    f"a process-isolated runner's default_policy names {cls.__qualname__}, which "
+                    "the parent cannot import; pass policy= to open_worker instead"
+                )
+            names.append(cls.__name__)
+        rules.append((names, rule.directive.name))
+    b = policy.backoff
+    return PolicyData(
+        rules,
+        decider.default.name,
+        (policy.intensity.max_restarts, policy.intensity.within),
+        (b.initial, b.maximum, b.multiplier, b.jitter, b.reset_after),
+    )
+
+
+def _exception_class_or_none(name: str) -> type | None:
+    try:
+        return _exception_class(name)
+    except ConfigError:
+        return None
+
+
+def policy_from_data(data: PolicyData) -> Policy:
+    """The policy back."""
+    rules = [
+        on(*(_exception_class(name) for name in names), Directive[directive])
+        for names, directive in data.rules
+    ]
+    return Policy(
+        rules_(*rules, default=Directive[data.default]),
+        RestartIntensity(*data.intensity),
+        Backoff(*data.backoff),
+    )

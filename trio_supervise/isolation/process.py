@@ -28,7 +28,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
 
@@ -37,7 +37,10 @@ from .._tier import Tier
 from .._types import Batch, Chunk, RebuildCause
 from . import _frames as frames
 
-__all__ = ["ChildRunner", "ProcessTier"]
+if TYPE_CHECKING:
+    from .._worker import Worker
+
+__all__ = ["ChildRunner", "ProcessTier", "probe_runner"]
 
 logger = logging.getLogger("trio_supervise")
 
@@ -273,3 +276,53 @@ class ProcessTier(Tier):
             if trio.current_time() >= self._last_frame + timeout:
                 self.fail(ChildDied(f"no frame from the child process for {timeout:g}s"))
                 return
+
+
+async def probe_runner(worker: Worker) -> frames.Ready:
+    """Ask a short-lived child for the runner's class-level attributes (its default_policy),
+    so that the parent never imports the runner.
+
+    Raises:
+        ConfigError: the import path or the runner's attributes are bad (as reported).
+        ChildDied: the child ended without answering.
+    """
+    parent_end, child_end = socket.socketpair()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+    command = [sys.executable, "-m", "trio_supervise._child", str(child_end.fileno())]
+    reply: Any = None
+    async with stream, trio.open_nursery() as nursery:
+        try:
+            process: trio.Process = await nursery.start(
+                functools.partial(
+                    trio.run_process,
+                    command,
+                    check=False,
+                    start_new_session=True,
+                    pass_fds=(child_end.fileno(),),
+                    stdin=subprocess.DEVNULL,
+                )
+            )
+        finally:
+            child_end.close()
+        init = frames.Init(
+            worker.factory_path, {}, worker.device_spec, list(sys.path), 0, probe=True
+        )
+        await stream.send_all(frames.encode(init))
+        reader = frames.FrameReader(from_child=True)
+        timeout = worker.readiness_timeout or 60.0
+        with trio.move_on_after(timeout):
+            while reply is None:
+                data = await stream.receive_some()
+                if not data:
+                    break
+                replies = [m for m in reader.feed(data) if not isinstance(m, frames.Heartbeat)]
+                reply = replies[0] if replies else None
+        with trio.move_on_after(STOP_GRACE) as waiting:
+            await process.wait()
+        if waiting.cancelled_caught:
+            nursery.cancel_scope.cancel()  # run_process kills it
+    if isinstance(reply, frames.Fatal):
+        raise frames.error_from_data(reply.error)
+    if not isinstance(reply, frames.Ready):
+        raise ChildDied(f"the probe of {worker.factory_path!r} ended without an answer")
+    return reply
