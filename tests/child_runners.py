@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from helpers import FaultRunner
+
 import trio_supervise as ts
 from trio_supervise.runners.mock import MockRunner
 
@@ -95,3 +97,21 @@ class ForeignPolicyRunner(MockRunner):
         pass
 
     default_policy = ts.Policy(ts.rules(ts.on(Local, ts.Directive.RESUME)))
+
+
+class ScriptedRunner(FaultRunner):
+    """helpers.FaultRunner with its faults given as plain data, so they cross to a child:
+    ``faults = {"seq": [after, kind]}``, kind one of poison, oom, hang, stop, bad_chunk."""
+
+    def __init__(self, *, faults: dict[str, list[Any]] | None = None, **kwargs: Any) -> None:
+        built = {}
+        for seq, (after, kind) in (faults or {}).items():
+            what: Any = {
+                "poison": ts.ContextPoisoned("poisoned"),
+                "oom": ts.OutOfMemory("no room", retry_after=0.25),
+                "hang": "hang",
+                "stop": ts.Unrecoverable("no device"),
+                "bad_chunk": ("error", None, ts.BadRequest("bad prompt")),
+            }[kind]
+            built[int(seq)] = (after, what)
+        super().__init__(batch_faults=built, **kwargs)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+import pytest
 import trio
 import trio.testing
 from helpers import FaultRunner
@@ -70,6 +71,20 @@ def build_faults(faults: dict[int, tuple[int, str]]) -> dict[int, Any]:
 @settings(deadline=None)
 @given(scenarios())
 def test_every_request_ends_exactly_once_with_its_chunks_in_order(scenario: dict[str, Any]) -> None:
+    check_scenario(scenario, isolation="inline")
+
+
+@pytest.mark.slow
+@settings(deadline=None, max_examples=8)
+@given(scenarios())
+def test_the_same_holds_with_the_tier_in_a_child_process(scenario: dict[str, Any]) -> None:
+    check_scenario(scenario, isolation="process")
+
+
+def check_scenario(scenario: dict[str, Any], *, isolation: str) -> None:
+    """Run one scenario; on the process tier, on the real clock, with times scaled down."""
+    process = isolation == "process"
+    scale = 0.02 if process else 1.0
     specs = scenario["requests"]
     ids = [spec["id"] for spec in specs]
     record = MockRecord()
@@ -77,7 +92,7 @@ def test_every_request_ends_exactly_once_with_its_chunks_in_order(scenario: dict
     errors_seen: list[BaseException] = []
 
     def make(spec: dict[str, Any], now: float) -> Request:
-        deadline = None if spec["deadline"] is None else now + spec["deadline"]
+        deadline = None if spec["deadline"] is None else now + spec["deadline"] * scale
         params = SamplingParams(max_tokens=spec["max_tokens"], seed=1)
         return Request(spec["id"], f"prompt {spec['id']}", params, spec["idempotent"], deadline)
 
@@ -104,20 +119,27 @@ def test_every_request_ends_exactly_once_with_its_chunks_in_order(scenario: dict
             errors_seen.append(exc)
 
     async def main() -> ts.WorkerStatistics:
-        args = {
-            "record": record,
-            "delay": 1.0,
-            "batch_faults": build_faults(scenario["faults"]),
+        args: dict[str, Any] = {
+            "delay": 1.0 * scale,
             "max_concurrency": scenario["max_concurrency"],
         }
+        if process:  # plain data crosses; the child builds the exceptions
+            args["faults"] = {
+                str(seq): [after, kind] for seq, (after, kind) in scenario["faults"].items()
+            }
+            factory: Any = "child_runners:ScriptedRunner"
+        else:
+            args |= {"record": record, "batch_faults": build_faults(scenario["faults"])}
+            factory = FaultRunner
         async with (
             ts.open_worker(
-                FaultRunner,
+                factory,
                 runner_args=args,
                 device="cpu",
                 policy=POLICY,
                 max_attempts=scenario["max_attempts"],
-                hang_timeout=3.0,
+                hang_timeout=3.0 * scale if not process else 0.5,
+                isolation=isolation,
             ) as worker,
             trio.open_nursery() as nursery,
         ):
@@ -126,7 +148,7 @@ def test_every_request_ends_exactly_once_with_its_chunks_in_order(scenario: dict
             i = 0
             while i < len(pending):
                 spec = pending[i]
-                await trio.sleep_until(start + spec["submit_at"])
+                await trio.sleep_until(start + spec["submit_at"] * scale)
                 group = [spec]
                 while group[-1]["batch_with_next"] and i + len(group) < len(pending):
                     nxt = pending[i + len(group)]
@@ -146,10 +168,13 @@ def test_every_request_ends_exactly_once_with_its_chunks_in_order(scenario: dict
         return worker.statistics()
 
     async def bounded() -> ts.WorkerStatistics:
-        with trio.fail_after(10_000):  # virtual seconds: a hang fails the test, not CI
+        with trio.fail_after(60 if process else 10_000):  # a hang fails the test, not CI
             return await main()
 
-    stats = trio.run(bounded, clock=trio.testing.MockClock(autojump_threshold=0))
+    if process:
+        stats = trio.run(bounded)
+    else:
+        stats = trio.run(bounded, clock=trio.testing.MockClock(autojump_threshold=0))
 
     accepted = [rid for rid in ids if results[rid]["end"][0] != "rejected"]
     assert stats.accepted == len(accepted)
