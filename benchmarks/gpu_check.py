@@ -3,7 +3,10 @@
 ``python benchmarks/gpu_check.py`` runs ``python -m pytest -q -m gpu tests/test_gpu.py`` (and only
 that) in a child process, then prints: the GPU's name, the CuPy and CUDA versions, each gpu test's
 result (read from pytest's ``--junitxml`` report), the event-loop lag measured while the GPU was
-busy (DESIGN.md target: under 5 ms), and a throughput comparison in this process: a matmul loop
+busy (DESIGN.md target: under 5 ms), how long a process-isolated worker took from a real sticky
+CUDA error in its child to the next chunk served by a fresh child ("process recovery (cold)":
+a new Python, CuPy import, CUDA context and kernel compile included), and a throughput
+comparison in this process: a matmul loop
 through ``CupyDevice.run_sync`` against the same loop in plain CuPy (DESIGN.md target: the
 framework within 3%, a ratio of at least 0.97). The ratio is reported, not enforced.
 
@@ -14,8 +17,8 @@ The module imports only the standard library, so ``--help`` and ``--print-wheels
 Preparing the GPU machine
 -------------------------
 The device machine (see /work/.library/device/README.md and KINDS.md) runs Python 3.12 with CuPy
-for CUDA 13 and numpy, but has no trio, trio-util, outcome, sniffio, async_generator or
-pytest-trio, and no network. Carry them as wheels: in the repo root here (``.whl/`` is
+for CUDA 13 and numpy, but has no trio, trio-util, outcome, sniffio, async_generator, msgspec
+or pytest-trio, and no network. Carry them as wheels: in the repo root here (``.whl/`` is
 git-ignored), run the command that ``python benchmarks/gpu_check.py --print-wheels`` prints::
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \\
@@ -24,14 +27,17 @@ git-ignored), run the command that ``python benchmarks/gpu_check.py --print-whee
         --platform manylinux1_x86_64 -d .whl trio==0.35.0 outcome==1.3.0.post0 sniffio==1.3.1 \\
         attrs==26.1.0 sortedcontainers==2.4.0 idna==3.13 trio-util==0.8.0 async-generator==1.10 \\
         pytest==9.0.3 pluggy==1.6.0 iniconfig==2.3.0 packaging==26.2 pygments==2.20.0 \\
-        pytest-trio==0.8.0 hypothesis==6.155.2
+        pytest-trio==0.8.0 hypothesis==6.155.2 msgspec==0.22.0
 
 That is the whole closure of ``import trio_supervise`` (less numpy and CuPy, which the machine
 has), of pytest and pytest-trio, and of hypothesis (``tests/conftest.py`` imports it), for
 CPython 3.12 on Linux: every ``Requires-Dist`` of each wheel, extras and markers that do not
 apply aside, is in the list (``unzip -p .whl/NAME-*.whl '*/METADATA' | grep ^Requires-Dist``).
-All are pure-Python wheels, about 3 MB together. They are the versions tested here; pytest and
-its helpers travel too, so that the run does not depend on the machine's own versions.
+All are pure-Python wheels but msgspec's, which has a compiled extension: pip picks the CPython
+3.12 manylinux x86_64 one (``msgspec-0.22.0-cp312-cp312-manylinux2014_x86_64.manylinux_2_17_x86_64.
+manylinux_2_28_x86_64.whl``; its only ``Requires-Dist`` are extras), whatever Python runs pip
+here. About 3.2 MB together. They are the versions tested here; pytest and its helpers travel
+too, so that the run does not depend on the machine's own versions.
 
 Then, with the device tool, ``carry: [".whl"]`` and this command (from the repo root)::
 
@@ -78,6 +84,7 @@ WHEELS = (
     "pygments==2.20.0",
     "pytest-trio==0.8.0",
     "hypothesis==6.155.2",
+    "msgspec==0.22.0",  # a compiled extension: the cp312 manylinux wheel (see PLATFORMS)
 )
 """What the device machine lacks (or may hold in another version) for the gpu tests, pinned."""
 
@@ -95,6 +102,7 @@ REQUIRED_MODULES = (
     "outcome",
     "sniffio",
     "attrs",
+    "msgspec",
     "numpy",
     "pytest",
     "pytest_trio",
@@ -106,6 +114,9 @@ LAG_TARGET_MS = 5.0
 """DESIGN.md: event-loop lag under 5 ms while the GPU is busy."""
 THROUGHPUT_TARGET = 0.97
 """DESIGN.md: framework throughput within 3% of a direct CuPy loop."""
+STICKY_EXIT_CODE = 70
+"""``trio_supervise._child.STICKY_EXIT_CODE`` (not imported: this module imports only the standard
+library): a child that exits with it reported a sticky error and ``os._exit``ed on its own."""
 
 
 def wheel_commands() -> list[str]:
@@ -361,6 +372,27 @@ def print_table(summary: dict[str, Any]) -> None:
                 f"{props.get('sticky_classified')}; probe after it: {props.get('probe_after')}",
             )
         )
+    if "recovery_ms" in props:
+        exit_code = props.get("child_exit", "?")
+        if exit_code == str(STICKY_EXIT_CODE):
+            how = "os._exit after reporting it"
+        elif exit_code.lstrip("-").isdigit() and int(exit_code) < 0:
+            how = f"killed by signal {-int(exit_code)}"
+        else:
+            how = f"not os._exit({STICKY_EXIT_CODE}): stopped by the parent?"
+        on = f" on {props['recovery_gpu']}" if props.get("recovery_gpu") not in (None, "") else ""
+        rows.append(
+            (
+                "process recovery (cold)",
+                f"{float(props['recovery_ms']):.0f} ms from the sticky fault to the next chunk "
+                f"served by a fresh child{on} (request got {props.get('recovery_error', '?')}; "
+                f"poisoned child exit {exit_code}: {how})",
+            )
+        )
+    else:
+        rows.append(
+            ("process recovery (cold)", "not measured (the recovery test did not record it)")
+        )
     bench = summary.get("throughput")
     if isinstance(bench, dict) and "ratio" in bench:
         rows.append(
@@ -393,7 +425,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
             "Run the gpu tests (tests/test_gpu.py) on a CUDA machine and print a summary: GPU, "
-            "versions, each test's result, event-loop lag and framework/direct throughput. "
+            "versions, each test's result, event-loop lag, process-isolated recovery from a "
+            "sticky error and framework/direct throughput. "
             "Exit 0: all passed; 1: a test failed or none ran; 2: no CUDA device; "
             "3: a package is missing (see --print-wheels)."
         )

@@ -79,3 +79,12 @@ def test_open_device() -> None:
         ts.ConfigError, match=r"^device must be 'auto', 'cpu' or 'cuda:N', got 'gpu'$"
     ):
         open_device("gpu")
+
+
+def test_sticky_errors_are_found_through_their_causes() -> None:
+    from trio_supervise._errors import is_sticky_cuda_error
+
+    sticky = ts.classify_cuda_error(CUDARuntimeError(700))
+    assert is_sticky_cuda_error(sticky) and is_sticky_cuda_error(CUDARuntimeError(719))
+    assert not is_sticky_cuda_error(ts.classify_cuda_error(CUDARuntimeError(2)))
+    assert not is_sticky_cuda_error(ts.ContextPoisoned("raised by a runner"))

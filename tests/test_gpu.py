@@ -5,8 +5,9 @@ collect (and skip) cleanly anywhere. On a GPU machine run them with
 ``python benchmarks/gpu_check.py`` (which also prints a summary table) or
 ``python -m pytest -q -m gpu tests/test_gpu.py``.
 
-Measurements worth a summary (event-loop lag, the sticky status seen) are appended to the test
-item's ``user_properties``, which ``--junitxml`` writes out; ``gpu_check.py`` reads them there.
+Measurements worth a summary (event-loop lag, the sticky status seen, the time a process-isolated
+worker takes to recover from a sticky error) are appended to the test item's
+``user_properties``, which ``--junitxml`` writes out; ``gpu_check.py`` reads them there.
 """
 
 from __future__ import annotations
@@ -25,7 +26,18 @@ import numpy
 import pytest
 import trio
 
-from trio_supervise import ContextPoisoned, OutOfMemory, classify_cuda_error
+from trio_supervise import (
+    ContextPoisoned,
+    InferenceError,
+    OutOfMemory,
+    Request,
+    RequestStream,
+    SamplingParams,
+    Worker,
+    classify_cuda_error,
+    open_worker,
+)
+from trio_supervise._child import STICKY_EXIT_CODE
 from trio_supervise._errors import STICKY_CUDA_STATUSES
 from trio_supervise.devices import CupyDevice, MemoryInfo
 
@@ -356,3 +368,111 @@ def test_sticky_error_is_context_poisoned_and_probe_fails_after_it(
     # The process's context is gone: the same device and a fresh one both fail their probe.
     assert after.get("raised") is True, context
     assert fresh.get("raised") is True, context
+
+
+STICKY_RUNNER = "gpu_runners:StickyRunner"
+"""Imported by the worker's child process (it gets the parent's sys.path, tests/ included)."""
+STICKY_DEVICE = "cuda:0"
+PROCESS_TEST_TIMEOUT_S = 180.0
+"""Two cold children (Python, CuPy, a CUDA context and an NVRTC compile each) and a poisoning:
+seconds each on a warm machine; generous, for a first compile with an empty kernel cache."""
+
+
+def _child_process(worker: Worker) -> Any:
+    """The worker's current child process (a ``trio.Process``)."""
+    tier: Any = worker._tier
+    assert tier is not None and tier.process is not None
+    return tier.process
+
+
+def _assert_gone(pid: int) -> None:
+    """Neither the process nor its process group is left (reaped, not a zombie)."""
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(ProcessLookupError):
+        os.killpg(pid, 0)
+
+
+async def _outcome(stream: RequestStream) -> tuple[str, object]:
+    try:
+        _, text, _, _ = await stream.collect()
+    except InferenceError as exc:
+        return "error", exc
+    return "ok", text
+
+
+@pytest.mark.gpu
+async def test_process_worker_recovers_from_a_sticky_error(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from gpu_runners import gpu_text
+
+    marker = tmp_path / "fault-fired"
+    report = tmp_path / "report.jsonl"
+    runner_args = {"marker": str(marker), "report": str(report)}
+    with trio.fail_after(PROCESS_TEST_TIMEOUT_S):
+        async with open_worker(
+            STICKY_RUNNER, runner_args=runner_args, device=STICKY_DEVICE, isolation="process"
+        ) as worker:
+            handle = worker
+            first_process = _child_process(worker)
+            first = int(first_process.pid)
+            assert first != os.getpid()
+            assert worker.generation == 1
+
+            # The first batch of the first child writes through a bad pointer: a real sticky
+            # CUDA error, which no retry in that process could cure.
+            kind, error = await _outcome(
+                worker.generate(
+                    Request("a", "prompt a", SamplingParams(max_tokens=6, seed=3), idempotent=False)
+                )
+            )
+            failed_at = time.time()
+            assert marker.exists(), "the runner never reached its fault"
+            fault_at = float(marker.read_text())
+            _record(request, "recovery_error", type(error).__name__)
+            assert kind == "error", f"the poisoned request succeeded: {error!r}"
+            assert isinstance(error, ContextPoisoned), repr(error)
+            assert error.retryable
+
+            # The next request on the same handle is served by a fresh child, on the GPU.
+            b = Request("b", "prompt b", SamplingParams(max_tokens=4, seed=3))
+            text = ""
+            served_at: float | None = None
+            async with worker.generate(b) as stream:
+                async for chunk in stream:
+                    if served_at is None:
+                        served_at = time.time()
+                    text += chunk.text
+            assert served_at is not None
+            recovery = served_at - fault_at
+            _record(request, "recovery_ms", round(recovery * 1e3, 1))
+            _record(request, "recovery_after_error_ms", round((served_at - failed_at) * 1e3, 1))
+            _record(request, "child_exit", first_process.returncode)
+
+            assert worker is handle
+            assert worker.generation == 2
+            second = int(_child_process(worker).pid)
+            assert second not in (first, os.getpid())
+            _assert_gone(first)
+
+            assert text == gpu_text(b), "the tokens are not the ones computed on the device"
+            lines = [json.loads(line) for line in report.read_text().splitlines()]
+            assert [line["requests"] for line in lines] == [["b"]], lines
+            served = lines[-1]
+            _record(request, "recovery_gpu", served.get("gpu"))
+            assert served["pid"] == second, (served, first, second)
+            assert served["device"] == STICKY_DEVICE
+            assert served["array_module"] == "cupy"
+            assert served["cuda_device"] == served["array_device"] == 0
+            assert served["own_stream"] is True
+            assert served["tokens"] == b.params.max_tokens
+
+            stats = worker.statistics()
+            assert stats.generation == 2
+            assert stats.failed == 1 and stats.finished == 1, stats
+    _assert_gone(second)
+    # The poisoned child reported the error and os._exit()ed on its own (it was not stopped).
+    assert first_process.returncode == STICKY_EXIT_CODE, (
+        f"the poisoned child exited with {first_process.returncode}, not {STICKY_EXIT_CODE}"
+    )

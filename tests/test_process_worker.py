@@ -28,6 +28,12 @@ def child_pid(worker: ts.Worker) -> int:
     return int(tier.process.pid)  # type: ignore[attr-defined]
 
 
+async def spare_pid(worker: ts.Worker) -> int:
+    while worker._spare is None:
+        await worker._spare_parked.wait()
+    return int(worker._spare.process.pid)
+
+
 def assert_gone(pid: int) -> None:
     """Neither the process nor its process group is left (reaped, not a zombie)."""
     with pytest.raises(ProcessLookupError):
@@ -178,3 +184,30 @@ async def test_the_runners_default_policy_crosses_as_data() -> None:
                 "child_runners:ForeignPolicyRunner", device="cpu", isolation="process"
             ):
                 pass
+
+
+@pytest.mark.parametrize("preload", [False, True])
+async def test_a_standby_process_takes_over_and_the_next_one_parks(
+    tmp_path: Path, preload: bool
+) -> None:
+    with trio.fail_after(30):
+        async with ts.open_worker(
+            RUNNERS, standby=True, standby_load=preload, **args(tmp_path, "poison")
+        ) as worker:
+            first = child_pid(worker)
+            spare = await spare_pid(worker)  # the spare parks in the background
+            _kind, error = await outcome(worker.generate(req("a", 6, idempotent=False)))
+            assert isinstance(error, ts.ContextPoisoned)
+            assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))
+            assert child_pid(worker) == spare and worker.generation == 2
+            next_spare = await spare_pid(worker)
+            assert next_spare not in (first, spare)
+    for pid in (first, spare, next_spare):
+        assert_gone(pid)
+
+
+def test_standby_needs_process_isolation() -> None:
+    with pytest.raises(
+        ts.ConfigError, match=r"^standby and standby_load need isolation='process'$"
+    ):
+        ts.Worker(RUNNERS, standby=True)

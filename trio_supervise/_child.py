@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from ._errors import ConfigError, ContextPoisoned, classify_cuda_error
+from ._errors import ConfigError, classify_cuda_error, is_sticky_cuda_error
 from ._runner import resolve_factory, runner_attributes
 from ._types import Batch, RebuildCause
 from .devices import CpuDevice, open_device
@@ -62,6 +62,9 @@ class _Child:
         self.progress = 0
         self.busy = 0
         self.runner: Any = None
+        self.device: Any = None
+        self.concurrency = 1
+        self.loaded = False
         self.cancelled: dict[int, set[str]] = {}
 
     async def send(self, message: Any) -> None:
@@ -84,8 +87,27 @@ class _Child:
         if init.probe:
             await self._probe(init)
             return
-        if not await self._build(init):
+        if init.park:  # a standby spare: build now, take over later
+            if not await self._construct(init) or (init.preload and not await self._load()):
+                return
+            await self.send(frames.Parked(os.getpid()))
+            while not any(isinstance(m, frames.Activate) for m in messages):
+                data = await self.stream.receive_some()
+                if not data:
+                    return
+                messages += reader.feed(data)
+            index = next(i for i, m in enumerate(messages) if isinstance(m, frames.Activate))
+            messages = messages[index + 1 :]
+            try:
+                await self.device.probe()
+            except Exception as exc:
+                await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
+                return
+            if not self.loaded and not await self._load():
+                return
+        elif not (await self._construct(init) and await self._load()):
             return
+        await self.send(frames.Ready(os.getpid(), self.concurrency))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats)
             nursery.start_soon(self._on_sigterm, nursery.cancel_scope)
@@ -115,23 +137,32 @@ class _Child:
             return
         await self.send(frames.Ready(os.getpid(), concurrency, data))
 
-    async def _build(self, init: frames.Init) -> bool:
+    async def _construct(self, init: frames.Init) -> bool:
+        """Build the runner and open its device; a failure is reported as Fatal."""
         _extend_path(init.sys_path)
         try:
             try:
                 factory = resolve_factory(init.factory)
                 self.runner = factory(**init.runner_args)
-                concurrency, _, needs_device = runner_attributes(self.runner)
+                self.concurrency, _, needs_device = runner_attributes(self.runner)
             except ConfigError:
                 raise
             except Exception as exc:
                 raise ConfigError(f"building the runner {init.factory!r} failed: {exc!r}") from exc
-            device = open_device(init.device) if needs_device else CpuDevice()
-            await self.runner.load(device)
+            self.device = open_device(init.device) if needs_device else CpuDevice()
         except Exception as exc:
             await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
             return False
-        await self.send(frames.Ready(os.getpid(), concurrency))
+        return True
+
+    async def _load(self) -> bool:
+        """Load the runner onto its device; a failure is reported as Fatal."""
+        try:
+            await self.runner.load(self.device)
+        except Exception as exc:
+            await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
+            return False
+        self.loaded = True
         return True
 
     def _handle(self, message: Any, nursery: trio.Nursery) -> None:
@@ -162,7 +193,7 @@ class _Child:
                         await chunks.aclose()
         except Exception as exc:
             error = classify_cuda_error(exc)
-            sticky = isinstance(error, ContextPoisoned) and error is not exc
+            sticky = is_sticky_cuda_error(error)  # CupyDevice.run_sync classified it already
             await self.send(frames.BatchFailed(seq, frames.error_to_data(error), sticky))
             if sticky:  # the context is poisoned for this whole process
                 os._exit(STICKY_EXIT_CODE)

@@ -247,3 +247,16 @@ def classify_cuda_error(exc: BaseException) -> BaseException:
         return exc
     mapped.__cause__ = exc
     return mapped
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a sticky CUDA error (one that
+    poisons the whole process, so that only a fresh process can use the device again)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in ("CUDARuntimeError", "CUDADriverError") and (
+            getattr(seen, "status", None) in STICKY_CUDA_STATUSES
+        ):
+            return True
+        seen = seen.__cause__
+    return False

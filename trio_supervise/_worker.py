@@ -21,7 +21,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import logging
 import math
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
@@ -48,6 +50,8 @@ from ._types import Batch, RebuildCause, Request
 from .devices import DeviceContext, open_device
 
 __all__ = ["Worker", "WorkerState", "WorkerStatistics", "open_worker"]
+
+logger = logging.getLogger("trio_supervise")
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -154,6 +158,8 @@ class Worker:
         name: str | None = None,
         isolation: str = "inline",
         heartbeat_timeout: float = 10.0,
+        standby: bool = False,
+        standby_load: bool = False,
     ) -> None:
         if isolation not in ("inline", "process"):
             raise ConfigError(f"isolation must be 'inline' or 'process', got {isolation!r}")
@@ -214,6 +220,14 @@ class Worker:
         self.readiness_timeout = _positive("readiness_timeout", readiness_timeout)
         self.drain_timeout = _positive("drain_timeout", drain_timeout, allow_none=False)
         self.heartbeat_timeout = _positive("heartbeat_timeout", heartbeat_timeout, allow_none=False)
+        if (standby or standby_load) and isolation != "process":
+            raise ConfigError("standby and standby_load need isolation='process'")
+        self.standby = bool(standby or standby_load)
+        self.standby_load = bool(standby_load)
+        self._children: trio.Nursery | None = None  # where child processes run
+        self._spare: Any = None  # a parked ChildProcess, with standby
+        self._parking = False
+        self._spare_parked = trio.Event()  # set (and replaced) each time a spare is parked
         default_name = runner_factory.rpartition(":")[2] if isinstance(runner_factory, str) else ""
         self.name: str = name or default_name or str(getattr(self.factory, "__name__", "worker"))
         self.state: AsyncValue[WorkerState] = AsyncValue(WorkerState.STARTING)
@@ -331,18 +345,11 @@ class Worker:
         if self._running:
             raise RuntimeError(f"worker {self.name!r} is running already")
         self._running = True
-        if self._probe_policy:
-            from .isolation import _frames
-            from .isolation.process import probe_runner
-
-            ready = await probe_runner(self)
-            if ready.policy is not None:
-                self._use_policy(_frames.policy_from_data(ready.policy))
-        run_tiers = supervised(
-            self._tier_incarnation, self.policy, name=self.name, on_event=self._on_event
-        )
         try:
-            await run_tiers(task_status=task_status)
+            if self.isolation == "inline":
+                await self._supervise(task_status)
+            else:
+                await self._supervise_processes(task_status)
         except BaseException as exc:
             reason = "cancelled" if _is_cancellation(exc) else "failed"
             self._stop_everything(
@@ -350,6 +357,84 @@ class Worker:
             )
             raise
         self._stop_everything(WorkerState.STOPPED, "stopped")
+
+    async def _supervise(self, task_status: trio.TaskStatus[Worker]) -> None:
+        run_tiers = supervised(
+            self._tier_incarnation, self.policy, name=self.name, on_event=self._on_event
+        )
+        await run_tiers(task_status=task_status)
+
+    async def _supervise_processes(self, task_status: trio.TaskStatus[Worker]) -> None:
+        """As _supervise, with a nursery for child processes (a spare outlives a tier)."""
+        from .isolation import _frames
+        from .isolation.process import probe_runner
+
+        failure: BaseException | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._children = nursery
+                try:
+                    if self._probe_policy:
+                        ready = await probe_runner(self)
+                        if ready.policy is not None:
+                            self._use_policy(_frames.policy_from_data(ready.policy))
+                    self._replenish_spare()
+                    await self._supervise(task_status)
+                finally:
+                    nursery.cancel_scope.cancel()  # a spare goes with us
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            failure = group.exceptions[0]  # raised plainly below, not chained to the group
+        if failure is not None:
+            raise failure
+
+    async def _start_child(self) -> Any:
+        """Start a child process in the worker's nursery (it is stopped by whoever uses it)."""
+        from .isolation.process import ChildProcess
+
+        assert self._children is not None
+        return await self._children.start(ChildProcess(self).run)
+
+    def _take_spare(self) -> Any:
+        """The parked spare, if a live one is ready (with standby)."""
+        spare, self._spare = self._spare, None
+        if spare is not None and (spare.dead is not None or spare.done.is_set()):
+            return None
+        return spare
+
+    def _replenish_spare(self) -> None:
+        """With standby, start parking the next spare in the background."""
+        if self.standby and self._spare is None and not self._parking and self._children:
+            self._parking = True
+            self._children.start_soon(self._park_spare)
+
+    async def _park_spare(self) -> None:
+        from .isolation import _frames
+
+        init = _frames.Init(
+            self.factory_path,
+            self.runner_args,
+            self.device_spec,
+            list(sys.path),
+            0,
+            park=True,
+            preload=self.standby_load,
+        )
+        try:
+            child = await self._start_child()
+            try:
+                await child.request(init, self.readiness_timeout)
+            except Exception:
+                logger.exception("%s: a standby process could not be parked", self.name)
+                with trio.CancelScope(shield=True):
+                    await child.stop()
+                return
+            self._spare = child
+            self._spare_parked.set()
+            self._spare_parked = trio.Event()
+        finally:
+            self._parking = False
 
     async def _tier_incarnation(self, *, task_status: trio.TaskStatus[Any]) -> None:
         self.generation += 1
@@ -513,6 +598,8 @@ async def open_worker(
     name: str | None = None,
     isolation: str = "inline",
     heartbeat_timeout: float = 10.0,
+    standby: bool = False,
+    standby_load: bool = False,
 ) -> AsyncIterator[Worker]:
     """Run a worker for the body of an ``async with``; yields it once its first tier is ready.
 
@@ -533,6 +620,9 @@ async def open_worker(
             must then be an import path and ``runner_args`` plain data.
         heartbeat_timeout: with ``isolation="process"``, seconds without any frame from the
             child before it is taken for dead.
+        standby: with ``isolation="process"``, keep one spare process parked (runner built,
+            device opened): a restart probes it and swaps it in, then parks the next one.
+        standby_load: also load the runner in the spare (faster swaps, more device memory).
 
     Resource handling: when the body ends normally, the worker drains within
     ``drain_timeout``, then fails the rest with ``WorkerStopped``; when it ends with an
@@ -561,6 +651,8 @@ async def open_worker(
         name=name,
         isolation=isolation,
         heartbeat_timeout=heartbeat_timeout,
+        standby=standby,
+        standby_load=standby_load,
     )
     plain: BaseException | None = None
     try:

@@ -29,6 +29,7 @@ from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
 
 __all__ = [
     "MAX_FRAME",
+    "Activate",
     "BatchEnd",
     "BatchFailed",
     "Cancel",
@@ -40,6 +41,7 @@ __all__ = [
     "Heartbeat",
     "Init",
     "MalformedFrame",
+    "Parked",
     "PolicyData",
     "Ready",
     "Rebuild",
@@ -97,7 +99,8 @@ class Init(_Message):
 
     With ``probe``, only import the factory, answer ``Ready`` with its class-level attributes
     (``max_concurrency``, ``default_policy``) and exit: the parent learns the runner's policy
-    without importing it.
+    without importing it. With ``park``, build the runner and open the device (and load it, with
+    ``preload``), answer ``Parked`` and wait for ``Activate``: a standby spare.
     """
 
     factory: str
@@ -106,6 +109,14 @@ class Init(_Message):
     sys_path: list[str]
     generation: int
     probe: bool = False
+    park: bool = False
+    preload: bool = False
+
+
+class Activate(_Message):
+    """A parked spare takes over as incarnation ``generation``: probe the device, load, Ready."""
+
+    generation: int
 
 
 class Execute(_Message):
@@ -143,6 +154,12 @@ class PolicyData(msgspec.Struct, array_like=True, frozen=True):
     default: str
     intensity: tuple[int, float]
     backoff: tuple[float, float, float, float, float | None]
+
+
+class Parked(_Message):
+    """A standby spare is built and waits for ``Activate``."""
+
+    pid: int
 
 
 class Ready(_Message):
@@ -199,8 +216,8 @@ class Heartbeat(_Message):
     busy: int
 
 
-Message = Init | Execute | Cancel | Rebuild | Stop
-Reply = Ready | ChunkFrame | BatchEnd | BatchFailed | RebuildDone | Fatal | Heartbeat
+Message = Init | Activate | Execute | Cancel | Rebuild | Stop
+Reply = Ready | Parked | ChunkFrame | BatchEnd | BatchFailed | RebuildDone | Fatal | Heartbeat
 
 _encoder = msgspec.msgpack.Encoder()
 _to_child = msgspec.msgpack.Decoder(Message)

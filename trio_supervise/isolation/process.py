@@ -27,8 +27,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -40,7 +40,7 @@ from . import _frames as frames
 if TYPE_CHECKING:
     from .._worker import Worker
 
-__all__ = ["ChildRunner", "ProcessTier", "probe_runner"]
+__all__ = ["ChildProcess", "ChildRunner", "ProcessTier", "probe_runner"]
 
 logger = logging.getLogger("trio_supervise")
 
@@ -117,14 +117,90 @@ class ChildRunner:
             target.send_nowait(message)
 
 
-class ProcessTier(Tier):
-    """A tier whose runner runs in a child process (see the module docstring)."""
+class ChildProcess:
+    """One child process: started, spoken to in frames, watched, stopped and always reaped.
 
-    process: trio.Process | None = None
-    _socket: trio.SocketStream | None = None
+    It runs (``await nursery.start(child.run)``) in the worker's nursery, so that a standby
+    spare can outlive the tier incarnation that started it. ``request`` sends a control frame
+    and waits for the control reply (``Ready``, ``Parked`` or ``Fatal``); other frames go to
+    ``on_frame``; an exit, end of file, a malformed frame or silence goes to ``on_death``.
+    """
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.generation = 0
+        self.process: trio.Process | None = None
+        self.on_frame: Callable[[Any], None] = lambda message: None
+        self.on_death: Callable[[BaseException], None] = lambda error: None
+        self.stopping = False
+        self.dead: BaseException | None = None
+        self.done = trio.Event()
+        self.last_frame = 0.0
+        self._scope = trio.CancelScope()
+        self._send_lock = trio.Lock()
+        self._replies, self._reply_inbox = trio.open_memory_channel[Any](math.inf)
+        self._socket: trio.SocketStream | None = None
+
+    def __repr__(self) -> str:
+        pid = None if self.process is None else self.process.pid
+        return f"<ChildProcess pid={pid} generation={self.generation}>"
+
+    async def run(self, *, task_status: trio.TaskStatus[ChildProcess]) -> None:
+        parent_end, child_end = socket.socketpair()
+        self._socket = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
+        command = [sys.executable, "-m", "trio_supervise._child", str(child_end.fileno())]
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    try:
+                        process: trio.Process = await nursery.start(
+                            functools.partial(
+                                trio.run_process,
+                                command,
+                                check=False,
+                                start_new_session=True,  # a Ctrl-C to our group must not kill
+                                pass_fds=(child_end.fileno(),),  # it mid-drain
+                                stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE,
+                                deliver_cancel=self._stop_process,
+                            )
+                        )
+                    finally:
+                        child_end.close()  # the child has its own copy now
+                    self.process = process
+                    self.last_frame = trio.current_time()
+                    for stream, level in (
+                        (process.stdout, logging.INFO),
+                        (process.stderr, logging.WARNING),
+                    ):
+                        assert stream is not None
+                        nursery.start_soon(self._drain, stream, level, process.pid)
+                    nursery.start_soon(self._read_frames)
+                    task_status.started(self)
+                    await process.wait()
+                    if not self.stopping:
+                        self._died(
+                            ChildDied(
+                                f"the child process {process.pid} exited with code "
+                                f"{process.returncode}"
+                            )
+                        )
+        finally:
+            child_end.close()
+            with trio.CancelScope(shield=True):
+                await self._socket.aclose()
+            self._replies.close()
+            self.done.set()
+
+    async def stop(self) -> None:
+        """Ask it to stop, then SIGTERM, then SIGKILL its process group; wait until reaped."""
+        self.stopping = True
+        self._scope.cancel()
+        await self.done.wait()
 
     async def send(self, message: Any) -> None:
-        """Send a frame to the child; a broken socket means the child died."""
+        """Send a frame; a broken socket means the child died."""
         assert self._socket is not None
         try:
             async with self._send_lock:
@@ -140,73 +216,50 @@ class ProcessTier(Tier):
         except ChildDied:
             pass
 
-    async def _load(self) -> None:
-        worker = self.worker
-        nursery = self.nursery
-        assert nursery is not None
-        self._send_lock = trio.Lock()
-        parent_end, child_end = socket.socketpair()
-        self._socket = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        command = [sys.executable, "-m", "trio_supervise._child", str(child_end.fileno())]
-        try:
-            process: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    command,
-                    check=False,
-                    start_new_session=True,  # a Ctrl-C to our group must not kill it mid-drain
-                    pass_fds=(child_end.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    deliver_cancel=self._stop_process,
-                )
-            )
-        finally:
-            child_end.close()  # the child has its own copy now
-        self.process = process
-        for stream, level in ((process.stdout, logging.INFO), (process.stderr, logging.WARNING)):
-            assert stream is not None
-            nursery.start_soon(self._drain, stream, level, process.pid)
-        nursery.start_soon(self._watch_exit, process)
-        ready = trio.Event()
-        self._ready: frames.Ready | frames.Fatal | None = None
-        nursery.start_soon(self._read_frames, ready)
-        init = frames.Init(
-            worker.factory_path,
-            worker.runner_args,
-            worker.device_spec,
-            list(sys.path),
-            self.generation,
-        )
-        timeout = worker.readiness_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            await self.send(init)
-            await ready.wait()
+    async def request(self, message: Any, within: float | None) -> frames.Ready | frames.Parked:
+        """Send a control frame and wait for its reply.
+
+        Raises:
+            HungWorker: no reply within ``within`` seconds.
+            ChildDied: the child died first.
+            Exception: what the child reported (``Fatal``), e.g. a ConfigError.
+        """
+        with trio.move_on_after(math.inf if within is None else within) as scope:
+            await self.send(message)
+            self._awaiting = True
+            try:
+                reply = await self._reply_inbox.receive()
+            except trio.EndOfChannel:
+                raise self.dead or ChildDied("the child process ended before it answered") from None
+            finally:
+                self._awaiting = False
         if scope.cancelled_caught:
-            raise HungWorker(f"the child was not ready within readiness_timeout={timeout:g}s")
-        # Set by the reader task meanwhile (mypy cannot see that across the await).
-        reply = cast("frames.Ready | frames.Fatal | None", self._ready)
+            raise HungWorker(f"the child process did not answer within {within:g}s")
         if isinstance(reply, frames.Fatal):
             raise frames.error_from_data(reply.error)
-        if reply is None:
-            raise self.fatal or ChildDied("the child process ended before it was ready")
-        self.concurrency = reply.max_concurrency
-        self.runner = ChildRunner(self, reply.max_concurrency)
-        nursery.start_soon(self._watch_heartbeats)
+        result: frames.Ready | frames.Parked = reply
+        return result
 
-    async def _watch_exit(self, process: trio.Process) -> None:
-        await process.wait()
-        if not self._stopping:
-            self.fail(
-                ChildDied(f"the child process {process.pid} exited with code {process.returncode}")
-            )
+    async def watch_heartbeats(self, silence: float) -> None:
+        """Report death when no frame at all arrives for ``silence`` seconds."""
+        while True:
+            with trio.move_on_at(self.last_frame + silence) as scope:
+                await self.done.wait()
+            if not scope.cancelled_caught:
+                return  # it ended anyway
+            if trio.current_time() >= self.last_frame + silence:
+                self._died(ChildDied(f"no frame from the child process for {silence:g}s"))
+                return
 
-    _stopping = False
+    def _died(self, error: BaseException) -> None:
+        if self.dead is None and not self.stopping:
+            self.dead = error
+            self._replies.close()
+            self.on_death(error)
 
     async def _stop_process(self, process: trio.Process) -> None:
         """Ask, wait a grace period, SIGTERM the group, wait again, then SIGKILL it."""
-        self._stopping = True
+        self.stopping = True
         with trio.move_on_after(STOP_GRACE):
             await self.send_quietly(frames.Stop())
             await process.wait()
@@ -219,11 +272,6 @@ class ProcessTier(Tier):
             with trio.move_on_after(STOP_GRACE):
                 await process.wait()
                 return
-
-    async def _teardown(self) -> None:
-        await super()._teardown()
-        if self._socket is not None:
-            await self._socket.aclose()
 
     async def _drain(self, stream: trio.abc.ReceiveStream, level: int, pid: int) -> None:
         buffer = b""
@@ -240,42 +288,88 @@ class ProcessTier(Tier):
                     line.decode(errors="replace"),
                 )
 
-    async def _read_frames(self, ready: trio.Event) -> None:
+    async def _read_frames(self) -> None:
         assert self._socket is not None
         reader = frames.FrameReader(from_child=True)
-        self._last_frame = trio.current_time()
         try:
             while True:
                 data = await self._socket.receive_some()
                 if not data:
                     raise ChildDied(f"the child process of {self.worker.name!r} closed its socket")
-                self._last_frame = trio.current_time()
+                self.last_frame = trio.current_time()
                 for message in reader.feed(data):
-                    if isinstance(message, frames.Ready | frames.Fatal) and not ready.is_set():
-                        self._ready = message
-                        ready.set()
+                    if isinstance(message, frames.Ready | frames.Parked):
+                        self._replies.send_nowait(message)
                     elif isinstance(message, frames.Fatal):
-                        self.fail(frames.error_from_data(message.error))
-                    elif isinstance(message, frames.Heartbeat):
-                        pass
-                    elif isinstance(self.runner, ChildRunner):
-                        self.runner.deliver(message)
+                        if self._awaiting:  # the answer to a request
+                            self._replies.send_nowait(message)
+                        else:
+                            self._died(frames.error_from_data(message.error))
+                    elif not isinstance(message, frames.Heartbeat):
+                        self.on_frame(message)
         except frames.MalformedFrame as exc:
             logger.error("%s: malformed frame from the child: %s", self.worker.name, exc)
-            self.fail(ChildDied(f"the child process sent a malformed frame: {exc}"))
-        except (ChildDied, trio.BrokenResourceError) as exc:
-            self.fail(exc if isinstance(exc, ChildDied) else ChildDied(str(exc)))
-        finally:
-            ready.set()
+            self._died(ChildDied(f"the child process sent a malformed frame: {exc}"))
+        except (ChildDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._died(exc if isinstance(exc, ChildDied) else ChildDied(str(exc)))
 
-    async def _watch_heartbeats(self) -> None:
-        timeout = self.worker.heartbeat_timeout
-        assert timeout is not None
-        while True:
-            await trio.sleep_until(self._last_frame + timeout)
-            if trio.current_time() >= self._last_frame + timeout:
-                self.fail(ChildDied(f"no frame from the child process for {timeout:g}s"))
-                return
+    _awaiting = False
+
+
+class ProcessTier(Tier):
+    """A tier whose runner runs in a child process (see the module docstring)."""
+
+    child: ChildProcess | None = None
+
+    @property
+    def process(self) -> trio.Process | None:
+        """The child process."""
+        return None if self.child is None else self.child.process
+
+    async def send(self, message: Any) -> None:
+        """Send a frame to the child."""
+        assert self.child is not None
+        await self.child.send(message)
+
+    async def send_quietly(self, message: Any) -> None:
+        """Send, ignoring a child that is gone already."""
+        if self.child is not None:
+            await self.child.send_quietly(message)
+
+    async def _load(self) -> None:
+        worker = self.worker
+        timeout = worker.readiness_timeout
+        child = worker._take_spare()
+        if child is not None:  # a standby spare: probe its device, load if it has not, go
+            self.child = child
+            child.generation = self.generation
+            child.on_death = self.fail
+            reply = await child.request(frames.Activate(self.generation), timeout)
+        else:
+            child = self.child = await worker._start_child()
+            child.generation = self.generation
+            child.on_death = self.fail
+            init = frames.Init(
+                worker.factory_path,
+                worker.runner_args,
+                worker.device_spec,
+                list(sys.path),
+                self.generation,
+            )
+            reply = await child.request(init, timeout)
+        assert isinstance(reply, frames.Ready)
+        self.concurrency = reply.max_concurrency
+        runner = self.runner = ChildRunner(self, reply.max_concurrency)
+        child.on_frame = runner.deliver
+        assert self.nursery is not None
+        assert worker.heartbeat_timeout is not None
+        self.nursery.start_soon(child.watch_heartbeats, worker.heartbeat_timeout)
+        worker._replenish_spare()
+
+    async def _teardown(self) -> None:
+        await super()._teardown()
+        if self.child is not None:
+            await self.child.stop()
 
 
 async def probe_runner(worker: Worker) -> frames.Ready:
@@ -286,43 +380,14 @@ async def probe_runner(worker: Worker) -> frames.Ready:
         ConfigError: the import path or the runner's attributes are bad (as reported).
         ChildDied: the child ended without answering.
     """
-    parent_end, child_end = socket.socketpair()
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-    command = [sys.executable, "-m", "trio_supervise._child", str(child_end.fileno())]
-    reply: Any = None
-    async with stream, trio.open_nursery() as nursery:
-        try:
-            process: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    command,
-                    check=False,
-                    start_new_session=True,
-                    pass_fds=(child_end.fileno(),),
-                    stdin=subprocess.DEVNULL,
-                )
-            )
-        finally:
-            child_end.close()
+    child = await worker._start_child()
+    try:
         init = frames.Init(
             worker.factory_path, {}, worker.device_spec, list(sys.path), 0, probe=True
         )
-        await stream.send_all(frames.encode(init))
-        reader = frames.FrameReader(from_child=True)
-        timeout = worker.readiness_timeout or 60.0
-        with trio.move_on_after(timeout):
-            while reply is None:
-                data = await stream.receive_some()
-                if not data:
-                    break
-                replies = [m for m in reader.feed(data) if not isinstance(m, frames.Heartbeat)]
-                reply = replies[0] if replies else None
-        with trio.move_on_after(STOP_GRACE) as waiting:
-            await process.wait()
-        if waiting.cancelled_caught:
-            nursery.cancel_scope.cancel()  # run_process kills it
-    if isinstance(reply, frames.Fatal):
-        raise frames.error_from_data(reply.error)
-    if not isinstance(reply, frames.Ready):
-        raise ChildDied(f"the probe of {worker.factory_path!r} ended without an answer")
+        reply = await child.request(init, worker.readiness_timeout or 60.0)
+    finally:
+        with trio.CancelScope(shield=True):
+            await child.stop()
+    assert isinstance(reply, frames.Ready)
     return reply
