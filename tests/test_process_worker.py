@@ -79,7 +79,7 @@ async def test_a_dying_child_is_replaced_by_a_fresh_process(tmp_path: Path, faul
             assert worker is handle and worker.generation == 2
             second = child_pid(worker)
             assert second != first
-            assert_gone(first)
+    assert_gone(first)  # old children are reaped by the worker, at the latest when it ends
     assert_gone(second)
 
 
@@ -99,7 +99,7 @@ async def test_a_child_killed_from_outside_is_replaced(tmp_path: Path) -> None:
             await worker.state.wait_value(WorkerState.READY)
             assert worker.generation == 2
             assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))
-            assert_gone(first)
+    assert_gone(first)
 
 
 async def test_a_child_blocked_in_a_call_is_hung_and_killed(tmp_path: Path) -> None:
@@ -112,7 +112,7 @@ async def test_a_child_blocked_in_a_call_is_hung_and_killed(tmp_path: Path) -> N
             assert isinstance(error, ts.ContextPoisoned)  # HungWorker or ChildDied: both poisoned
             assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))
             assert worker.generation == 2
-            assert_gone(first)
+    assert_gone(first)
 
 
 async def test_a_foreign_exception_arrives_as_runner_error(tmp_path: Path) -> None:

@@ -193,10 +193,15 @@ class ChildProcess:
             self._replies.close()
             self.done.set()
 
-    async def stop(self) -> None:
-        """Ask it to stop, then SIGTERM, then SIGKILL its process group; wait until reaped."""
+    def stop_soon(self) -> None:
+        """Begin stopping: ask it to stop, then SIGTERM, then SIGKILL its process group. Its
+        task in the worker's nursery reaps it; :meth:`stop` also waits for that."""
         self.stopping = True
         self._scope.cancel()
+
+    async def stop(self) -> None:
+        """Stop it (see :meth:`stop_soon`) and wait until it is reaped."""
+        self.stop_soon()
         await self.done.wait()
 
     async def send(self, message: Any) -> None:
@@ -369,7 +374,9 @@ class ProcessTier(Tier):
     async def _teardown(self) -> None:
         await super()._teardown()
         if self.child is not None:
-            await self.child.stop()
+            # Not awaited: the next incarnation need not wait for this process to exit. It is
+            # reaped by its own task in the worker's nursery, which outlives every tier.
+            self.child.stop_soon()
 
 
 async def probe_runner(worker: Worker) -> frames.Ready:
