@@ -3,6 +3,7 @@ outside the event loop makes the autojump clock jump), each test bounded by fail
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 from pathlib import Path
@@ -55,7 +56,10 @@ def args(tmp_path: Path, fault: str, **kwargs: Any) -> dict[str, Any]:
     return {"runner_args": runner_args, "device": "cpu", "isolation": "process"}
 
 
-async def test_serves_like_inline_and_leaves_no_process(tmp_path: Path) -> None:
+async def test_serves_like_inline_and_leaves_no_process(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_supervise")
     with trio.fail_after(30):
         async with ts.open_worker(RUNNERS, **args(tmp_path, "print")) as worker:
             pid = child_pid(worker)
@@ -65,6 +69,9 @@ async def test_serves_like_inline_and_leaves_no_process(tmp_path: Path) -> None:
             assert worker.generation == 1
     assert worker.state.value is WorkerState.STOPPED
     assert_gone(pid)
+    # The runner's prints reached the log, tagged, and did not disturb the frames.
+    assert f"OnceRunner child pid {pid} generation 1: loading on cpu" in caplog.text
+    assert "goes to the parent's log, not into the frames" in caplog.text
 
 
 @pytest.mark.parametrize("fault", ["exit", "poison", "garbage"])
@@ -211,3 +218,50 @@ def test_standby_needs_process_isolation() -> None:
         ts.ConfigError, match=r"^standby and standby_load need isolation='process'$"
     ):
         ts.Worker(RUNNERS, standby=True)
+
+
+PARENT = """
+import sys, trio
+import trio_supervise as ts
+
+async def main():
+    async with ts.open_worker("child_runners:OnceRunner", device="cpu", isolation="process",
+                              policy=ts.DEVICE_POLICY,
+                              runner_args={"marker": sys.argv[1], "fault": "none"}) as worker:
+        print(worker._tier.process.pid, flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_a_sigkilled_parent_leaves_no_orphan(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    tests = str(Path(__file__).parent)
+    with trio.fail_after(30):
+        parent = await trio.lowlevel.open_process(
+            [sys.executable, "-c", PARENT, str(tmp_path / "m")],
+            stdout=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": tests + os.pathsep + os.environ.get("PYTHONPATH", "")},
+        )
+        assert parent.stdout is not None
+        line = b""
+        while not line.endswith(b"\n"):
+            line += await parent.stdout.receive_some()
+        child = int(line)
+        os.kill(child, 0)  # alive
+        parent.kill()
+        await parent.wait()
+        while running(child):  # noqa: ASYNC110 - another process's exit sets no event here
+            await trio.sleep(0.05)
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan is reaped by whoever adopted it, if anyone does)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
