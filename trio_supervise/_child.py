@@ -27,12 +27,13 @@ from typing import Any
 import trio
 
 from ._errors import ConfigError, classify_cuda_error, is_sticky_cuda_error
-from ._runner import resolve_factory, runner_attributes
+from ._runner import resolve_factory, runner_attributes, tell_generation
 from ._types import Batch, RebuildCause
 from .devices import CpuDevice, open_device
 from .isolation import _frames as frames
 
 HEARTBEAT_INTERVAL = 1.0
+CHILD_ENV = "TRIO_SUPERVISE_CHILD"
 STICKY_EXIT_CODE = 70
 
 
@@ -97,6 +98,7 @@ class _Child:
                     return
                 messages += reader.feed(data)
             index = next(i for i, m in enumerate(messages) if isinstance(m, frames.Activate))
+            tell_generation(self.runner, messages[index].generation)
             messages = messages[index + 1 :]
             try:
                 await self.device.probe()
@@ -144,6 +146,7 @@ class _Child:
             try:
                 factory = resolve_factory(init.factory)
                 self.runner = factory(**init.runner_args)
+                tell_generation(self.runner, init.generation)
                 self.concurrency, _, needs_device = runner_attributes(self.runner)
             except ConfigError:
                 raise
@@ -243,6 +246,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or not args[0].isdigit():
         sys.exit("usage: python -m trio_supervise._child FD (started by a worker, not by hand)")
     _die_with_parent()
+    os.environ[CHILD_ENV] = "1"  # faults that kill the process are allowed only here
     trio.run(_main, int(args[0]))
 
 

@@ -63,10 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="show the default policy deciding a scripted run of failures")
+    from .testing._cli import add_chaos_parser, run_chaos_command
+
+    add_chaos_parser(commands)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo_policy()
         return 0
+    if args.command == "chaos":
+        return run_chaos_command(args)
     parser.print_help()
     return 2
 

@@ -7,6 +7,7 @@ A runner owns a model on a device. The worker builds one per tier incarnation wi
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -18,7 +19,13 @@ if TYPE_CHECKING:
     from ._types import Batch, Chunk, RebuildCause
     from .devices import DeviceContext
 
-__all__ = ["ModelRunner", "RunnerFactory", "resolve_factory", "runner_attributes"]
+__all__ = [
+    "ModelRunner",
+    "RunnerFactory",
+    "resolve_factory",
+    "runner_attributes",
+    "tell_generation",
+]
 
 
 @runtime_checkable
@@ -92,3 +99,13 @@ def runner_attributes(runner_or_factory: Any) -> tuple[int, Policy | None, bool]
     if not isinstance(needs_device, bool):
         raise ConfigError(f"runner.needs_device must be a bool, got {needs_device!r}")
     return concurrency, policy, needs_device
+
+
+def tell_generation(runner: Any, generation: int) -> None:
+    """Set ``runner.generation`` (the tier's incarnation, 1 for the first) before ``load``.
+
+    A runner may read it (the fault-injection harness triggers on it); one that refuses the
+    attribute (``__slots__``, a read-only property) is left alone.
+    """
+    with contextlib.suppress(AttributeError, TypeError):
+        runner.generation = generation

@@ -33,7 +33,7 @@ from ._errors import (
 )
 from ._policy import Directive
 from ._requests import RequestState, error_for_request
-from ._runner import runner_attributes
+from ._runner import runner_attributes, tell_generation
 from ._types import Batch, Chunk, chunk_problem
 from .devices import CpuDevice, DeviceContext
 
@@ -142,6 +142,7 @@ class Tier:
         timeout = worker.readiness_timeout
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
             self.runner = worker.factory(**worker.runner_args)
+            tell_generation(self.runner, self.generation)
             self.concurrency, _, needs_device = runner_attributes(self.runner)
             self.device = worker.open_device() if needs_device else CpuDevice()
             await self.runner.load(self.device)

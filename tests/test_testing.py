@@ -1,0 +1,260 @@
+"""The fault-injection harness: plans, the faulty runner, and a checker that does fail."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import trio_supervise as ts
+from trio_supervise.runners.mock import MockRecord, MockRunner, token_at
+from trio_supervise.testing import (
+    Fault,
+    FaultPlan,
+    FaultyRunner,
+    InjectedError,
+    assert_survives,
+    run_chaos,
+)
+
+Clock = trio.testing.MockClock
+POLICY = attrs.evolve(ts.DEVICE_POLICY, intensity=ts.RestartIntensity(1000, 60.0))
+
+
+def expected(request: ts.Request) -> list[int]:
+    return [token_at(request, i, 50_000) for i in range(request.params.max_tokens)]
+
+
+def mock_factory(plan: FaultPlan, **worker: Any) -> Any:
+    record = MockRecord()
+    worker.setdefault("policy", POLICY)
+    return ts.open_worker(
+        lambda: FaultyRunner(MockRunner(record=record, delay=0.01), plan), device="cpu", **worker
+    )
+
+
+# --- plans ------------------------------------------------------------------------------------
+
+
+def test_plans_are_deterministic_replayable_and_cross_as_data() -> None:
+    plan = (
+        FaultPlan.at(fault=Fault.POISON, batch=3, token=2)
+        + FaultPlan.random(7, {Fault.POISON: 0.1, Fault.OOM: 0.2})
+        + FaultPlan.every(5, Fault.SLOW, delay=0.5)
+        + FaultPlan.at(fault=Fault.FAIL_LOAD, generation=2)
+    )
+    assert eval(repr(plan), {"FaultPlan": FaultPlan, "Fault": Fault}) == plan
+    assert FaultPlan.from_dict(plan.to_dict()) == plan
+    fired = [plan.for_batch(seq) for seq in range(2000)]
+    assert fired == [plan.for_batch(seq) for seq in range(2000)]  # a pure function of seq
+    assert fired[3] is not None and fired[3].fault is Fault.POISON and fired[3].token == 2
+    kinds = [t.fault for t in fired if t is not None and t.rate is not None]
+    assert 0.25 < len(kinds) / 2000 < 0.35
+    assert 1.5 < kinds.count(Fault.OOM) / kinds.count(Fault.POISON) < 2.6
+    assert plan.for_generation(Fault.FAIL_LOAD, 2) and not plan.for_generation(Fault.FAIL_LOAD, 1)
+    assert repr(FaultPlan.none()) == "FaultPlan.none()"
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: FaultPlan.at(fault=Fault.POISON), r"needs batch=N \(an int >= 0\), got None"),
+        (lambda: FaultPlan.at(fault=Fault.FAIL_LOAD, batch=1), r"needs generation=N"),
+        (lambda: FaultPlan.every(0, Fault.OOM), r"^every\(\) takes an int n >= 1, got 0$"),
+        (lambda: FaultPlan.random(1, {Fault.OOM: 1.5}), r"must be in \[0, 1\], got 1.5$"),
+        (lambda: FaultPlan.random(1, {Fault.OOM: 0.6, Fault.POISON: 0.6}), r"at most 1, got 1.2"),
+        (lambda: FaultPlan.random(1, {Fault.FAIL_LOAD: 0.1}), r"takes batch faults"),
+        (lambda: FaultyRunner(MockRunner(), FaultPlan.at(fault=Fault.EXIT, batch=0)), r"EXIT"),
+    ],
+)
+def test_plans_refuse_what_cannot_work(build: Any, message: str) -> None:
+    with pytest.raises(ts.ConfigError, match=message):
+        build()
+
+
+async def test_a_fault_at_a_batch_fires_once_not_in_every_new_runner(autojump_clock: Clock) -> None:
+    plan = FaultPlan.at(fault=Fault.POISON, batch=0)
+    async with mock_factory(plan) as worker:
+        for i in range(3):
+            await worker.generate(ts.Request(f"r{i}", "p", ts.SamplingParams(3))).collect()
+        assert worker.generation == 2  # the re-run of batch 0 is batch 1: no second fault
+
+
+# --- each fault, inline -----------------------------------------------------------------------
+
+
+async def first_outcome(worker: ts.Worker) -> object:
+    try:
+        await worker.generate(
+            ts.Request("a", "p", ts.SamplingParams(4), idempotent=False)
+        ).collect()
+    except ts.InferenceError as exc:
+        return exc
+    return "ok"
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "generation"),
+    [
+        (Fault.POISON, ts.ContextPoisoned, 2),
+        (Fault.OOM, ts.OutOfMemory, 1),
+        (Fault.HANG, ts.HungWorker, 2),
+    ],
+)
+async def test_batch_faults_inline(
+    fault: Fault, error: type, generation: int, autojump_clock: Clock
+) -> None:
+    async with mock_factory(FaultPlan.at(fault=fault, batch=0, token=1), hang_timeout=1) as worker:
+        assert isinstance(await first_outcome(worker), error)
+        assert await first_outcome(worker) == "ok"
+        assert worker.generation == generation
+
+
+async def test_unrecoverable_stops_and_error_escalates(autojump_clock: Clock) -> None:
+    async with mock_factory(FaultPlan.at(fault=Fault.UNRECOVERABLE, batch=0)) as worker:
+        assert isinstance(await first_outcome(worker), ts.Unrecoverable)
+        assert worker.state.value is ts.WorkerState.STOPPED
+    with pytest.raises(InjectedError):
+        async with mock_factory(FaultPlan.at(fault=Fault.ERROR, batch=0)) as worker:
+            await first_outcome(worker)
+            await trio.sleep_forever()
+
+
+async def test_slow_load_and_rebuild_faults(autojump_clock: Clock) -> None:
+    plan = (
+        FaultPlan.at(fault=Fault.SLOW, batch=0, delay=2.0)
+        + FaultPlan.at(fault=Fault.FAIL_LOAD, generation=1)
+        + FaultPlan.at(fault=Fault.FAIL_REBUILD, generation=2)
+    )
+    async with mock_factory(plan) as worker:
+        assert worker.generation == 2  # the first load failed
+        start = trio.current_time()
+        assert await first_outcome(worker) == "ok"
+        assert trio.current_time() - start >= 4 * 2.0
+        with pytest.raises(ts.ContextPoisoned, match=r"rebuild failed in generation 2"):
+            await worker.rebuild()
+        await worker.state.wait_value(ts.WorkerState.READY)
+        assert worker.generation == 3
+
+
+# --- process-only faults ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fault", [Fault.EXIT, Fault.KILL, Fault.HANG])
+async def test_process_faults(fault: Fault) -> None:
+    plan = FaultPlan.at(fault=fault, batch=0, token=1)
+    runner_args = {"inner": "trio_supervise.runners.mock:MockRunner", "plan": plan.to_dict()}
+    with trio.fail_after(30):
+        async with ts.open_worker(
+            "trio_supervise.testing:FaultyRunner",
+            runner_args=runner_args,
+            device="cpu",
+            isolation="process",
+            policy=POLICY,
+            hang_timeout=0.5,
+        ) as worker:
+            assert isinstance(await first_outcome(worker), ts.ContextPoisoned)
+            assert await first_outcome(worker) == "ok"
+            assert worker.generation == 2
+
+
+# --- the checker fails when it should ---------------------------------------------------------
+
+
+class BrokenWorker:
+    """A worker-like object that serves MockRunner tokens, broken in one way."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.served = 0
+
+    def generate(self, request: ts.Request) -> AsyncIterator[ts.Chunk]:
+        return self._stream(request)
+
+    async def _stream(self, request: ts.Request) -> AsyncIterator[ts.Chunk]:
+        self.served += 1
+        tokens = [token_at(request, i, 50_000) for i in range(request.params.max_tokens)]
+        if self.how == "untyped" and self.served == 3:
+            raise ValueError("not one of ours")
+        if self.how == "drop" and self.served == 3:
+            return  # ends without a final chunk or an error
+        if self.how == "reorder":
+            tokens = tokens[::-1]
+        for i, token in enumerate(tokens):
+            yield ts.Chunk(request.id, (token,), "x")
+            if self.how == "duplicate" and i == 0:
+                yield ts.Chunk(request.id, (token,), "x")
+            await trio.lowlevel.checkpoint()
+        usage = ts.Usage(1, len(tokens))
+        yield ts.Chunk(request.id, (), "", ts.FinishReason.LENGTH, usage)
+
+
+@pytest.mark.parametrize(
+    ("how", "invariant"),
+    [
+        ("drop", "one_outcome"),
+        ("duplicate", "chunks_in_order"),
+        ("reorder", "chunks_in_order"),
+        ("untyped", "typed_errors"),
+        ("leak", "no_leftovers"),
+    ],
+)
+async def test_the_checker_reports_broken_workers(how: str, invariant: str) -> None:
+    @contextlib.asynccontextmanager
+    async def factory(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        if how == "leak":  # a task that nobody owns any more
+            trio.lowlevel.spawn_system_task(trio.sleep_forever)
+        yield BrokenWorker(how)
+
+    report = await run_chaos(
+        factory, requests=20, concurrency=4, plan=FaultPlan.none(), expected=expected, timeout=10
+    )
+    assert invariant in {v.invariant for v in report.violations}, report.summary()
+    with pytest.raises(AssertionError, match=rf"invariant\(s\) violated:\n  - {invariant}"):
+        assert_survives(report)
+
+
+async def test_a_healthy_worker_passes_the_checker() -> None:
+    @contextlib.asynccontextmanager
+    async def factory(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        yield BrokenWorker("none")
+
+    report = await run_chaos(
+        factory, requests=50, concurrency=8, plan=FaultPlan.none(), expected=expected
+    )
+    assert report.ok, report.summary()
+    assert report.outcomes == {"finished": 50}
+
+
+# --- chaos at scale ---------------------------------------------------------------------------
+
+
+async def test_two_thousand_requests_with_poison_and_oom_survive() -> None:
+    plan = FaultPlan.random(11, {Fault.POISON: 0.01, Fault.OOM: 0.02}, token=1)
+
+    def factory(plan: FaultPlan) -> Any:
+        return ts.open_worker(lambda: FaultyRunner(MockRunner(), plan), device="cpu", policy=POLICY)
+
+    with trio.fail_after(60):
+        report = await run_chaos(
+            factory, requests=2000, concurrency=64, plan=plan, seed=5, expected=expected
+        )
+    assert_survives(report)
+    assert report.restarts >= 5 and report.outcomes["finished"] >= 1900
+    assert report.outcomes.get("failed: OutOfMemory", 0) >= 10
+
+
+def test_the_cli_inline_and_with_process_isolation(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_supervise._cli import main
+
+    assert main(["chaos", "--requests", "300", "--seed", "3"]) == 0
+    assert "all invariants hold" in capsys.readouterr().out
+    assert main(["chaos", "--requests", "60", "--isolation", "process", "--fault-rate", "0.1"]) == 0
+    assert "all invariants hold" in capsys.readouterr().out
+    assert main(["chaos", "--faults", "nonsense=1"]) == 2
+    assert "--faults takes KIND=RATE pairs" in capsys.readouterr().out

@@ -1,0 +1,419 @@
+"""``run_chaos``: drive load through a worker while faults fire, and check the invariants.
+
+The invariants (each violation is reported with the request ids involved):
+
+* ``one_outcome``: every accepted request ends exactly once: a final chunk, or a typed error.
+* ``chunks_in_order``: no chunk after the end, at most one final chunk, never more tokens than
+  ``max_tokens``, as many as ``usage`` says, and (given ``expected``) exactly the right tokens:
+  nothing duplicated, lost or reordered.
+* ``typed_errors``: every error is an ``InferenceError``, retryable where its class says so.
+* ``intensity``: no window of the policy's ``within`` holds more restarts than it allows.
+* ``stable_handle``: the worker the requests went to is the one the factory yielded, throughout.
+* ``no_leftovers``: no task and no child process is left once the worker's context has exited.
+* ``success``: at least ``min_success`` of the requests that no fault touched succeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import (
+    ContextPoisoned,
+    InferenceError,
+    OutOfMemory,
+    RunnerError,
+    Unrecoverable,
+    WorkerStopped,
+)
+from .._types import Request, SamplingParams
+from ._plan import FaultPlan
+
+__all__ = ["ChaosReport", "Violation", "assert_survives", "run_chaos"]
+
+_FAULT_CAUSED = (ContextPoisoned, OutOfMemory, RunnerError, Unrecoverable, WorkerStopped)
+"""Errors that injected faults cause (HungWorker and ChildDied are ContextPoisoned)."""
+
+
+@attrs.frozen
+class Violation:
+    """One broken invariant."""
+
+    invariant: str
+    """Its name (see the module docstring)."""
+    message: str
+    """What was wrong."""
+    request_ids: tuple[str, ...] = ()
+    """The requests involved."""
+
+    def __str__(self) -> str:
+        ids = f" (requests {', '.join(self.request_ids[:10])}" if self.request_ids else ""
+        more = f" and {len(self.request_ids) - 10} more)" if len(self.request_ids) > 10 else ")"
+        return f"{self.invariant}: {self.message}{ids + more if ids else ''}"
+
+
+@attrs.frozen
+class ChaosReport:
+    """What a chaos run did and whether the worker survived it."""
+
+    requests: int
+    """Requests submitted."""
+    outcomes: dict[str, int]
+    """How requests ended: ``finished``, ``rejected: <class>`` or ``failed: <class>``."""
+    restarts: int
+    """Tier restarts (generations beyond the first)."""
+    restarts_by_cause: dict[str, int]
+    """Restart-causing errors seen by requests, by class."""
+    succeeded_untouched: float
+    """Share of the requests no fault touched that finished (1.0 when none)."""
+    tokens_per_s: float
+    """Tokens delivered to consumers per second of the run."""
+    latency_p50: float
+    """Seconds from submit to the end, median."""
+    latency_p99: float
+    """Seconds from submit to the end, 99th percentile."""
+    duration: float
+    """Seconds the run took."""
+    policy: str
+    """The worker's policy, as its repr."""
+    plan: str
+    """The fault plan, as its repr (replayable)."""
+    seed: int
+    """The seed of the request mix."""
+    violations: tuple[Violation, ...]
+    """Every broken invariant."""
+
+    @property
+    def ok(self) -> bool:
+        """Whether every invariant held."""
+        return not self.violations
+
+    def summary(self) -> str:
+        """A few lines for people."""
+        lines = [
+            f"{self.requests} requests in {self.duration:.2f}s "
+            f"({self.tokens_per_s:,.0f} tokens/s, latency p50 {self.latency_p50 * 1e3:.1f} ms, "
+            f"p99 {self.latency_p99 * 1e3:.1f} ms), {self.restarts} restarts",
+            "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
+            f"untouched by a fault and served: {self.succeeded_untouched:.2%}",
+            f"plan: {self.plan}; seed {self.seed}",
+        ]
+        lines += [f"VIOLATION {v}" for v in self.violations] or ["all invariants hold"]
+        return "\n".join(lines)
+
+
+def assert_survives(report: ChaosReport) -> None:
+    """Fail (AssertionError) listing every violated invariant, and how to replay the run."""
+    if not report.ok:
+        listing = "\n".join(f"  - {v}" for v in report.violations)
+        raise AssertionError(
+            f"{len(report.violations)} invariant(s) violated:\n{listing}\n"
+            f"replay with plan={report.plan} seed={report.seed}"
+        )
+
+
+@attrs.define
+class _Result:
+    request: Request
+    submitted: float
+    worker_id: int
+    tokens: list[int] = attrs.Factory(list)
+    finals: int = 0
+    after_end: int = 0
+    usage_tokens: int | None = None
+    end: str | None = None
+    error: BaseException | None = None
+    ended: float | None = None
+    ends: int = 0
+
+
+def _child_pids() -> set[int]:
+    """Pids of this process's children (Linux /proc; empty elsewhere)."""
+    me = str(os.getpid())
+    pids: set[int] = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return pids
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    fields = stat.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                pids.add(int(entry))
+    return pids
+
+
+def _task_count() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    stack = [root]
+    count = 0
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
+async def run_chaos(
+    worker_factory: Callable[[FaultPlan], AbstractAsyncContextManager[Any]],
+    *,
+    requests: int,
+    concurrency: int,
+    plan: FaultPlan,
+    seed: int = 0,
+    timeout: float = 60.0,  # noqa: ASYNC109 - the harness's documented API: a bound on the run
+    min_success: float = 0.99,
+    max_tokens: int = 16,
+    expected: Callable[[Request], Sequence[int]] | None = None,
+    on_progress: Callable[[], None] | None = None,
+) -> ChaosReport:
+    """Send ``requests`` requests, ``concurrency`` at a time, through the worker that
+    ``worker_factory(plan)`` yields, and check the invariants (see the module docstring).
+
+    Args:
+        worker_factory: ``plan -> async context manager`` yielding a worker (or anything with
+            ``generate(request)`` returning an async iterator of chunks).
+        requests: how many requests in all.
+        concurrency: how many at once.
+        plan: the faults to inject (the factory wires it into the runner).
+        seed: seeds the request mix (prompts, max_tokens, idempotency).
+        timeout: seconds the whole run may take; requests still open then are violations.
+        min_success: the share of requests untouched by any fault that must finish.
+        max_tokens: requests ask for 1 to this many tokens.
+        expected: ``request -> token ids``, when the runner is deterministic (MockRunner's
+            ``token_at``): then chunks are checked token by token.
+        on_progress: called each time a request ends (a progress bar).
+    """
+    rng = random.Random(seed)
+    specs = [
+        Request(
+            f"chaos-{i}",
+            f"chaos prompt {rng.randrange(10**6)}",
+            SamplingParams(max_tokens=rng.randint(1, max_tokens), seed=rng.randrange(1000)),
+            idempotent=rng.random() < 0.8,
+        )
+        for i in range(requests)
+    ]
+    results: dict[str, _Result] = {}
+    restarts_at: list[float] = []
+    violations: list[Violation] = []
+    tasks_before = _task_count()
+    children_before = _child_pids()
+    start = time.perf_counter()
+    stable: list[int] = []
+    policy_repr = "?"
+    intensity = None
+
+    async def consume(worker: Any, request: Request) -> None:
+        result = _Result(request, time.perf_counter(), id(worker))
+        results[request.id] = result
+        try:
+            stream = worker.generate(request)
+        except InferenceError as exc:
+            result.end, result.error, result.ended = "rejected", exc, time.perf_counter()
+            result.ends += 1
+            return
+        try:
+            async with _owning(stream):
+                async for chunk in stream:
+                    if result.end is not None:
+                        result.after_end += 1
+                    result.tokens.extend(chunk.token_ids)
+                    if chunk.finish_reason is not None:
+                        result.finals += 1
+                        if chunk.usage is not None:
+                            result.usage_tokens = chunk.usage.completion_tokens
+                        result.end, result.ended = "finished", time.perf_counter()
+                        result.ends += 1
+        except Exception as exc:
+            result.end, result.error, result.ended = "failed", exc, time.perf_counter()
+            result.ends += 1
+
+    async def watch_restarts(worker: Any) -> None:
+        state = getattr(worker, "state", None)
+        if state is None:
+            return
+        last = getattr(worker, "generation", 0)
+        while True:
+            await state.wait_transition()
+            generation = getattr(worker, "generation", last)
+            if generation > last:
+                restarts_at.extend([trio.current_time()] * (generation - last))
+                last = generation
+
+    with trio.move_on_after(timeout) as deadline:
+        async with worker_factory(plan) as worker:
+            stable.append(id(worker))
+            policy = getattr(worker, "policy", None)
+            policy_repr = repr(policy) if policy is not None else "?"
+            intensity = getattr(policy, "intensity", None)
+            first_generation = getattr(worker, "generation", 1)
+            limiter = trio.CapacityLimiter(concurrency)
+
+            async def bounded(request: Request) -> None:
+                async with limiter:
+                    await consume(worker, request)
+                if on_progress is not None:
+                    on_progress()
+
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(watch_restarts, worker)
+                async with trio.open_nursery() as nursery:
+                    for request in specs:
+                        nursery.start_soon(bounded, request)
+                watchers.cancel_scope.cancel()
+            generations = getattr(worker, "generation", first_generation) - first_generation
+            stable.append(id(worker))
+    duration = time.perf_counter() - start
+    if deadline.cancelled_caught:
+        violations.append(Violation("one_outcome", f"the run passed its timeout of {timeout:g}s"))
+        generations = len(restarts_at)
+
+    # one terminal outcome each
+    open_ids = tuple(r.id for r in specs if r.id not in results or results[r.id].ends != 1)
+    if open_ids:
+        violations.append(
+            Violation("one_outcome", "requests without exactly one outcome", open_ids)
+        )
+    # chunks in order
+    bad_chunks = []
+    for result in results.values():
+        request = result.request
+        wrong = (
+            result.after_end
+            or result.finals > 1
+            or len(result.tokens) > request.params.max_tokens
+            or (result.usage_tokens is not None and result.usage_tokens != len(result.tokens))
+        )
+        if expected is not None and not wrong:
+            want = list(expected(request))
+            got = result.tokens
+            wrong = got != want[: len(got)] or (result.end == "finished" and got != want)
+        if wrong:
+            bad_chunks.append(request.id)
+    if bad_chunks:
+        violations.append(
+            Violation(
+                "chunks_in_order",
+                "chunks duplicated, lost, reordered or after the end",
+                tuple(bad_chunks),
+            )
+        )
+    # typed errors
+    untyped = [
+        r.request.id
+        for r in results.values()
+        if r.error is not None
+        and (
+            not isinstance(r.error, InferenceError)
+            or (type(r.error).retryable_by_default and not r.error.retryable)
+        )
+    ]
+    if untyped:
+        violations.append(
+            Violation("typed_errors", "errors that are not typed InferenceErrors", tuple(untyped))
+        )
+    # restart intensity
+    if intensity is not None:
+        window = intensity.within
+        for t in restarts_at:
+            inside = sum(1 for u in restarts_at if t - window <= u <= t)
+            if inside > intensity.max_restarts:
+                violations.append(
+                    Violation(
+                        "intensity",
+                        f"{inside} restarts within {window:g}s, more than {intensity.max_restarts}",
+                    )
+                )
+                break
+    # stable handle
+    if len(set(stable)) > 1 or any(r.worker_id not in stable[:1] for r in results.values()):
+        violations.append(Violation("stable_handle", "requests went to more than one worker"))
+    # leftovers
+    await trio.lowlevel.checkpoint()
+    leftover_tasks = _task_count() - tasks_before
+    if leftover_tasks > 0:
+        violations.append(Violation("no_leftovers", f"{leftover_tasks} task(s) left behind"))
+    leftover_children = _child_pids() - children_before
+    if leftover_children:
+        violations.append(
+            Violation("no_leftovers", f"child processes left behind: {sorted(leftover_children)}")
+        )
+    # success: a request that no fault touched (it did not end with an error a fault causes)
+    # must finish; one that did not is a bug of the worker (or an error nobody planned)
+    untouched = [r for r in results.values() if r.error is None or not _fault_caused(r.error)]
+    finished = sum(1 for r in untouched if r.end == "finished")
+    share = finished / len(untouched) if untouched else 1.0
+    if share < min_success:
+        failed = tuple(r.request.id for r in results.values() if r.end != "finished")
+        violations.append(
+            Violation(
+                "success",
+                f"only {share:.2%} of the requests no fault touched were served "
+                f"(at least {min_success:.2%} expected)",
+                failed,
+            )
+        )
+    outcomes: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
+    for result in results.values():
+        if result.end == "finished":
+            outcomes["finished"] += 1
+        elif result.error is not None:
+            name = type(result.error).__name__
+            outcomes[f"{result.end}: {name}"] += 1
+            if _fault_caused(result.error):
+                causes[name] += 1
+        else:
+            outcomes["open"] += 1
+    latencies = sorted(r.ended - r.submitted for r in results.values() if r.ended is not None)
+    tokens = sum(len(r.tokens) for r in results.values())
+    return ChaosReport(
+        requests=requests,
+        outcomes=dict(outcomes),
+        restarts=generations,
+        restarts_by_cause=dict(causes),
+        succeeded_untouched=share,
+        tokens_per_s=tokens / duration if duration > 0 else math.inf,
+        latency_p50=statistics.median(latencies) if latencies else 0.0,
+        latency_p99=latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
+        if latencies
+        else 0.0,
+        duration=duration,
+        policy=policy_repr,
+        plan=repr(plan),
+        seed=seed,
+        violations=tuple(violations),
+    )
+
+
+def _owning(stream: Any) -> AbstractAsyncContextManager[Any]:
+    """The stream's own context (a RequestStream cancels when left), or one that closes it."""
+    if hasattr(stream, "__aenter__"):
+        owned: AbstractAsyncContextManager[Any] = stream
+        return owned
+    if hasattr(stream, "aclose"):
+        return contextlib.aclosing(stream)
+    return contextlib.nullcontext(stream)
+
+
+def _fault_caused(error: BaseException) -> bool:
+    """Errors a fault causes (a poisoning, an OOM, a hang, a dead child, a stopped worker...)."""
+    return isinstance(error, _FAULT_CAUSED)
