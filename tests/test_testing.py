@@ -181,6 +181,8 @@ class BrokenWorker:
         tokens = [token_at(request, i, 50_000) for i in range(request.params.max_tokens)]
         if self.how == "untyped" and self.served == 3:
             raise ValueError("not one of ours")
+        if self.how == "dead_handle" and request.id == "chaos-after":
+            raise ts.WorkerStopped("this handle went dead")
         if self.how == "drop" and self.served == 3:
             return  # ends without a final chunk or an error
         if self.how == "reorder":
@@ -202,6 +204,7 @@ class BrokenWorker:
         ("reorder", "chunks_in_order"),
         ("untyped", "typed_errors"),
         ("leak", "no_leftovers"),
+        ("dead_handle", "stable_handle"),
     ],
 )
 async def test_the_checker_reports_broken_workers(how: str, invariant: str) -> None:
@@ -258,3 +261,17 @@ def test_the_cli_inline_and_with_process_isolation(capsys: pytest.CaptureFixture
     assert "all invariants hold" in capsys.readouterr().out
     assert main(["chaos", "--faults", "nonsense=1"]) == 2
     assert "--faults takes KIND=RATE pairs" in capsys.readouterr().out
+
+
+async def test_a_worker_that_fails_out_of_its_context_did_not_survive(
+    autojump_clock: Clock,
+) -> None:
+    report = await run_chaos(
+        mock_factory,
+        requests=50,
+        concurrency=8,
+        plan=FaultPlan.at(fault=Fault.ERROR, batch=10),
+        expected=expected,
+    )
+    failed = [v for v in report.violations if v.invariant == "stable_handle"]
+    assert failed and "the worker failed: InjectedError(" in failed[0].message

@@ -15,6 +15,7 @@ offers it, and a thread that watches the parent's pid (device work may block thi
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -41,11 +42,9 @@ def _die_with_parent() -> None:
     """Exit when the parent dies, even if this process's event loop is blocked."""
     parent = os.getppid()
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError):  # no libc.so.6: the watcher thread still works
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
     def watch() -> None:
         while True:

@@ -64,7 +64,7 @@ class MalformedFrame(Exception):
 
 
 class _Message(msgspec.Struct, tag=True, array_like=True):
-    pass
+    """A frame's payload: tagged with its class name, encoded as an array."""
 
 
 class ErrorData(msgspec.Struct, array_like=True, frozen=True):

@@ -219,7 +219,7 @@ class ChildProcess:
             with trio.move_on_after(1):
                 await self.send(message)
         except ChildDied:
-            pass
+            return  # gone already: there is nobody left to tell
 
     async def request(self, message: Any, within: float | None) -> frames.Ready | frames.Parked:
         """Send a control frame and wait for its reply.

@@ -8,7 +8,8 @@ The invariants (each violation is reported with the request ids involved):
   nothing duplicated, lost or reordered.
 * ``typed_errors``: every error is an ``InferenceError``, retryable where its class says so.
 * ``intensity``: no window of the policy's ``within`` holds more restarts than it allows.
-* ``stable_handle``: the worker the requests went to is the one the factory yielded, throughout.
+* ``stable_handle``: after every fault, the same worker handle still serves a request (unless
+  its policy stopped it), and the worker did not fail out of its context.
 * ``no_leftovers``: no task and no child process is left once the worker's context has exited.
 * ``success``: at least ``min_success`` of the requests that no fault touched succeed.
 """
@@ -217,7 +218,6 @@ async def run_chaos(
     tasks_before = _task_count()
     children_before = _child_pids()
     start = time.perf_counter()
-    stable: list[int] = []
     policy_repr = "?"
     intensity = None
 
@@ -258,33 +258,60 @@ async def run_chaos(
                 restarts_at.extend([trio.current_time()] * (generation - last))
                 last = generation
 
+    generations = 0
+
+    async def drive(worker: Any) -> bool:
+        """Run the load; then whether the same handle still serves (None: stopped on purpose)."""
+        nonlocal generations, policy_repr, intensity
+        policy = getattr(worker, "policy", None)
+        policy_repr = repr(policy) if policy is not None else "?"
+        intensity = getattr(policy, "intensity", None)
+        first_generation = getattr(worker, "generation", 1)
+        limiter = trio.CapacityLimiter(concurrency)
+
+        async def bounded(request: Request) -> None:
+            async with limiter:
+                await consume(worker, request)
+            if on_progress is not None:
+                on_progress()
+
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(watch_restarts, worker)
+            async with trio.open_nursery() as nursery:
+                for request in specs:
+                    nursery.start_soon(bounded, request)
+            watchers.cancel_scope.cancel()
+        generations = getattr(worker, "generation", first_generation) - first_generation
+        state = getattr(worker, "state", None)
+        if state is not None and getattr(state.value, "name", "") in ("STOPPED", "FAILED"):
+            return True  # its policy stopped it: nothing more to serve, nothing to blame
+        probe = Request("chaos-after", "after the faults", SamplingParams(max_tokens=1))
+        try:
+            async with _owning(stream := worker.generate(probe)):
+                finals = [chunk async for chunk in stream if chunk.finish_reason is not None]
+        except InferenceError:
+            return False
+        return len(finals) == 1
+
+    failure: Exception | None = None
+    handle_serves: bool | None = None
     with trio.move_on_after(timeout) as deadline:
-        async with worker_factory(plan) as worker:
-            stable.append(id(worker))
-            policy = getattr(worker, "policy", None)
-            policy_repr = repr(policy) if policy is not None else "?"
-            intensity = getattr(policy, "intensity", None)
-            first_generation = getattr(worker, "generation", 1)
-            limiter = trio.CapacityLimiter(concurrency)
-
-            async def bounded(request: Request) -> None:
-                async with limiter:
-                    await consume(worker, request)
-                if on_progress is not None:
-                    on_progress()
-
-            async with trio.open_nursery() as watchers:
-                watchers.start_soon(watch_restarts, worker)
-                async with trio.open_nursery() as nursery:
-                    for request in specs:
-                        nursery.start_soon(bounded, request)
-                watchers.cancel_scope.cancel()
-            generations = getattr(worker, "generation", first_generation) - first_generation
-            stable.append(id(worker))
+        try:
+            async with worker_factory(plan) as worker:
+                handle_serves = await drive(worker)
+        except Exception as exc:  # an escalation, a give-up: the worker did not survive
+            failure = exc
     duration = time.perf_counter() - start
     if deadline.cancelled_caught:
         violations.append(Violation("one_outcome", f"the run passed its timeout of {timeout:g}s"))
         generations = len(restarts_at)
+    if failure is not None:
+        violations.append(Violation("stable_handle", f"the worker failed: {failure!r}"))
+        generations = len(restarts_at)
+    if handle_serves is False:
+        violations.append(
+            Violation("stable_handle", "the worker handle no longer serves after the faults")
+        )
 
     # one terminal outcome each
     open_ids = tuple(r.id for r in specs if r.id not in results or results[r.id].ends != 1)
@@ -343,9 +370,6 @@ async def run_chaos(
                     )
                 )
                 break
-    # stable handle
-    if len(set(stable)) > 1 or any(r.worker_id not in stable[:1] for r in results.values()):
-        violations.append(Violation("stable_handle", "requests went to more than one worker"))
     # leftovers
     await trio.lowlevel.checkpoint()
     leftover_tasks = _task_count() - tasks_before

@@ -75,8 +75,9 @@ def build_plan(args: argparse.Namespace) -> FaultPlan:
     rates = {kind: args.fault_rate / len(kinds) for kind in kinds}
     for kind, rate in parse_faults(args.faults).items():
         rates[kind] = rates.get(kind, 0.0) + rate
-    # Faults fire after the first chunk, so requests see partial output before the failure.
-    return FaultPlan.random(args.seed, rates, token=1)
+    # Faults fire after the first chunk, so requests see partial output before the failure;
+    # SLOW (only through --faults) waits 10 ms before each chunk of its batch.
+    return FaultPlan.random(args.seed, rates, token=1, delay=0.01)
 
 
 def worker_factory(args: argparse.Namespace) -> Any:
