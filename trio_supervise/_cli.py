@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from . import __version__
-from ._errors import ContextPoisoned, OutOfMemory, Unrecoverable
+from ._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
 from ._policy import DEVICE_POLICY, Directive, Policy
 
 # A scripted run: (time in seconds, the failure at that time).
@@ -54,6 +54,27 @@ def demo_policy(policy: Policy = DEVICE_POLICY, *, out: TextIO | None = None) ->
     return directives
 
 
+def check_config(path: str) -> int:
+    """``config check FILE``: 0 and the effective config, or 2 and every problem."""
+    import json
+
+    from rich.console import Console
+
+    from .serve import ServeConfig
+
+    console = Console()
+    try:
+        config = ServeConfig.from_toml(path)
+    except ConfigError as exc:
+        console.print(f"[red]{path}: invalid config[/red]")
+        for problem in exc.problems:
+            console.print(f"  {problem}", markup=False, highlight=False)
+        return 2
+    console.print(f"[green]{path}: valid[/green]; the effective config:")
+    console.print_json(json.dumps(config.to_dict()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-supervise`` console script."""
     parser = argparse.ArgumentParser(
@@ -66,12 +87,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .testing._cli import add_chaos_parser, run_chaos_command
 
     add_chaos_parser(commands)
+    config = commands.add_parser("config", help="work with a serve config file")
+    config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    check = config_commands.add_parser(
+        "check", help="validate a TOML config; print the effective config, or every problem"
+    )
+    check.add_argument("file", help="the TOML file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo_policy()
         return 0
     if args.command == "chaos":
         return run_chaos_command(args)
+    if args.command == "config" and args.config_command == "check":
+        return check_config(args.file)
     parser.print_help()
     return 2
 
