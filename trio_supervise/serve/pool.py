@@ -1,0 +1,396 @@
+"""``WorkerPool``: replicas of each model under one root supervisor, a router and a batcher.
+
+Theory of operation
+-------------------
+Each ``[[workers]]`` entry becomes ``replicas`` TRANSIENT children of a ONE_FOR_ONE root
+:class:`Supervisor`: a worker whose own policy STOPs it returns and stays stopped; one that
+escalates or gives up raises, and the root starts a fresh :class:`Worker` in its slot (counted
+against ``[server] max_worker_restarts`` within ``within``). Restarts are the supervisor's
+and the workers' business: the pool only routes.
+
+``pool.generate(request, model)`` admits the request into its model's bounded queue (full:
+:class:`Backpressure` with a retry-after hint), and returns a :class:`PoolStream` at once. A
+batcher per model flushes the queue as one batch when it holds ``max_batch_size`` requests or
+``max_wait`` seconds after the first one arrived, to the least-loaded READY replica. A request
+whose replica stops or fails before producing a chunk is sent again, to another replica, when
+it is idempotent; otherwise its error is the worker's.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any
+
+import attrs
+import trio
+
+from .._errors import Backpressure, BadRequest, InferenceError, WorkerStopped
+from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
+from .._requests import RequestStream
+from .._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
+from .._types import Batch, Chunk, Request
+from .._worker import Worker, WorkerState
+from .config import ServeConfig, WorkerConfig
+
+__all__ = ["ModelNotFound", "PoolStream", "Replica", "WorkerPool"]
+
+
+class ModelNotFound(BadRequest):
+    """No worker serves the requested model."""
+
+
+@attrs.define(eq=False)
+class Replica:
+    """One slot of a model: the worker running in it now (a fresh one after a root restart)."""
+
+    config: WorkerConfig
+    index: int
+    worker: Worker | None = None
+    restarts: int = 0
+    dispatched: int = 0
+    """Batches sent to it: breaks ties between equally loaded replicas, round robin."""
+
+    @property
+    def name(self) -> str:
+        return f"{self.config.name}#{self.index}"
+
+    @property
+    def ready(self) -> bool:
+        worker = self.worker
+        return worker is not None and worker.state.value is WorkerState.READY
+
+    @property
+    def load(self) -> int:
+        """Requests waiting for or running on it."""
+        worker = self.worker
+        if worker is None:
+            return 0
+        stats = worker.statistics()
+        return stats.accepted - stats.finished - stats.failed - stats.cancelled
+
+
+@attrs.define(eq=False)
+class _Waiting:
+    request: Request
+    stream: PoolStream
+
+
+class PoolStream:
+    """A request's output through the pool: an async iterator and async context manager, like
+    :class:`RequestStream`; an idempotent request that a replica dropped before its first chunk
+    is sent again, to another replica."""
+
+    def __init__(self, pool: WorkerPool, model: str, request: Request) -> None:
+        self._pool = pool
+        self._model = model
+        self.request = request
+        self._inner: RequestStream | None = None
+        self._assigned = trio.Event()
+        self._error: InferenceError | None = None
+        self._got_chunk = False
+        self._replica: Replica | None = None
+        self._closed = False
+
+    def _assign(self, inner: RequestStream | None, replica: Replica | None,
+                error: InferenceError | None = None) -> None:  # fmt: skip
+        self._inner, self._replica, self._error = inner, replica, error
+        self._assigned.set()
+
+    def __aiter__(self) -> PoolStream:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        while True:
+            await self._assigned.wait()
+            try:
+                if self._error is not None:
+                    error, self._error = self._error, None
+                    raise error
+                assert self._inner is not None
+                chunk = await self._inner.__anext__()
+            except InferenceError as exc:
+                moved = isinstance(exc, WorkerStopped) or self._replica_ended()
+                if not (moved and self._may_move()):
+                    self._closed = True
+                    raise
+                # Its replica stopped before it produced anything: another one may serve it.
+                self._assigned = trio.Event()
+                self._pool._resubmit(self, avoid=self._replica)
+                continue
+            self._got_chunk = True
+            return chunk
+
+    def _replica_ended(self) -> bool:
+        """Whether the replica it ran on stopped or failed (its error is the worker's end)."""
+        replica = self._replica
+        worker = None if replica is None else replica.worker
+        return worker is None or worker.state.value in (WorkerState.STOPPED, WorkerState.FAILED)
+
+    def _may_move(self) -> bool:
+        replicas = self._pool.replicas[self._model]
+        return (
+            self.request.idempotent
+            and not self._got_chunk
+            and not self._closed
+            and not self._pool.draining
+            and not all(_stopped(r) for r in replicas)
+        )
+
+    async def __aenter__(self) -> PoolStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Leave: the request is cancelled where it runs (or dropped from the queue)."""
+        self._closed = True
+        self._pool._forget(self)
+        if self._inner is not None:
+            await self._inner.aclose()
+        else:
+            await trio.lowlevel.checkpoint()
+
+    async def collect(self) -> tuple[tuple[int, ...], str, Any, Any]:
+        """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
+        tokens: list[int] = []
+        text: list[str] = []
+        reason = usage = None
+        async with self:
+            async for chunk in self:
+                tokens.extend(chunk.token_ids)
+                text.append(chunk.text)
+                reason, usage = chunk.finish_reason or reason, chunk.usage or usage
+        return tuple(tokens), "".join(text), reason, usage
+
+
+class WorkerPool:
+    """Replicas of each configured model, supervised, routed and batched (see the module
+    docstring). ``await nursery.start(pool.run)`` returns once every replica is ready."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        if not isinstance(config, ServeConfig):
+            raise TypeError(f"WorkerPool takes a ServeConfig, got {config!r}")
+        self.config = config
+        self.replicas: dict[str, list[Replica]] = {
+            w.name: [Replica(w, i) for i in range(w.replicas)] for w in config.workers
+        }
+        self._queues: dict[str, collections.deque[_Waiting]] = {
+            name: collections.deque() for name in self.replicas
+        }
+        self._wake: dict[str, trio.Event] = {name: trio.Event() for name in self.replicas}
+        self._ready_changed = trio.Event()
+        self.handle: SupervisorHandle | None = None
+        self.draining = False
+
+    @property
+    def models(self) -> list[str]:
+        """The names clients ask for."""
+        return list(self.replicas)
+
+    # --- supervision --------------------------------------------------------------------------
+
+    def _child_spec(self, replica: Replica) -> ChildSpec:
+        w = replica.config
+        server = self.config.server
+
+        async def start(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+            if replica.worker is not None:
+                replica.restarts += 1
+            base = w.policy.apply(DEVICE_POLICY) if w.policy is not None else None
+            worker = Worker(
+                w.runner,
+                runner_args=w.runner_args,
+                device=w.device,
+                policy=base,
+                max_pending=w.max_pending,
+                max_attempts=w.max_attempts,
+                hang_timeout=w.hang_timeout,
+                readiness_timeout=w.readiness_timeout,
+                drain_timeout=server.drain_timeout,
+                name=replica.name,
+                isolation=w.isolation,
+                standby=w.standby,
+                standby_load=w.standby_load,
+            )
+            replica.worker = worker
+            self._notify_ready()
+            try:
+                await worker.run(task_status=task_status)
+            finally:
+                self._notify_ready()
+
+        # A worker that escalates or gives up is replaced by a fresh one (counted by the root).
+        policy = Policy(
+            rules(default=Directive.RESTART),
+            RestartIntensity(server.max_worker_restarts, server.within),
+        )
+        return ChildSpec(replica.name, start, policy, RestartType.TRANSIENT)
+
+    async def run(
+        self, *, task_status: trio.TaskStatus[WorkerPool] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Supervise every replica and batch for every model, until cancelled or given up."""
+        server = self.config.server
+        root = Supervisor(
+            "pool",
+            Strategy.ONE_FOR_ONE,
+            RestartIntensity(server.max_worker_restarts, server.within),
+            [self._child_spec(r) for replicas in self.replicas.values() for r in replicas],
+        )
+        async with trio.open_nursery() as nursery:
+            self.handle = await nursery.start(root.run)
+            for model in self.replicas:
+                nursery.start_soon(self._batcher, model)
+            task_status.started(self)
+
+    def _notify_ready(self) -> None:
+        self._ready_changed.set()
+        self._ready_changed = trio.Event()
+
+    # --- requests -----------------------------------------------------------------------------
+
+    def model_for(self, model: str | None) -> str:
+        """The model a request asks for (optional when one is served)."""
+        if model is None:
+            if len(self.replicas) == 1:
+                return next(iter(self.replicas))
+            raise ModelNotFound(f"model is required: this server serves {self.models}")
+        if model not in self.replicas:
+            raise ModelNotFound(f"model {model!r} is not served here; models: {self.models}")
+        return model
+
+    def generate(self, request: Request, model: str | None = None) -> PoolStream:
+        """Admit ``request`` for ``model``; read its output from the returned stream.
+
+        Raises:
+            ModelNotFound: no such model.
+            WorkerStopped: the pool is draining, or every replica of the model stopped.
+            Backpressure: the model's queue is full (``retry_after`` says when to try again).
+        """
+        name = self.model_for(model)
+        if self.draining:
+            raise WorkerStopped("the server is draining", retry_after=1.0)
+        if all(_stopped(r) for r in self.replicas[name]):
+            raise WorkerStopped(f"every replica of {name!r} has stopped")
+        if request.deadline is None:  # no request waits forever
+            timeout = self.config.server.request_timeout
+            request = attrs.evolve(request, deadline=trio.current_time() + timeout)
+        queue = self._queues[name]
+        limit = min(r.config.max_pending for r in self.replicas[name])
+        if len(queue) >= limit:
+            wait = max(self.config.batching.max_wait, 0.001) * math.ceil(len(queue) / limit)
+            raise Backpressure(f"the queue of {name!r} holds {limit} requests", retry_after=wait)
+        stream = PoolStream(self, name, request)
+        queue.append(_Waiting(request, stream))
+        self._wake[name].set()
+        return stream
+
+    def _forget(self, stream: PoolStream) -> None:
+        queue = self._queues[stream._model]
+        for waiting in queue:
+            if waiting.stream is stream:
+                queue.remove(waiting)
+                break
+
+    def _resubmit(self, stream: PoolStream, avoid: Replica | None) -> None:
+        """Send a request again, alone, to another ready replica (or queue it)."""
+        replica = self._least_loaded(stream._model, avoid=avoid)
+        if replica is None:
+            self._queues[stream._model].appendleft(_Waiting(stream.request, stream))
+            self._wake[stream._model].set()
+            return
+        self._submit(replica, [_Waiting(stream.request, stream)])
+
+    def _least_loaded(self, model: str, avoid: Replica | None = None) -> Replica | None:
+        ready = [r for r in self.replicas[model] if r.ready and r is not avoid]
+        if not ready:
+            ready = [r for r in self.replicas[model] if r.ready]
+        return min(ready, key=lambda r: (r.load, r.dispatched), default=None)
+
+    def _submit(self, replica: Replica, group: list[_Waiting]) -> None:
+        assert replica.worker is not None
+        replica.dispatched += 1
+        try:
+            streams = replica.worker.submit(Batch([w.request for w in group]))
+        except InferenceError as exc:
+            for waiting in group:
+                waiting.stream._assign(None, replica, _copy(exc))
+            return
+        for waiting, inner in zip(group, streams, strict=True):
+            waiting.stream._assign(inner, replica)
+
+    async def _batcher(self, model: str) -> None:
+        batching = self.config.batching
+        queue = self._queues[model]
+        while True:
+            while not queue:
+                await self._wake[model].wait()
+                self._wake[model] = trio.Event()
+            # The first request opens the window: flush when full, or when max_wait is up.
+            with trio.move_on_after(batching.max_wait):
+                while len(queue) < batching.max_batch_size:
+                    await self._wake[model].wait()
+                    self._wake[model] = trio.Event()
+            replica = self._least_loaded(model)
+            while replica is None:
+                if all(_stopped(r) for r in self.replicas[model]):
+                    error = WorkerStopped(f"every replica of {model!r} has stopped")
+                    while queue:
+                        queue.popleft().stream._assign(None, None, _copy(error))
+                    break
+                await self._ready_changed.wait()
+                replica = self._least_loaded(model)
+            if replica is None:
+                continue
+            group = [queue.popleft() for _ in range(min(len(queue), batching.max_batch_size))]
+            if group:
+                self._submit(replica, group)
+
+    async def drain(self) -> None:
+        """Accept nothing new; wait until every replica has finished what it accepted."""
+        self.draining = True
+        async with trio.open_nursery() as nursery:
+            for replicas in self.replicas.values():
+                for replica in replicas:
+                    if replica.worker is not None:
+                        nursery.start_soon(replica.worker.drain)
+
+    def statuses(self) -> list[dict[str, Any]]:
+        """One record per replica (for ``/v1/workers``)."""
+        out = []
+        for model, replicas in self.replicas.items():
+            for replica in replicas:
+                worker = replica.worker
+                stats = worker.statistics() if worker is not None else None
+                tier = getattr(worker, "_tier", None)
+                process = getattr(tier, "process", None)
+                out.append(
+                    {
+                        "name": replica.name,
+                        "model": model,
+                        "replica": replica.index,
+                        "state": stats.state.value if stats else "starting",
+                        "generation": stats.generation if stats else 0,
+                        "restarts": (stats.generation - 1 if stats else 0) + replica.restarts,
+                        "pending": stats.pending if stats else 0,
+                        "in_flight": stats.in_flight if stats else 0,
+                        "isolation": replica.config.isolation,
+                        "pid": getattr(process, "pid", None),
+                        "breaker": None,
+                    }
+                )
+        return out
+
+
+def _stopped(replica: Replica) -> bool:
+    """Stopped for good by its policy (a FAILED worker is replaced by the root supervisor)."""
+    worker = replica.worker
+    return worker is not None and worker.state.value is WorkerState.STOPPED
+
+
+def _copy(error: InferenceError) -> InferenceError:
+    from .._requests import error_for_request
+
+    return error_for_request(error)
