@@ -1,0 +1,221 @@
+"""serve() over real HTTP on loopback (real clock, each test bounded by fail_after)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+from trio_supervise.serve import ServeConfig
+from trio_supervise.serve.server import ServerHandle, serve
+
+MOCK = "trio_supervise.runners.mock:MockRunner"
+
+
+def config(**worker: Any) -> ServeConfig:
+    server = worker.pop("server", {})
+    runner_args = {"delay": 0.005, **worker.pop("runner_args", {})}
+    return ServeConfig.from_dict(
+        {
+            "server": {"port": 0, "drain_timeout": 5, **server},
+            "batching": {"max_wait": 0.001},
+            "workers": [
+                {
+                    "name": "mock",
+                    "runner": MOCK,
+                    "runner_args": runner_args,
+                    "device": "cpu",
+                    **worker,
+                }
+            ],
+        }
+    )
+
+
+async def start(nursery: trio.Nursery, cfg: ServeConfig) -> ServerHandle:
+    handle: ServerHandle = await nursery.start(serve, cfg)
+    return handle
+
+
+async def sse(client: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:
+    events = []
+    async with client.stream("POST", "/v1/completions", json={**body, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "text/event-stream"
+        async for line in r.aiter_lines():
+            if line.startswith("data: "):
+                data = line.removeprefix("data: ")
+                events.append(data if data == "[DONE]" else json.loads(data))
+    return events
+
+
+async def test_completions_whole_and_streamed_give_the_same_text() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            async with httpx.AsyncClient(base_url=handle.url) as client:
+                body = {"prompt": "once upon", "max_tokens": 6, "seed": 4}
+                whole = (await client.post("/v1/completions", json=body)).json()
+                assert whole["object"] == "text_completion" and whole["model"] == "mock"
+                (choice,) = whole["choices"]
+                assert choice["finish_reason"] == "length" and choice["logprobs"] is None
+                assert whole["usage"] == {
+                    "prompt_tokens": 2, "completion_tokens": 6, "total_tokens": 8
+                }  # fmt: skip
+                events = await sse(client, body)
+                assert events[-1] == "[DONE]"
+                text = "".join(e["choices"][0]["text"] for e in events[:-1])
+                assert text == choice["text"]
+                assert events[-2]["choices"][0]["finish_reason"] == "length"
+                models = (await client.get("/v1/models")).json()
+                assert models == {"object": "list", "data": [{"id": "mock", "object": "model"}]}
+                (worker,) = (await client.get("/v1/workers")).json()["workers"]
+                assert worker["name"] == "mock#0" and worker["state"] == "ready"
+            handle.drain()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind"),
+    [
+        ({"prompt": 3}, 400, "BadRequest"),
+        ({"prompt": "x", "n": 2}, 400, "BadRequest"),
+        ({"prompt": "x", "max_tokens": 0}, 400, "BadRequest"),
+        ({"prompt": "x", "model": "nope"}, 404, "ModelNotFound"),
+    ],
+)
+async def test_bad_requests_never_reach_a_worker(body: Any, status: int, kind: str) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            async with httpx.AsyncClient(base_url=handle.url) as client:
+                response = await client.post("/v1/completions", json=body)
+                assert response.status_code == status
+                error = response.json()["error"]
+                assert (error["type"], error["code"], error["retryable"]) == (kind, status, False)
+                assert handle.pool.replicas["mock"][0].worker.statistics().accepted == 0
+                bad_json = await client.post("/v1/completions", content=b"{not json")
+                assert bad_json.status_code == 400
+            handle.drain()
+
+
+async def test_backpressure_and_timeouts_map_to_429_and_504() -> None:
+    cfg = config(max_pending=1, runner_args={"delay": 0.2}, server={"request_timeout": 0.3})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                statuses: list[httpx.Response] = []
+
+                async def one() -> None:
+                    body = {"prompt": "slow", "max_tokens": 4}
+                    statuses.append(await client.post("/v1/completions", json=body))
+
+                async with trio.open_nursery() as requests:
+                    for _ in range(4):
+                        requests.start_soon(one)
+                codes = sorted(r.status_code for r in statuses)
+                assert 429 in codes and 504 in codes, codes
+                limited = next(r for r in statuses if r.status_code == 429)
+                assert int(limited.headers["retry-after"]) >= 1
+                assert limited.json()["error"]["retryable"] is True
+            handle.drain()
+
+
+async def test_readyz_while_loading_and_draining_and_drain_finishes_in_flight() -> None:
+    cfg = config(runner_args={"load_delay": 0.5, "delay": 0.1})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)  # once loaded (see the next test for loading)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                results: list[httpx.Response] = []
+
+                async def in_flight() -> None:
+                    body = {"prompt": "long", "max_tokens": 10}
+                    results.append(await client.post("/v1/completions", json=body))
+
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(in_flight)
+                    await trio.sleep(0.3)
+                    handle.drain()
+                    await trio.sleep(0.05)
+                    ready = await client.get("/readyz")
+                    assert ready.status_code == 503 and ready.json() == {"status": "draining"}
+                    late = await client.post("/v1/completions", json={"prompt": "x"})
+                    assert late.status_code == 503 and "retry-after" in late.headers
+                assert results[0].status_code == 200  # the in-flight request finished
+                assert (await client.get("/healthz")).status_code == 200
+
+
+async def test_readyz_is_503_while_the_workers_load() -> None:
+    from trio_supervise.serve.app import App
+    from trio_supervise.serve.metrics import Metrics
+    from trio_supervise.serve.pool import WorkerPool
+
+    app = App(WorkerPool(config()), Metrics())
+    sent: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request"}
+
+    await app({"type": "http", "method": "GET", "path": "/readyz"}, receive, send)
+    assert sent[0]["status"] == 503 and json.loads(sent[1]["body"]) == {"status": "loading"}
+
+
+async def test_a_client_that_disconnects_mid_stream_cancels_its_request() -> None:
+    cfg = config(runner_args={"delay": 0.05})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            # A raw socket, closed after the first event: a client that goes away.
+            body = json.dumps({"prompt": "p", "max_tokens": 200, "stream": True}).encode()
+            stream = await trio.open_tcp_stream(*handle.address)
+            await stream.send_all(
+                b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                + f"content-length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            received = b""
+            while b"data: " not in received:
+                received += await stream.receive_some()
+            await stream.aclose()
+            worker = handle.pool.replicas["mock"][0].worker
+            with trio.fail_after(5):
+                while worker.statistics().cancelled == 0:  # noqa: ASYNC110 - a counter, no event
+                    await trio.sleep(0.02)
+            assert worker.statistics().tokens < 200
+            handle.drain()
+
+
+async def test_metrics_parse_and_move_and_two_servers_share_a_process() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            first = await start(nursery, config())
+            second = await start(nursery, config())
+            assert first.address[1] != second.address[1]
+            async with httpx.AsyncClient(timeout=10) as client:
+                for _ in range(3):
+                    await client.post(f"{first.url}/v1/completions", json={"prompt": "a"})
+                await client.post(f"{second.url}/v1/completions", json={"prompt": 1})
+
+                async def samples(handle: ServerHandle) -> dict[tuple[str, str], float]:
+                    text = (await client.get(f"{handle.url}/metrics")).text
+                    out = {}
+                    for family in text_string_to_metric_families(text):
+                        for sample in family.samples:
+                            if sample.name == "trio_supervise_requests_total":
+                                out[(sample.labels["model"], sample.labels["outcome"])] = (
+                                    sample.value
+                                )
+                    return out
+
+                assert await samples(first) == {("mock", "finished"): 3.0}
+                assert await samples(second) == {("?", "BadRequest"): 1.0}
+            first.drain()
+            second.drain()

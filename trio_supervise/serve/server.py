@@ -1,0 +1,112 @@
+"""``serve(config)``: the worker pool behind HTTP, in the style of ``trio.serve_listeners``."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+
+import attrs
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from .app import App
+from .config import ServeConfig
+from .metrics import Metrics
+from .pool import WorkerPool
+
+__all__ = ["ServerHandle", "serve"]
+
+logger = logging.getLogger("trio_supervise")
+
+
+@attrs.define(eq=False)
+class ServerHandle:
+    """What ``task_status.started()`` hands back: where the server listens, and ``drain()``."""
+
+    address: tuple[str, int]
+    """``(host, port)`` actually bound (port 0 in the config picks a free one)."""
+    pool: WorkerPool
+    app: App
+    _drain_requested: trio.Event = attrs.Factory(trio.Event)
+
+    @property
+    def url(self) -> str:
+        """``http://host:port``."""
+        return f"http://{self.address[0]}:{self.address[1]}"
+
+    def drain(self) -> None:
+        """Begin draining (idempotent): readyz and new requests get 503, in-flight requests
+        finish within ``drain_timeout``, the workers stop, then the server returns."""
+        self._drain_requested.set()
+
+
+async def serve(
+    config: ServeConfig,
+    *,
+    handle_signals: bool = False,
+    task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``config``'s workers over HTTP until drained.
+
+    It binds the port before the workers load (``/healthz`` answers 200 and ``/readyz`` 503
+    while they do), then calls ``task_status.started(handle)`` once every replica is ready.
+
+    Resource handling:
+        The pool (its root supervisor and every worker) and the HTTP server live in this call's
+        nursery. A drain (``handle.drain()``, or the first SIGTERM/SIGINT with
+        ``handle_signals=True``) keeps the listener open, answers 503 to new requests and to
+        ``/readyz``, gives in-flight requests ``drain_timeout`` seconds, fails the rest with
+        ``WorkerStopped``, stops the workers, and only then shuts the HTTP server down.
+
+    Error handling:
+        A bad config raises ``ConfigError`` before anything starts. When the root supervisor
+        gives up, that error propagates out of ``serve`` once the server is shut down.
+    """
+    if not isinstance(config, ServeConfig):
+        raise TypeError(f"serve takes a ServeConfig, got {config!r}")
+    pool = WorkerPool(config)
+    app = App(pool, Metrics())
+    hypercorn_config = HypercornConfig()
+    hypercorn_config.bind = [f"{config.server.host}:{config.server.port}"]
+    hypercorn_config.graceful_timeout = config.server.drain_timeout
+    hypercorn_config.accesslog = None
+    shutdown = trio.Event()
+    signals: AsyncIterator[int] | None = None
+    async with trio.open_nursery() as nursery:
+        if handle_signals:
+            receiver = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
+            signals = receiver.__enter__()
+        try:
+            binds = await nursery.start(
+                lambda task_status: hypercorn_serve(
+                    app,  # type: ignore[arg-type]
+                    hypercorn_config,
+                    shutdown_trigger=shutdown.wait,
+                    task_status=task_status,
+                )
+            )
+            host, _, port = binds[0].removeprefix("http://").rpartition(":")
+            handle = ServerHandle((host.strip("[]"), int(port)), pool, app)
+            if signals is not None:
+                nursery.start_soon(_on_signal, signals, handle)
+            async with trio.open_nursery() as workers:
+                await workers.start(pool.run)
+                app.ready = True
+                task_status.started(handle)
+                await handle._drain_requested.wait()
+                logger.info("draining: in-flight requests get %gs", config.server.drain_timeout)
+                with trio.move_on_after(config.server.drain_timeout):
+                    await pool.drain()
+                workers.cancel_scope.cancel()
+        finally:
+            shutdown.set()
+            if handle_signals:
+                receiver.__exit__(None, None, None)
+
+
+async def _on_signal(signals: AsyncIterator[int], handle: ServerHandle) -> None:
+    async for _ in signals:
+        handle.drain()
+        return
