@@ -146,8 +146,8 @@ async def test_readyz_while_loading_and_draining_and_drain_finishes_in_flight() 
                     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
                     late = await client.post("/v1/completions", json={"prompt": "x"})
                     assert late.status_code == 503 and "retry-after" in late.headers
+                    assert (await client.get("/healthz")).status_code == 200  # still listening
                 assert results[0].status_code == 200  # the in-flight request finished
-                assert (await client.get("/healthz")).status_code == 200
 
 
 async def test_readyz_is_503_while_the_workers_load() -> None:
@@ -219,3 +219,37 @@ async def test_metrics_parse_and_move_and_two_servers_share_a_process() -> None:
                 assert await samples(second) == {("?", "BadRequest"): 1.0}
             first.drain()
             second.drain()
+
+
+async def test_the_serve_command_answers_then_drains_on_sigterm() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    with trio.fail_after(60):
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "trio_supervise._cli", "serve", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        output = b""
+        while b"serving" not in output:
+            output += await process.stdout.receive_some()
+        url = output.split(b" on ", 1)[1].split()[0].decode()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            response = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
+            assert response.status_code == 200
+        process.send_signal(signal.SIGTERM)
+        async for data in process.stdout:
+            output += data
+        assert await process.wait() == 0
+        assert b"drained" in output
+
+
+def test_the_serve_command_refuses_a_bad_config(tmp_path: Any) -> None:
+    from trio_supervise._cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[server]\nport = -5\n[[workers]]\nname = 'a'\nrunner = 'm:f'\n")
+    assert main(["serve", str(bad)]) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__
 from ._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
@@ -54,6 +54,71 @@ def demo_policy(policy: Policy = DEVICE_POLICY, *, out: TextIO | None = None) ->
     return directives
 
 
+def serve_command(path: str | None, *, host: str | None, port: int | None) -> int:
+    """``serve``: 0 after a drain, 1 when the pool gave up, 2 for a bad config; a second
+    SIGTERM/SIGINT exits at once with 128 + the signal number."""
+    import attrs
+    import trio
+    from rich.console import Console
+
+    from ._errors import RestartIntensityExceeded
+    from .serve import ServeConfig
+    from .serve.server import serve
+
+    console = Console(stderr=True)
+    try:
+        config = ServeConfig.from_toml(path) if path else default_config()
+        server = attrs.evolve(
+            config.server,
+            **{k: v for k, v in (("host", host), ("port", port)) if v is not None},
+        )
+        config = attrs.evolve(config, server=server)
+        config.validate()
+    except ConfigError as exc:
+        console.print(f"[red]{exc}[/red]", highlight=False)
+        return 2
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            handle = await nursery.start(lambda task_status: serve(
+                config, handle_signals=True, task_status=task_status))  # fmt: skip
+            console.print(f"serving {handle.pool.models} on {handle.url}", highlight=False)
+
+    try:
+        trio.run(main)
+    except RestartIntensityExceeded as exc:
+        console.print(f"[red]gave up: {exc}[/red]", highlight=False)
+        return 1
+    except BaseExceptionGroup as group:
+        exits = [e for e in group.exceptions if isinstance(e, SystemExit)]
+        if exits:
+            return int(exits[0].code or 0)
+        if any(isinstance(e, RestartIntensityExceeded) for e in group.exceptions):
+            console.print(f"[red]gave up: {group.exceptions[0]}[/red]", highlight=False)
+            return 1
+        raise
+    console.print("drained", highlight=False)
+    return 0
+
+
+def default_config() -> Any:
+    """The built-in config: the mock runner as model ``mock`` (charlm once it ships)."""
+    from .serve import ServeConfig
+
+    return ServeConfig.from_dict(
+        {
+            "workers": [
+                {
+                    "name": "mock",
+                    "runner": "trio_supervise.runners.mock:MockRunner",
+                    "runner_args": {"delay": 0.01},
+                    "device": "cpu",
+                }
+            ]
+        }
+    )
+
+
 def check_config(path: str) -> int:
     """``config check FILE``: 0 and the effective config, or 2 and every problem."""
     import json
@@ -87,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .testing._cli import add_chaos_parser, run_chaos_command
 
     add_chaos_parser(commands)
+    serve_parser = commands.add_parser("serve", help="serve a worker pool over HTTP")
+    serve_parser.add_argument("config", nargs="?", help="a TOML config (default: built in)")
+    serve_parser.add_argument("--host", help="override [server] host")
+    serve_parser.add_argument("--port", type=int, help="override [server] port")
     config = commands.add_parser("config", help="work with a serve config file")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check = config_commands.add_parser(
@@ -101,6 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_chaos_command(args)
     if args.command == "config" and args.config_command == "check":
         return check_config(args.file)
+    if args.command == "serve":
+        return serve_command(args.config, host=args.host, port=args.port)
     parser.print_help()
     return 2
 

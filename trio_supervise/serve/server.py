@@ -62,7 +62,9 @@ async def serve(
 
     Error handling:
         A bad config raises ``ConfigError`` before anything starts. When the root supervisor
-        gives up, that error propagates out of ``serve`` once the server is shut down.
+        gives up, that error propagates out of ``serve`` once the server is shut down. With
+        ``handle_signals=True``, a second signal during the drain raises ``SystemExit`` with
+        128 + the signal's number.
     """
     if not isinstance(config, ServeConfig):
         raise TypeError(f"serve takes a ServeConfig, got {config!r}")
@@ -100,6 +102,7 @@ async def serve(
                 with trio.move_on_after(config.server.drain_timeout):
                     await pool.drain()
                 workers.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()  # drained: the signal watcher goes too
         finally:
             shutdown.set()
             if handle_signals:
@@ -107,6 +110,10 @@ async def serve(
 
 
 async def _on_signal(signals: AsyncIterator[int], handle: ServerHandle) -> None:
-    async for _ in signals:
+    """The first SIGTERM/SIGINT drains; a second one exits at once (128 + its number)."""
+    drained = False
+    async for signum in signals:
+        if drained:
+            raise SystemExit(128 + signum)
+        drained = True
         handle.drain()
-        return
