@@ -265,3 +265,15 @@ def running(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.mark.slow
+async def test_an_idle_child_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
+    # Trio starts processes from a worker thread and retires idle threads after 10 s: a child
+    # tied to that thread (PR_SET_PDEATHSIG) would die then. It must not.
+    with trio.fail_after(30):
+        async with ts.open_worker(RUNNERS, **args(tmp_path, "none")) as worker:
+            pid = child_pid(worker)
+            await trio.sleep(11)
+            assert child_pid(worker) == pid and worker.generation == 1
+            assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))

@@ -9,14 +9,13 @@ is classified and reported as data; after a sticky one (a poisoned CUDA context)
 second carry a progress counter, so the parent can tell a dead child from a busy one, and a
 busy one from a hung one.
 
-The child dies with its parent: the socket's end of file, ``PR_SET_PDEATHSIG`` where Linux
-offers it, and a thread that watches the parent's pid (device work may block this event loop).
+The child dies with its parent: the socket's end of file, and a thread that watches the
+parent's pid (device work may block this event loop; ``PR_SET_PDEATHSIG`` would fire when the
+spawning *thread* exits, see :func:`_die_with_parent`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -39,12 +38,14 @@ STICKY_EXIT_CODE = 70
 
 
 def _die_with_parent() -> None:
-    """Exit when the parent dies, even if this process's event loop is blocked."""
+    """Exit when the parent dies, even if this process's event loop is blocked.
+
+    Not PR_SET_PDEATHSIG: Linux sends it when the *thread* that forked us exits, and Trio
+    starts processes from a worker thread that its thread cache retires after 10 idle seconds,
+    which would kill every healthy child 10 s after it started. A thread that watches the
+    parent's pid (re-parenting changes it) does the job, beside end of file on the socket.
+    """
     parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError):  # no libc.so.6: the watcher thread still works
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
     def watch() -> None:
         while True:

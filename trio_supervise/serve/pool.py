@@ -287,6 +287,23 @@ class WorkerPool:
         self._wake[name].set()
         return stream
 
+    async def _wait_for_a_ready_replica(self, model: str) -> None:
+        """Until a replica of ``model`` is READY (a tier restarted), or a slot got a new worker."""
+        async with trio.open_nursery() as nursery:
+
+            async def ready(worker: Worker) -> None:
+                await worker.state.wait_value(WorkerState.READY)
+                nursery.cancel_scope.cancel()
+
+            async def replaced() -> None:
+                await self._ready_changed.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(replaced)
+            for replica in self.replicas[model]:
+                if replica.worker is not None:
+                    nursery.start_soon(ready, replica.worker)
+
     def _forget(self, stream: PoolStream) -> None:
         queue = self._queues[stream._model]
         for waiting in queue:
@@ -340,7 +357,7 @@ class WorkerPool:
                     while queue:
                         queue.popleft().stream._assign(None, None, _copy(error))
                     break
-                await self._ready_changed.wait()
+                await self._wait_for_a_ready_replica(model)
                 replica = self._least_loaded(model)
             if replica is None:
                 continue
