@@ -7,7 +7,7 @@ from trio_supervise._cli import demo_policy, main
 
 
 def test_demo_prints_the_default_policy_giving_up(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["demo"]) == 0
+    assert main(["demo", "--policy"]) == 0
     out = capsys.readouterr().out
     assert repr(ts.DEVICE_POLICY) in out
     assert "4 restarts within 60s exceed max_restarts=3" in out
@@ -38,3 +38,14 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 def test_no_command_prints_help_and_fails(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert "demo" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_served_demo_keeps_answering_through_its_faults() -> None:
+    import trio
+
+    from trio_supervise._demo import run_demo
+
+    result = trio.run(lambda: run_demo(seconds=5.0, live=False))
+    assert result["finished"] > 10
+    assert result["restarts"] >= 1  # a poisoning happened, and requests kept finishing

@@ -102,17 +102,16 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
 
 
 def default_config() -> Any:
-    """The built-in config: the mock runner as model ``mock`` (charlm once it ships)."""
+    """The built-in config: the shipped character model as worker ``charlm``, device auto."""
     from .serve import ServeConfig
 
     return ServeConfig.from_dict(
         {
             "workers": [
                 {
-                    "name": "mock",
-                    "runner": "trio_supervise.runners.mock:MockRunner",
-                    "runner_args": {"delay": 0.01},
-                    "device": "cpu",
+                    "name": "charlm",
+                    "runner": "trio_supervise.runners.charlm:CharLM",
+                    "device": "auto",
                 }
             ]
         }
@@ -148,7 +147,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
-    commands.add_parser("demo", help="show the default policy deciding a scripted run of failures")
+    demo = commands.add_parser(
+        "demo", help="serve a model over HTTP and keep answering while its workers are poisoned"
+    )
+    demo.add_argument("--isolation", choices=("inline", "process"), default="inline")
+    demo.add_argument("--seconds", type=float, default=8.0, help="how long the load runs (8)")
+    demo.add_argument(
+        "--policy", action="store_true", help="instead: the default policy deciding a script"
+    )
     from .testing._cli import add_chaos_parser, run_chaos_command
 
     add_chaos_parser(commands)
@@ -164,8 +170,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     check.add_argument("file", help="the TOML file")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo_policy()
-        return 0
+        if args.policy:
+            demo_policy()
+            return 0
+        import trio
+
+        from ._demo import run_demo
+
+        result = trio.run(lambda: run_demo(isolation=args.isolation, seconds=args.seconds))
+        return 0 if result["finished"] > 0 else 1
     if args.command == "chaos":
         return run_chaos_command(args)
     if args.command == "config" and args.config_command == "check":

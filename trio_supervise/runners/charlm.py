@@ -1,0 +1,364 @@
+"""``CharLM``: a real, small character-level language model as a runner.
+
+The model is a Bengio-style MLP over a window of characters: the previous ``context`` characters
+(16 in the shipped weights, padded on the left with ``"\\n"``) are embedded and concatenated,
+go through two tanh layers (the second with a residual connection), then a softmax over the
+vocabulary (``"\\n"`` and printable ASCII; any other character of a prompt becomes ``"?"``)::
+
+    x  = concat(emb[c_{t-K}], ..., emb[c_{t-1}])
+    h1 = tanh(x @ w1 + b1)
+    h2 = h1 + tanh(h1 @ w2 + b2)
+    logits = h2 @ w3 + b3
+
+Its weights (``charlm_weights.npz``, float16, about 1.3 MB) ship as package data; they were
+trained by ``scripts/train_charlm.py`` on the docstrings of CPython's standard library (PSF
+License), so it writes English-looking prose about Python. Token ids are vocabulary indices,
+one per character.
+
+The forward pass (:func:`forward`) is written once against the device's array module ``xp``
+(NumPy on a :class:`~trio_supervise.devices.CpuDevice`, CuPy on a
+:class:`~trio_supervise.devices.CupyDevice`) and runs through ``device.run_sync``, once per
+decoding step for all active requests of a batch. Sampling happens on the host with one
+``numpy.random.Generator`` per request, seeded from ``SamplingParams.seed`` (or, without one,
+from the request id), so a request gives the same text whatever batch it is in. (A row's
+logits depend on the other rows only through floating-point summation order; on the CPU the
+weights are float64, which keeps that effect near 1e-14, so a different choice would need an
+exact tie between two candidates. On CuPy they are float32.)
+
+Example::
+
+    async with trio_supervise.open_worker(
+        "trio_supervise.runners.charlm:CharLM", device="cpu"
+    ) as worker:
+        request = Request("r1", "The ", SamplingParams(max_tokens=80, temperature=0.5, seed=1))
+        _, text, _, _ = await worker.generate(request).collect()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import pathlib
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import attrs
+import numpy
+import numpy.typing as npt
+import trio
+
+from .._errors import BadRequest, ConfigError, RunnerError
+from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
+
+__all__ = [
+    "WEIGHTS_FILE",
+    "CharLM",
+    "CharModel",
+    "complete",
+    "forward",
+    "load_weights",
+    "request_generator",
+    "sample_next",
+]
+
+WEIGHTS_FILE = "charlm_weights.npz"
+"""The packaged weights, next to this module."""
+
+_TO_ASCII = str.maketrans("\t\u00a0\u2018\u2019\u201c\u201d\u2013\u2014", "  ''\"\"--")
+"""Single characters replaced by ASCII ones (as in the training text), one for one."""
+
+_MATRICES = ("emb", "w1", "b1", "w2", "b2", "w3", "b3")
+
+
+@attrs.frozen(eq=False)
+class CharModel:
+    """Loaded weights (arrays of ``xp``) and the vocabulary (on the host)."""
+
+    xp: Any
+    """The array module the weights live in (``numpy`` or ``cupy``)."""
+    emb: Any
+    """Character embeddings, ``(vocab, embed)``."""
+    w1: Any
+    """First layer, ``(context * embed, hidden)``."""
+    b1: Any
+    """Its bias, ``(hidden,)``."""
+    w2: Any
+    """Second (residual) layer, ``(hidden, hidden)``."""
+    b2: Any
+    """Its bias, ``(hidden,)``."""
+    w3: Any
+    """Output layer, ``(hidden, vocab)``."""
+    b3: Any
+    """Its bias, ``(vocab,)``."""
+    vocab: str
+    """The characters; a token id is an index into it."""
+    context: int
+    """How many previous characters the model sees."""
+    pad: int
+    """The token that pads a window on the left (``"\\n"``)."""
+    fallback: int
+    """The token of characters outside the vocabulary (``"?"``)."""
+    index: dict[str, int] = attrs.field(init=False)
+    """Character to token id."""
+
+    @index.default
+    def _index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.vocab)}
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of tokens."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, one per character: a tab becomes a space, typographic quotes
+        and dashes their ASCII forms, any other character outside the vocabulary ``"?"``."""
+        index = self.index
+        fallback = self.fallback
+        return [index.get(c, fallback) for c in text.translate(_TO_ASCII)]
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids (valid ones)."""
+        return "".join(self.vocab[t] for t in token_ids)
+
+    def prompt_ids(self, prompt: str | tuple[int, ...]) -> list[int]:
+        """Token ids of a prompt given as text or as token ids.
+
+        Raises:
+            BadRequest: a token id is not in the vocabulary.
+        """
+        if isinstance(prompt, str):
+            return self.encode(prompt)
+        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
+        if bad:
+            raise BadRequest(
+                f"prompt token ids must be in [0, {self.vocab_size}) for CharLM's vocabulary, "
+                f"got {bad[:5]}{' ...' if len(bad) > 5 else ''}"
+            )
+        return list(prompt)
+
+    def window(self, token_ids: Sequence[int]) -> list[int]:
+        """The last ``context`` tokens, padded on the left."""
+        tail = list(token_ids[-self.context :]) if token_ids else []
+        return [self.pad] * (self.context - len(tail)) + tail
+
+
+def _weights_path(weights: str | None) -> Any:
+    if weights is not None:
+        return pathlib.Path(weights)
+    return importlib.resources.files(__package__ or "trio_supervise.runners") / WEIGHTS_FILE
+
+
+def load_weights(xp: Any, weights: str | None = None, dtype: Any = None) -> CharModel:
+    """Read a weights file (default: the packaged one) into ``xp`` arrays of ``dtype``.
+
+    The default ``dtype`` is float64 for NumPy (cheap at this size, and it makes the effect of
+    the batch on a row's logits, through summation order, about 1e-13) and float32 otherwise.
+    Device work: call it through ``device.run_sync`` so that CuPy's device is current.
+
+    Raises:
+        ConfigError: the file is missing or is not a CharLM weights file.
+    """
+    source = _weights_path(weights)
+    try:
+        with importlib.resources.as_file(source) as path, numpy.load(path) as data:
+            arrays = {name: numpy.asarray(data[name], numpy.float32) for name in _MATRICES}
+            vocab = "".join(chr(int(c)) for c in data["vocab"])
+            context, pad, fallback = (int(data[k]) for k in ("context", "pad", "fallback"))
+        vocab_size, embed = arrays["emb"].shape
+        (hidden,) = arrays["b1"].shape
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read CharLM weights from {str(source)!r}: {exc}") from exc
+    expected = {
+        "emb": (len(vocab), embed),
+        "w1": (context * embed, hidden),
+        "b1": (hidden,),
+        "w2": (hidden, hidden),
+        "b2": (hidden,),
+        "w3": (hidden, len(vocab)),
+        "b3": (len(vocab),),
+    }
+    wrong = [f"{k}: {arrays[k].shape} != {s}" for k, s in expected.items() if arrays[k].shape != s]
+    if wrong or not (0 <= pad < vocab_size and 0 <= fallback < vocab_size and context >= 1):
+        raise ConfigError(f"CharLM weights in {str(source)!r} are inconsistent: {wrong}")
+    if dtype is None:
+        dtype = numpy.float64 if xp is numpy else numpy.float32
+    on_device = {name: xp.asarray(array, dtype=dtype) for name, array in arrays.items()}
+    return CharModel(xp, **on_device, vocab=vocab, context=context, pad=pad, fallback=fallback)
+
+
+def forward(xp: Any, model: CharModel, windows: Any) -> Any:
+    """Logits ``(n, vocab)`` for ``n`` windows of token ids ``(n, context)``, as ``xp`` arrays.
+
+    Written once for NumPy and CuPy: only ``xp`` functions and array methods.
+    """
+    ids = xp.asarray(windows)
+    x = model.emb[ids].reshape(ids.shape[0], -1)
+    h1 = xp.tanh(x @ model.w1 + model.b1)
+    h2 = h1 + xp.tanh(h1 @ model.w2 + model.b2)
+    return h2 @ model.w3 + model.b3
+
+
+def _host_logits(model: CharModel, windows: npt.NDArray[numpy.int64]) -> npt.NDArray[numpy.float64]:
+    """One decoding step on the device, logits copied back to the host as float64."""
+    xp = model.xp
+    logits = forward(xp, model, windows)
+    to_host = getattr(xp, "asnumpy", numpy.asarray)
+    return numpy.asarray(to_host(logits), dtype=numpy.float64)
+
+
+def request_generator(request: Request) -> numpy.random.Generator:
+    """The request's own generator: from its seed, or (seed None) from its id, deterministic."""
+    seed = request.params.seed
+    if seed is None:
+        digest = hashlib.sha256(request.id.encode()).digest()
+        return numpy.random.default_rng([2, int.from_bytes(digest[:8], "little")])
+    return numpy.random.default_rng([0 if seed >= 0 else 1, abs(seed)])
+
+
+def sample_next(
+    logits: npt.NDArray[numpy.float64],
+    temperature: float,
+    top_p: float,
+    rng: numpy.random.Generator,
+) -> int:
+    """A token from one row of logits: argmax at temperature 0, else a draw from the
+    temperature-scaled softmax restricted to the smallest set of most likely tokens whose mass
+    reaches ``top_p`` (nucleus sampling). A draw takes exactly one number from ``rng``."""
+    if temperature == 0:
+        return int(numpy.argmax(logits))
+    scaled = (logits - logits.max()) / temperature
+    probs = numpy.exp(scaled)
+    probs /= probs.sum()
+    order = numpy.argsort(-probs, kind="stable")
+    cumulative = numpy.cumsum(probs[order])
+    keep = len(order)
+    if top_p < 1.0:
+        keep = min(keep, int(numpy.searchsorted(cumulative, top_p)) + 1)
+    u = rng.random() * cumulative[keep - 1]
+    chosen = min(int(numpy.searchsorted(cumulative[:keep], u, side="right")), keep - 1)
+    return int(order[chosen])
+
+
+def complete(
+    model: CharModel,
+    prompt: str,
+    max_chars: int,
+    *,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = 0,
+) -> str:
+    """Generate ``max_chars`` characters after ``prompt`` synchronously, one request alone (for
+    scripts; a worker uses :class:`CharLM`). Same result as the runner for the same request."""
+    request = Request("complete", prompt, SamplingParams(max_chars, temperature, top_p, seed=seed))
+    rng = request_generator(request)
+    ids = model.encode(prompt)
+    out: list[int] = []
+    for _ in range(max_chars):
+        logits = _host_logits(model, numpy.array([model.window(ids)], dtype=numpy.int64))
+        token = sample_next(logits[0], temperature, top_p, rng)
+        ids.append(token)
+        out.append(token)
+    return model.decode(out)
+
+
+@attrs.define
+class _Active:
+    """One request being decoded."""
+
+    request: Request
+    token_ids: list[int]
+    prompt_tokens: int
+    rng: numpy.random.Generator
+    text: str = ""
+    completion_tokens: int = 0
+
+
+class CharLM:
+    """The character-level language model as a runner (see the module docstring).
+
+    Args:
+        weights: path of a weights file written by ``scripts/train_charlm.py``; default: the
+            packaged ``charlm_weights.npz``.
+        max_concurrency: batches the worker may run at once (decoding keeps no state between
+            batches, so any number is safe).
+    """
+
+    default_policy = None
+    needs_device = True
+
+    def __init__(self, *, weights: str | None = None, max_concurrency: int = 1) -> None:
+        self.weights = weights
+        self.max_concurrency = max_concurrency
+        self.model: CharModel | None = None
+        self.device: Any = None
+
+    def __repr__(self) -> str:
+        state = "loaded" if self.model is not None else "not loaded"
+        return f"<CharLM {state} on {getattr(self.device, 'name', None)}>"
+
+    async def load(self, device: Any) -> None:
+        """Read the weights and move them to ``device.xp`` arrays (in ``device.run_sync``).
+
+        Raises:
+            ConfigError: the weights file is missing or malformed.
+        """
+        self.model = await device.run_sync(load_weights, device.xp, self.weights)
+        self.device = device
+
+    async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
+        """Decode all requests of the batch together: per step one forward pass over the active
+        ones, then one chunk per active request (its token and character). A request ends with
+        ``STOP`` when its text ends with a stop sequence, with ``LENGTH`` at ``max_tokens``;
+        one whose prompt has an invalid token id fails alone with ``BadRequest``."""
+        model, device = self.model, self.device
+        if model is None or device is None:
+            raise RunnerError("CharLM.execute was called before load (or after aclose)")
+        active: list[_Active] = []
+        for request in batch.requests:
+            try:
+                ids = model.prompt_ids(request.prompt)
+            except BadRequest as exc:
+                yield Chunk(request.id, error=exc)
+                continue
+            active.append(_Active(request, ids, len(ids), request_generator(request)))
+        await trio.lowlevel.checkpoint()
+        while active:
+            active = [a for a in active if not batch.is_cancelled(a.request.id)]
+            if not active:
+                break
+            windows = numpy.array([model.window(a.token_ids) for a in active], numpy.int64)
+            logits = await device.run_sync(_host_logits, model, windows)
+            still: list[_Active] = []
+            for state, row in zip(active, logits, strict=True):
+                request = state.request
+                if batch.is_cancelled(request.id):
+                    continue
+                params = request.params
+                token = sample_next(row, params.temperature, params.top_p, state.rng)
+                char = model.vocab[token]
+                state.token_ids.append(token)
+                state.text += char
+                state.completion_tokens += 1
+                reason: FinishReason | None = None
+                if any(state.text.endswith(stop) for stop in params.stop):
+                    reason = FinishReason.STOP
+                elif state.completion_tokens >= params.max_tokens:
+                    reason = FinishReason.LENGTH
+                usage = None
+                if reason is None:
+                    still.append(state)
+                else:
+                    usage = Usage(state.prompt_tokens, state.completion_tokens)
+                yield Chunk(request.id, (token,), char, reason, usage)
+            active = still
+
+    async def rebuild_session(self, cause: RebuildCause) -> None:
+        """Nothing to rebuild: the model keeps no session state (a checkpoint)."""
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        """Drop the weights (a CuPy pool frees them when the device closes)."""
+        self.model = None
+        await trio.lowlevel.checkpoint()
