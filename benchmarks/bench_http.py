@@ -1,0 +1,181 @@
+"""The HTTP front end against the same load through ``pool.generate`` in-process, in one run.
+
+Both sides serve the same config (the mock runner, no delay, two replicas) and run the same
+load: ``concurrency`` clients each sending requests of ``max_tokens`` tokens one after another.
+Ours goes through ``serve`` over loopback HTTP with httpx (streamed, so the time to first token
+is the first SSE event); the baseline calls ``pool.generate`` in the same process. No target is
+set by DESIGN.md: the table reports the cost of HTTP as ratios (requests/s ours/baseline,
+higher is better; time to first token ours/baseline, lower is better).
+
+Run ``python benchmarks/bench_http.py [--quick]``; :func:`main` returns the numbers as a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from trio_supervise import Request, SamplingParams
+from trio_supervise.serve import ServeConfig
+from trio_supervise.serve.pool import WorkerPool
+from trio_supervise.serve.server import ServerHandle, serve
+
+if not __package__:  # run as a script: ``benchmarks`` is a package of the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import (
+    Row,
+    best_median,
+    collected_run,
+    parse_args,
+    pick_sizes,
+    quiet_library_logger,
+    report,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each side does."""
+
+    requests: int
+    concurrency: int
+    max_tokens: int
+    repeat: int
+
+
+FULL = Sizes(requests=2000, concurrency=32, max_tokens=16, repeat=3)
+QUICK = Sizes(requests=200, concurrency=16, max_tokens=16, repeat=2)
+
+CONFIG = {
+    "server": {"port": 0, "drain_timeout": 5},
+    "batching": {"max_batch_size": 32, "max_wait": 0.001},
+    "workers": [
+        {
+            "name": "mock",
+            "runner": "trio_supervise.runners.mock:MockRunner",
+            "runner_args": {"delay": 0.0},
+            "device": "cpu",
+            "replicas": 2,
+        }
+    ],
+}
+
+
+async def over_http(sizes: Sizes) -> tuple[float, list[float]]:
+    """Requests/s and times to first token, streamed through the HTTP server."""
+    firsts: list[float] = []
+    async with trio.open_nursery() as nursery:
+        handle: ServerHandle = await nursery.start(serve, ServeConfig.from_dict(CONFIG))
+        limits = httpx.Limits(max_connections=sizes.concurrency)
+        async with httpx.AsyncClient(base_url=handle.url, timeout=60, limits=limits) as client:
+            remaining = sizes.requests
+            body = {"prompt": "hello", "max_tokens": sizes.max_tokens, "stream": True}
+
+            async def user() -> None:
+                nonlocal remaining
+                while remaining > 0:
+                    remaining -= 1
+                    sent = time.perf_counter()
+                    first = True
+                    async with client.stream("POST", "/v1/completions", json=body) as response:
+                        async for raw in response.aiter_raw():
+                            if first and raw:
+                                firsts.append(time.perf_counter() - sent)
+                                first = False
+
+            start = time.perf_counter()
+            async with trio.open_nursery() as users:
+                for _ in range(sizes.concurrency):
+                    users.start_soon(user)
+            elapsed = time.perf_counter() - start
+        handle.drain()
+    return sizes.requests / elapsed, firsts
+
+
+async def in_process(sizes: Sizes) -> tuple[float, list[float]]:
+    """Requests/s and times to first token through ``pool.generate``, no HTTP."""
+    firsts: list[float] = []
+    async with trio.open_nursery() as nursery:
+        pool: WorkerPool = await nursery.start(WorkerPool(ServeConfig.from_dict(CONFIG)).run)
+        remaining = sizes.requests
+        counter = 0
+
+        async def user() -> None:
+            nonlocal remaining, counter
+            while remaining > 0:
+                remaining -= 1
+                counter += 1
+                sent = time.perf_counter()
+                params = SamplingParams(max_tokens=sizes.max_tokens)
+                stream = pool.generate(Request(f"r{counter}", "hello", params))
+                first = True
+                async with stream:
+                    async for _ in stream:
+                        if first:
+                            firsts.append(time.perf_counter() - sent)
+                            first = False
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as users:
+            for _ in range(sizes.concurrency):
+                users.start_soon(user)
+        elapsed = time.perf_counter() - start
+        nursery.cancel_scope.cancel()
+    return sizes.requests / elapsed, firsts
+
+
+def format_value(value: float, unit: str) -> str:
+    """A number with its unit."""
+    if unit == "s":
+        return f"{value * 1e3:,.2f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run both sides, print the table, return the numbers."""
+    args = parse_args(argv, prog="bench_http", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
+    ours_rates, base_rates = [], []
+    ours_firsts: list[list[float]] = []
+    base_firsts: list[list[float]] = []
+    with quiet_library_logger():
+        for _ in range(sizes.repeat):
+            rate, firsts = collected_run(over_http, sizes)
+            ours_rates.append(rate)
+            ours_firsts.append(firsts)
+            rate, firsts = collected_run(in_process, sizes)
+            base_rates.append(rate)
+            base_firsts.append(firsts)
+    rows = [
+        Row(
+            key="requests_per_s",
+            label=f"requests/s, {sizes.concurrency} clients x {sizes.max_tokens} tokens",
+            unit="req/s",
+            ours=max(ours_rates),
+            baseline=max(base_rates),
+            target=None,
+            higher_is_better=True,
+        ),
+        Row(
+            key="time_to_first_token_p50_s",
+            label="time to first token, p50",
+            unit="s",
+            ours=best_median(ours_firsts),
+            baseline=best_median(base_firsts),
+            target=None,
+            higher_is_better=False,
+        ),
+    ]
+    return report(rows, sizes=sizes, quick=args.quick, format_value=format_value)
+
+
+if __name__ == "__main__":
+    main()
