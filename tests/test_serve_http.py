@@ -253,3 +253,36 @@ def test_the_serve_command_refuses_a_bad_config(tmp_path: Any) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[server]\nport = -5\n[[workers]]\nname = 'a'\nrunner = 'm:f'\n")
     assert main(["serve", str(bad)]) == 2
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "retry_after"),
+    [
+        ("BadRequest", 400, None),
+        ("Backpressure", 429, 1.0),
+        ("ContextPoisoned", 503, 1.0),
+        ("HungWorker", 503, 1.0),
+        ("ChildDied", 503, 1.0),
+        ("OutOfMemory", 503, 1.0),
+        ("WorkerStopped", 503, 1.0),
+        ("Unrecoverable", 503, None),
+        ("RequestTimeout", 504, None),
+        ("RunnerError", 500, None),
+    ],
+)
+def test_each_error_maps_to_its_status(error: str, status: int, retry_after: float | None) -> None:
+    import trio_supervise as ts
+    from trio_supervise.serve.app import error_body, error_status
+    from trio_supervise.serve.pool import ModelNotFound
+
+    exc = getattr(ts, error)("what happened")
+    assert error_status(exc) == (status, retry_after)
+    body = error_body(exc, status)["error"]
+    assert body["code"] == status and body["retryable"] is (
+        exc.retryable if status != 500 else False
+    )
+    if status == 500:  # logged on the server, never echoed
+        assert body["message"] == "internal error (logged on the server)"
+    assert error_status(ModelNotFound("m")) == (404, None)
+    assert error_status(KeyError("untyped")) == (500, None)
+    assert error_status(ts.OutOfMemory("x", retry_after=2.5)) == (503, 2.5)
