@@ -286,3 +286,50 @@ def test_each_error_maps_to_its_status(error: str, status: int, retry_after: flo
     assert error_status(ModelNotFound("m")) == (404, None)
     assert error_status(KeyError("untyped")) == (500, None)
     assert error_status(ts.OutOfMemory("x", retry_after=2.5)) == (503, 2.5)
+
+
+async def test_serve_ends_when_a_model_has_no_replica_left() -> None:
+    import trio_supervise as ts
+
+    cfg = config(
+        runner="test_serve_pool:StoppingRunner",
+        runner_args={"fail_instances": (0,), "error": ts.Unrecoverable("no driver")},
+    )
+    with trio.fail_after(30):
+        with pytest.RaisesGroup(
+            pytest.RaisesExc(ts.Unrecoverable, match=r"^model 'mock' has no replica left"),
+        ):
+            async with trio.open_nursery() as nursery:
+                handle = await start(nursery, cfg)
+                async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                    response = await client.post("/v1/completions", json={"prompt": "x"})
+                    assert response.status_code == 503
+                    assert "retry-after" not in response.headers  # Unrecoverable: no point
+
+
+async def test_restarts_are_counted_by_cause_in_metrics() -> None:
+    import trio_supervise as ts
+    from trio_supervise.runners.mock import MockRecord
+
+    cfg = config(
+        runner="test_serve_pool:StoppingRunner",
+        runner_args={
+            "fail_instances": (0,),
+            "error": ts.ContextPoisoned("sticky"),
+            "record": MockRecord(),  # shared, so that only the first runner fails
+        },
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                await client.post("/v1/completions", json={"prompt": "x"})
+                text = (await client.get("/metrics")).text
+            samples = {
+                (s.labels.get("worker"), s.labels.get("cause")): s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "trio_supervise_worker_restarts"
+            }
+            assert samples == {("mock#0", "ContextPoisoned"): 1.0}
+            handle.drain()

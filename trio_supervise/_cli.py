@@ -61,7 +61,7 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
     import trio
     from rich.console import Console
 
-    from ._errors import RestartIntensityExceeded
+    from ._errors import RestartIntensityExceeded, Unrecoverable
     from .serve import ServeConfig
     from .serve.server import serve
 
@@ -86,15 +86,18 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
 
     try:
         trio.run(main)
-    except RestartIntensityExceeded as exc:
+    except (RestartIntensityExceeded, Unrecoverable) as exc:
         console.print(f"[red]gave up: {exc}[/red]", highlight=False)
         return 1
     except BaseExceptionGroup as group:
         exits = [e for e in group.exceptions if isinstance(e, SystemExit)]
         if exits:
             return int(exits[0].code or 0)
-        if any(isinstance(e, RestartIntensityExceeded) for e in group.exceptions):
-            console.print(f"[red]gave up: {group.exceptions[0]}[/red]", highlight=False)
+        fatal = [
+            e for e in group.exceptions if isinstance(e, RestartIntensityExceeded | Unrecoverable)
+        ]
+        if fatal:
+            console.print(f"[red]gave up: {fatal[0]}[/red]", highlight=False)
             return 1
         raise
     console.print("drained", highlight=False)

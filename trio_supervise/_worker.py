@@ -246,6 +246,8 @@ class Worker:
         self._counts = collections.Counter[str]()
         self._running = False
         self.tokens = 0  # delivered to request buffers (the tier counts them)
+        self.restart_causes = collections.Counter[str]()
+        """Counted restarts of the tier, by the class of the error that caused them."""
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self.state.value.name} generation={self.generation}>"
@@ -453,6 +455,9 @@ class Worker:
 
     def _on_event(self, event: SupervisionEvent) -> None:
         kind = event.kind
+        if kind is EventKind.RESTARTING:
+            cause = "return" if event.error is None else type(event.error).__name__
+            self.restart_causes[cause] += 1
         if kind in (EventKind.RESTARTING, EventKind.RESUMED):
             self._settle_after_restart(event.error)
         elif kind in (EventKind.STOPPED, EventKind.ESCALATED, EventKind.GAVE_UP):

@@ -31,8 +31,8 @@ class Metrics:
             "trio_supervise_worker_ready", "1 when the worker is READY", ["worker"], registry=r
         )
         self.restarts = Gauge(
-            "trio_supervise_worker_restarts", "Restarts of each worker slot", ["worker"],
-            registry=r,
+            "trio_supervise_worker_restarts", "Tier restarts by worker and cause",
+            ["worker", "cause"], registry=r,
         )  # fmt: skip
         self.pending = Gauge(
             "trio_supervise_queue_depth", "Batches waiting for each worker", ["worker"], registry=r
@@ -66,11 +66,13 @@ class Metrics:
             name = status["name"]
             self.generation.labels(name).set(status["generation"])
             self.state.labels(name).set(1 if status["state"] == "ready" else 0)
-            self.restarts.labels(name).set(status["restarts"])
             self.pending.labels(name).set(status["pending"])
             self.in_flight.labels(name).set(status["in_flight"])
         for replicas in pool.replicas.values():
             for replica in replicas:
-                if replica.worker is not None:
-                    self.tokens.labels(replica.name).set(replica.worker.statistics().tokens)
+                worker = replica.worker
+                if worker is not None:
+                    self.tokens.labels(replica.name).set(worker.statistics().tokens)
+                    for cause, count in worker.restart_causes.items():
+                        self.restarts.labels(replica.name, cause).set(count)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -11,6 +11,8 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from .._errors import Unrecoverable
+from .._worker import WorkerState
 from .app import App
 from .config import ServeConfig
 from .metrics import Metrics
@@ -62,7 +64,8 @@ async def serve(
 
     Error handling:
         A bad config raises ``ConfigError`` before anything starts. When the root supervisor
-        gives up, that error propagates out of ``serve`` once the server is shut down. With
+        gives up, that error propagates out of ``serve`` once the server is shut down; so does
+        an ``Unrecoverable`` when every replica of a model has stopped for good. With
         ``handle_signals=True``, a second signal during the drain raises ``SystemExit`` with
         128 + the signal's number.
     """
@@ -75,6 +78,7 @@ async def serve(
     hypercorn_config.graceful_timeout = config.server.drain_timeout
     hypercorn_config.accesslog = None
     shutdown = trio.Event()
+    fatal: list[BaseException] = []  # why the server must end once drained
     signals: AsyncIterator[int] | None = None
     async with trio.open_nursery() as nursery:
         if handle_signals:
@@ -95,6 +99,7 @@ async def serve(
                 nursery.start_soon(_on_signal, signals, handle)
             async with trio.open_nursery() as workers:
                 await workers.start(pool.run)
+                workers.start_soon(_watch_models, pool, handle, fatal)
                 app.ready = True
                 task_status.started(handle)
                 await handle._drain_requested.wait()
@@ -107,6 +112,24 @@ async def serve(
             shutdown.set()
             if handle_signals:
                 receiver.__exit__(None, None, None)
+    if fatal:
+        raise fatal[0]
+
+
+async def _watch_models(pool: WorkerPool, handle: ServerHandle, fatal: list[BaseException]) -> None:
+    """A model whose every replica stopped for good cannot be served: drain, then fail."""
+    while True:
+        for model, replicas in pool.replicas.items():
+            if replicas and all(
+                r.worker is not None and r.worker.state.value is WorkerState.STOPPED
+                for r in replicas
+            ):
+                fatal.append(
+                    Unrecoverable(f"model {model!r} has no replica left: every one stopped")
+                )
+                handle.drain()
+                return
+        await pool._ready_changed.wait()
 
 
 async def _on_signal(signals: AsyncIterator[int], handle: ServerHandle) -> None:
