@@ -77,10 +77,6 @@ def error_body(error: BaseException, status: int) -> dict[str, Any]:
     }
 
 
-class _Invalid(Exception):
-    pass
-
-
 def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
     """A completion request's fields, checked; a BadRequest says what was expected."""
     try:
@@ -232,7 +228,7 @@ class App:
 
             async def watch_disconnect() -> None:
                 while (await receive())["type"] != "http.disconnect":
-                    pass
+                    continue  # more body, or nothing: only a disconnect matters here
                 nursery.cancel_scope.cancel()  # the client left: cancel its request
 
             nursery.start_soon(watch_disconnect)
