@@ -333,3 +333,32 @@ async def test_restarts_are_counted_by_cause_in_metrics() -> None:
             }
             assert samples == {("mock#0", "ContextPoisoned"): 1.0}
             handle.drain()
+
+
+async def test_readyz_is_503_while_a_replica_restarts() -> None:
+    import trio_supervise as ts
+    from trio_supervise.runners.mock import MockRecord
+
+    cfg = config(
+        runner="test_serve_pool:StoppingRunner",
+        runner_args={
+            "fail_instances": (0,),
+            "error": ts.ContextPoisoned("sticky"),
+            "record": MockRecord(),
+            "load_delay": 1.0,  # each tier takes a second to load
+        },
+    )
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                assert (await client.get("/readyz")).status_code == 200
+                body = {"prompt": "x", "stream": True}
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(lambda: client.post("/v1/completions", json=body))
+                    await trio.sleep(0.3)  # the first tier failed; the next one is loading
+                    restarting = await client.get("/readyz")
+                    assert restarting.status_code == 503
+                    assert restarting.json() == {"status": "loading"}
+                assert (await client.get("/readyz")).status_code == 200
+            handle.drain()
