@@ -228,15 +228,24 @@ class RequestStream:
         self._done = True
         self._state.cancel()
 
-    async def collect(self) -> tuple[tuple[int, ...], str, FinishReason | None, Usage | None]:
+    async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
-        tokens: list[int] = []
-        text: list[str] = []
-        reason: FinishReason | None = None
-        usage: Usage | None = None
-        async with self:
-            async for chunk in self:
-                tokens.extend(chunk.token_ids)
-                text.append(chunk.text)
-                reason, usage = chunk.finish_reason or reason, chunk.usage or usage
-        return tuple(tokens), "".join(text), reason, usage
+        return await collect(self)
+
+
+Collected = tuple[tuple[int, ...], str, FinishReason | None, Usage | None]
+
+
+async def collect(stream: Any) -> Collected:
+    """Read a stream of chunks to the end (leaving it after): ``(token_ids, text,
+    finish_reason, usage)``; a failed request raises its error."""
+    tokens: list[int] = []
+    text: list[str] = []
+    reason: FinishReason | None = None
+    usage: Usage | None = None
+    async with stream:
+        async for chunk in stream:
+            tokens.extend(chunk.token_ids)
+            text.append(chunk.text)
+            reason, usage = chunk.finish_reason or reason, chunk.usage or usage
+    return tuple(tokens), "".join(text), reason, usage

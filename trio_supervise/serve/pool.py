@@ -27,7 +27,7 @@ import trio
 
 from .._errors import Backpressure, BadRequest, InferenceError, WorkerStopped
 from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
-from .._requests import RequestStream
+from .._requests import Collected, RequestStream, collect
 from .._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
 from .._types import Batch, Chunk, Request
 from .._worker import Worker, WorkerState
@@ -152,17 +152,9 @@ class PoolStream:
         else:
             await trio.lowlevel.checkpoint()
 
-    async def collect(self) -> tuple[tuple[int, ...], str, Any, Any]:
+    async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
-        tokens: list[int] = []
-        text: list[str] = []
-        reason = usage = None
-        async with self:
-            async for chunk in self:
-                tokens.extend(chunk.token_ids)
-                text.append(chunk.text)
-                reason, usage = chunk.finish_reason or reason, chunk.usage or usage
-        return tuple(tokens), "".join(text), reason, usage
+        return await collect(self)
 
 
 class WorkerPool:
