@@ -17,6 +17,11 @@ RETRYABLE = {
     "Unrecoverable": False,
     "BadRequest": False,
     "RunnerError": False,
+    "RateLimited": True,
+    "ServerError": True,
+    "NetworkError": True,
+    "CircuitOpen": True,
+    "Unauthorized": False,
 }
 
 

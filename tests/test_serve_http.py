@@ -268,6 +268,11 @@ def test_the_serve_command_refuses_a_bad_config(tmp_path: Any) -> None:
         ("Unrecoverable", 503, None),
         ("RequestTimeout", 504, None),
         ("RunnerError", 500, None),
+        ("RateLimited", 429, 1.0),
+        ("ServerError", 502, None),
+        ("NetworkError", 502, None),
+        ("Unauthorized", 502, None),
+        ("CircuitOpen", 503, 1.0),
     ],
 )
 def test_each_error_maps_to_its_status(error: str, status: int, retry_after: float | None) -> None:

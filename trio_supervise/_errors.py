@@ -20,18 +20,23 @@ __all__ = [
     "BadRequest",
     "ChildDied",
     "ChildStopped",
+    "CircuitOpen",
     "ConfigError",
     "ContextPoisoned",
     "HungWorker",
     "InferenceError",
     "InvalidPolicy",
+    "NetworkError",
     "OutOfMemory",
+    "RateLimited",
     "ReadinessTimeout",
     "RequestTimeout",
     "RestartIntensityExceeded",
     "RunnerError",
+    "ServerError",
     "SuperviseError",
     "TooManyChildren",
+    "Unauthorized",
     "Unrecoverable",
     "WorkerStopped",
     "classify_cuda_error",
@@ -167,6 +172,35 @@ class RunnerError(InferenceError):
     Sent to the requests concerned: a chunk for an unknown or finished request, a batch that
     ended without finishing a request, or a runner exception that is not an InferenceError.
     """
+
+
+class RateLimited(InferenceError):
+    """A remote server answered 429; ``retry_after`` carries its Retry-After. Retryable."""
+
+    retryable_by_default = True
+
+
+class ServerError(InferenceError):
+    """A remote server failed (5xx). Retryable."""
+
+    retryable_by_default = True
+
+
+class NetworkError(InferenceError):
+    """A remote server could not be reached, or the connection broke mid-response. Retryable."""
+
+    retryable_by_default = True
+
+
+class Unauthorized(InferenceError):
+    """A remote server refused the credentials (401/403). Not retryable as it is."""
+
+
+class CircuitOpen(InferenceError):
+    """A circuit breaker is open: the backend failed too often; ``retry_after`` says when it
+    will be tried again. Retryable."""
+
+    retryable_by_default = True
 
 
 class RestartIntensityExceeded(SuperviseError):

@@ -22,10 +22,15 @@ import trio
 from .._errors import (
     Backpressure,
     BadRequest,
+    CircuitOpen,
     ContextPoisoned,
     InferenceError,
+    NetworkError,
     OutOfMemory,
+    RateLimited,
     RequestTimeout,
+    ServerError,
+    Unauthorized,
     Unrecoverable,
     WorkerStopped,
 )
@@ -50,13 +55,15 @@ def error_status(error: BaseException) -> tuple[int, float | None]:
         return 404, None
     if isinstance(error, BadRequest):
         return 400, None
-    if isinstance(error, Backpressure):
+    if isinstance(error, Backpressure | RateLimited):
         return 429, error.retry_after or 1.0
+    if isinstance(error, ServerError | NetworkError | Unauthorized):
+        return 502, None  # the backend failed, not this server
     if isinstance(error, RequestTimeout):
         return 504, None
     if isinstance(error, Unrecoverable):
         return 503, None
-    if isinstance(error, ContextPoisoned | OutOfMemory | WorkerStopped):
+    if isinstance(error, ContextPoisoned | OutOfMemory | WorkerStopped | CircuitOpen):
         return 503, error.retry_after or 1.0
     return 500, None
 
