@@ -275,3 +275,18 @@ async def test_a_worker_that_fails_out_of_its_context_did_not_survive(
     )
     failed = [v for v in report.violations if v.invariant == "stable_handle"]
     assert failed and "the worker failed: InjectedError(" in failed[0].message
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"requests": 0}, r"^requests must be an int >= 1, got 0$"),
+        ({"concurrency": 0}, r"^concurrency must be an int >= 1, got 0$"),
+        ({"min_success": 1.5}, r"^min_success must be in \[0, 1\], got 1.5$"),
+        ({"plan": "poison"}, r"^plan must be a FaultPlan, got 'poison'$"),
+    ],
+)
+async def test_run_chaos_refuses_bad_arguments(options: dict[str, Any], message: str) -> None:
+    args: dict[str, Any] = {"requests": 1, "concurrency": 1, "plan": FaultPlan.none(), **options}
+    with pytest.raises(ts.ConfigError, match=message):
+        await run_chaos(mock_factory, **args)

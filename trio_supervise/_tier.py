@@ -162,10 +162,25 @@ class Tier:
             if scope.cancelled_caught:
                 logger.warning("%s: runner.aclose() took over %gs", self.worker.name, CLOSE_TIMEOUT)
         if device is not None:
-            try:
+            await self._close_device(device)
+
+    async def _close_device(self, device: DeviceContext) -> None:
+        """Close the device context without blocking the event loop on the GPU.
+
+        Freeing a CUDA memory pool waits for the device, so anything but the CPU closes in a
+        thread, abandoned after CLOSE_TIMEOUT (a hung device cannot be waited for).
+        """
+        try:
+            if isinstance(device, CpuDevice):
                 device.close()
-            except Exception:
-                logger.exception("%s: closing device %s failed", self.worker.name, device.name)
+                return
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                await trio.to_thread.run_sync(device.close, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                logger.warning("%s: closing %s took over %gs", self.worker.name, device.name,
+                               CLOSE_TIMEOUT)  # fmt: skip
+        except Exception:
+            logger.exception("%s: closing device %s failed", self.worker.name, device.name)
 
     async def _probe(self, device: DeviceContext, error: BaseException) -> None:
         """After a poisoning: can this process still use the device? If not, say the cure."""

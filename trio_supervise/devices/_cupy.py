@@ -122,7 +122,10 @@ class CupyDevice:
             raise ContextPoisoned(f"{self.name} probe computed {value}, expected 6")
 
     def close(self) -> None:
-        """Free the pool; the context is unusable afterwards."""
+        """Wait for the stream, free the pool; the context is unusable afterwards.
+
+        This blocks until the device is done: a worker calls it from a thread.
+        """
         if self.closed:
             return
         self.closed = True

@@ -31,6 +31,7 @@ import attrs
 import trio
 
 from .._errors import (
+    ConfigError,
     ContextPoisoned,
     InferenceError,
     OutOfMemory,
@@ -128,7 +129,6 @@ def assert_survives(report: ChaosReport) -> None:
 class _Result:
     request: Request
     submitted: float
-    worker_id: int
     tokens: list[int] = attrs.Factory(list)
     finals: int = 0
     after_end: int = 0
@@ -202,6 +202,14 @@ async def run_chaos(
             ``token_at``): then chunks are checked token by token.
         on_progress: called each time a request ends (a progress bar).
     """
+    for name, value, minimum in (("requests", requests, 1), ("concurrency", concurrency, 1),
+                                 ("max_tokens", max_tokens, 1)):  # fmt: skip
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if not 0 <= min_success <= 1:
+        raise ConfigError(f"min_success must be in [0, 1], got {min_success!r}")
+    if not isinstance(plan, FaultPlan):
+        raise ConfigError(f"plan must be a FaultPlan, got {plan!r}")
     rng = random.Random(seed)
     specs = [
         Request(
@@ -222,7 +230,7 @@ async def run_chaos(
     intensity = None
 
     async def consume(worker: Any, request: Request) -> None:
-        result = _Result(request, time.perf_counter(), id(worker))
+        result = _Result(request, time.perf_counter())
         results[request.id] = result
         try:
             stream = worker.generate(request)
