@@ -48,7 +48,7 @@ from ._policy import (
     rules,
 )
 from ._requests import RequestStream
-from ._runner import ModelRunner
+from ._runner import ModelRunner, open_chunks
 from ._supervised import supervised
 from ._supervisor import (
     ChildInfo,
@@ -60,12 +60,13 @@ from ._supervisor import (
     SupervisorStatistics,
 )
 from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
-from ._worker import Worker, WorkerState, WorkerStatistics, open_worker
+from ._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics, open_worker
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "DEVICE_POLICY",
+    "WORKER_TRANSITIONS",
     "Backoff",
     "Backpressure",
     "BadRequest",
@@ -127,6 +128,7 @@ __all__ = [
     "classify_cuda_error",
     "decide",
     "on",
+    "open_chunks",
     "open_worker",
     "rules",
     "supervised",

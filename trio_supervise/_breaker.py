@@ -93,6 +93,10 @@ class CircuitBreaker:
         if self.state is not BreakerState.CLOSED:
             self._move(BreakerState.CLOSED)
 
+    def release(self) -> None:
+        """A call ended with no outcome to count (it was cancelled): a probe's slot is free."""
+        self._probing = False
+
     def record_failure(self, now: float) -> None:
         """A call failed (the kind that counts): open after ``failures`` in a row, or at once
         when a probe fails."""

@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from ._errors import ConfigError, classify_cuda_error, is_sticky_cuda_error
-from ._runner import resolve_factory, runner_attributes, tell_generation
+from ._runner import open_chunks, resolve_factory, runner_attributes, tell_generation
 from ._types import Batch, RebuildCause
 from .devices import CpuDevice, open_device
 from .isolation import _frames as frames
@@ -185,15 +185,10 @@ class _Child:
         )
         self.busy += 1
         try:
-            chunks = self.runner.execute(batch)
-            try:
+            async with open_chunks(self.runner.execute(batch)) as chunks:
                 async for chunk in chunks:
                     self.progress += 1
                     await self.send(frames.chunk_to_frame(seq, chunk))
-            finally:
-                if getattr(chunks, "ag_frame", None) is not None:
-                    with trio.CancelScope(shield=True):
-                        await chunks.aclose()
         except Exception as exc:
             error = classify_cuda_error(exc)
             sticky = is_sticky_cuda_error(error)  # CupyDevice.run_sync classified it already

@@ -479,10 +479,10 @@ class Policy:
     ) -> tuple[Decision, PolicyState]:
         """Decide about an incarnation that ended, by the child's :class:`RestartType` (OTP).
 
-        ``PERMANENT``: as :meth:`on_failure` (a normal return is a counted restart).
-        ``TRANSIENT``: a normal return is a ``STOP``; a failure, as :meth:`on_failure`.
-        ``TEMPORARY``: never restarted: a failure is ``ESCALATE`` only when the decider says so,
-        else ``STOP``; nothing is counted.
+        - ``PERMANENT``: as :meth:`on_failure` (a normal return is a counted restart).
+        - ``TRANSIENT``: a normal return is a ``STOP``; a failure, as :meth:`on_failure`.
+        - ``TEMPORARY``: never restarted: a failure is ``ESCALATE`` only when the decider says
+          so, else ``STOP``; nothing is counted.
         """
         if restart is RestartType.PERMANENT or (
             restart is RestartType.TRANSIENT and error is not None

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import trio
 
 from ._errors import ConfigError
 
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ModelRunner",
     "RunnerFactory",
+    "open_chunks",
     "resolve_factory",
     "runner_attributes",
     "tell_generation",
@@ -44,7 +47,14 @@ class ModelRunner(Protocol):
 
     def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
         """Stream chunks for the batch's requests, in order per request; each request ends
-        with a chunk that has ``finish_reason`` or ``error``. Honour ``batch.is_cancelled``."""
+        with a chunk that has ``finish_reason`` or ``error``. Honour ``batch.is_cancelled``.
+
+        Usually an async generator. A runner that needs a nursery (concurrent streams, as a
+        remote runner has) must not hold one open across a ``yield``: it decorates ``execute``
+        with :func:`trio.as_safe_channel` instead, and so returns an async context manager
+        that yields the chunks' channel; the worker accepts either (see
+        :func:`~trio_supervise.open_chunks`).
+        """
         ...
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
@@ -109,3 +119,23 @@ def tell_generation(runner: Any, generation: int) -> None:
     """
     with contextlib.suppress(AttributeError, TypeError):
         runner.generation = generation
+
+
+@contextlib.asynccontextmanager
+async def open_chunks(produced: Any) -> AsyncGenerator[AsyncIterator[Chunk], None]:
+    """Iterate what ``runner.execute(batch)`` returned, and close it in this task.
+
+    ``produced`` is an async iterator (an async generator is closed on the way out, even when
+    cancelled) or an async context manager that yields one (what :func:`trio.as_safe_channel`
+    makes, so that the runner's nursery lives in a context manager, not across a ``yield``).
+    """
+    if hasattr(produced, "__aenter__") and not hasattr(produced, "__anext__"):
+        async with produced as chunks:
+            yield chunks
+        return
+    try:
+        yield produced
+    finally:
+        if getattr(produced, "ag_frame", None) is not None:  # an unfinished async generator
+            with trio.CancelScope(shield=True):
+                await produced.aclose()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from ._breaker import BreakerState, CircuitBreaker
 from ._errors import (
     ContextPoisoned,
     HungWorker,
@@ -144,10 +145,26 @@ class Tier:
             self.runner = worker.factory(**worker.runner_args)
             tell_generation(self.runner, self.generation)
             self.concurrency, _, needs_device = runner_attributes(self.runner)
+            self._watch_breaker()
             self.device = worker.open_device() if needs_device else CpuDevice()
             await self.runner.load(self.device)
         if scope.cancelled_caught:
             raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
+
+    def _watch_breaker(self) -> None:
+        """A runner's circuit breaker (``runner.breaker``) reports its changes as events."""
+        breaker = getattr(self.runner, "breaker", None)
+        if not isinstance(breaker, CircuitBreaker):
+            return
+        theirs = breaker.on_change
+        worker, generation = self.worker, self.generation
+
+        def on_change(old: BreakerState, new: BreakerState) -> None:
+            if theirs is not None:
+                theirs(old, new)
+            worker._breaker_changed(generation, old, new)
+
+        breaker.on_change = on_change
 
     async def _teardown(self) -> None:
         device, runner = self.device, self.runner
@@ -260,8 +277,26 @@ class Tier:
         self, batch: Batch, by_id: dict[str, RequestState], watchdog: trio.CancelScope | None
     ) -> None:
         """Route the runner's chunks to their requests; each chunk extends the watchdog."""
+        produced = self.runner.execute(batch)
+        if hasattr(produced, "__aenter__") and not hasattr(produced, "__anext__"):
+            # A runner with concurrent streams (trio.as_safe_channel): its nursery lives in
+            # this context manager, in this task.
+            async with produced as chunks:
+                await self._route_all(chunks, batch, by_id, watchdog)
+        else:
+            await self._route_all(produced, batch, by_id, watchdog)
+        unfinished = [s.id for s in by_id.values() if s.open]
+        if unfinished:
+            raise RunnerError(f"batch {batch.seq} ended without finishing requests {unfinished}")
+
+    async def _route_all(
+        self,
+        chunks: Any,
+        batch: Batch,
+        by_id: dict[str, RequestState],
+        watchdog: trio.CancelScope | None,
+    ) -> None:
         hang = self.worker.hang_timeout
-        chunks = self.runner.execute(batch)
         get = by_id.get
         tokens = 0
         try:
@@ -286,9 +321,6 @@ class Tier:
             if getattr(chunks, "ag_frame", None) is not None:
                 with trio.CancelScope(shield=True):
                     await chunks.aclose()
-        unfinished = [s.id for s in by_id.values() if s.open]
-        if unfinished:
-            raise RunnerError(f"batch {batch.seq} ended without finishing requests {unfinished}")
 
     def _route(self, by_id: dict[str, RequestState], chunk: Chunk, batch: Batch) -> None:
         problem = chunk_problem(chunk)

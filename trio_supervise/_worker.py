@@ -24,7 +24,7 @@ import enum
 import logging
 import math
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -32,6 +32,7 @@ import msgspec
 import trio
 from trio_util import AsyncValue
 
+from ._breaker import BreakerState
 from ._errors import (
     Backpressure,
     BadRequest,
@@ -40,16 +41,16 @@ from ._errors import (
     WorkerStopped,
     classify_cuda_error,
 )
-from ._events import EventKind, SupervisionEvent
+from ._events import Emitter, EventKind, SupervisionEvent
 from ._policy import DEVICE_POLICY, Decider, Directive, Policy, decide
 from ._requests import RequestState, RequestStream, error_for_request
 from ._runner import resolve_factory, runner_attributes
-from ._supervised import supervised
+from ._supervised import EventCallback, callbacks, supervised
 from ._tier import Job, RestartRequested, Tier
 from ._types import Batch, RebuildCause, Request
 from .devices import DeviceContext, open_device
 
-__all__ = ["Worker", "WorkerState", "WorkerStatistics", "open_worker"]
+__all__ = ["WORKER_TRANSITIONS", "Worker", "WorkerState", "WorkerStatistics", "open_worker"]
 
 logger = logging.getLogger("trio_supervise")
 
@@ -80,6 +81,26 @@ class WorkerState(enum.Enum):
     """Escalated or gave up; requests get ``WorkerStopped``."""
 
 
+_S = WorkerState
+WORKER_TRANSITIONS: tuple[tuple[WorkerState, WorkerState, str], ...] = (
+    (_S.STARTING, _S.READY, "the tier loaded its runner"),
+    (_S.STARTING, _S.STARTING, "loading failed: the policy restarts the tier"),
+    (_S.READY, _S.STARTING, "the tier failed, or restart(): a new tier loads"),
+    (_S.READY, _S.REBUILDING, "rebuild(): the runner rebuilds its session"),
+    (_S.REBUILDING, _S.READY, "the session is rebuilt"),
+    (_S.REBUILDING, _S.STARTING, "the tier failed while rebuilding: a new tier loads"),
+    *((old, _S.STOPPED, "a STOP, a cancel, or drained and closed")
+      for old in (_S.STARTING, _S.READY, _S.REBUILDING)),
+    *((old, _S.FAILED, "escalated, or gave up") for old in (_S.STARTING, _S.READY, _S.REBUILDING)),
+)  # fmt: skip
+"""Every change of :attr:`Worker.state` the worker makes: ``(from, to, what causes it)``.
+
+The worker checks each change against this table, and the docs draw the state diagram from it.
+"""
+_ALLOWED = frozenset((old, new) for old, new, _ in WORKER_TRANSITIONS)
+del _S
+
+
 @attrs.frozen
 class WorkerStatistics:
     """A snapshot of a worker."""
@@ -108,6 +129,8 @@ class WorkerStatistics:
     """Batches dispatched."""
     tokens: int
     """Tokens delivered to request buffers."""
+    breaker: BreakerState | None = None
+    """The circuit breaker of the current runner (a remote one), or ``None`` without one."""
 
 
 @attrs.define(frozen=True)
@@ -160,6 +183,7 @@ class Worker:
         heartbeat_timeout: float = 10.0,
         standby: bool = False,
         standby_load: bool = False,
+        on_event: EventCallback | Sequence[EventCallback] | None = None,
     ) -> None:
         if isolation not in ("inline", "process"):
             raise ConfigError(f"isolation must be 'inline' or 'process', got {isolation!r}")
@@ -231,6 +255,8 @@ class Worker:
         default_name = runner_factory.rpartition(":")[2] if isinstance(runner_factory, str) else ""
         self.name: str = name or default_name or str(getattr(self.factory, "__name__", "worker"))
         self.state: AsyncValue[WorkerState] = AsyncValue(WorkerState.STARTING)
+        self._on_event_callbacks = callbacks(on_event)
+        self._emitter = Emitter(self.name, self._on_event_callbacks)  # events of its own
         self.generation = 0
         self._queue: collections.deque[Job] = collections.deque()
         self._queue_lot = trio.lowlevel.ParkingLot()
@@ -251,6 +277,20 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self.state.value.name} generation={self.generation}>"
+
+    def _move(self, new: WorkerState) -> None:
+        """Change :attr:`state`, as :data:`WORKER_TRANSITIONS` allows."""
+        old = self.state.value
+        if (old, new) not in _ALLOWED:
+            raise AssertionError(f"worker {self.name!r}: no transition {old.name} -> {new.name}")
+        self.state.value = new
+
+    def _breaker_changed(self, generation: int, old: BreakerState, new: BreakerState) -> None:
+        """The runner's circuit breaker changed state: an event (BREAKER_CHANGED)."""
+        self._emitter.emit(
+            self.name, generation, EventKind.BREAKER_CHANGED,
+            reason=f"circuit breaker {old.value} -> {new.value}",
+        )  # fmt: skip
 
     def _use_policy(self, policy: Policy) -> None:
         self.policy = attrs.evolve(policy, decider=_WorkerDecider(policy.decider))
@@ -362,7 +402,10 @@ class Worker:
 
     async def _supervise(self, task_status: trio.TaskStatus[Worker]) -> None:
         run_tiers = supervised(
-            self._tier_incarnation, self.policy, name=self.name, on_event=self._on_event
+            self._tier_incarnation,
+            self.policy,
+            name=self.name,
+            on_event=(self._on_event, *self._on_event_callbacks),
         )
         await run_tiers(task_status=task_status)
 
@@ -440,7 +483,7 @@ class Worker:
 
     async def _tier_incarnation(self, *, task_status: trio.TaskStatus[Any]) -> None:
         self.generation += 1
-        self.state.value = WorkerState.STARTING
+        self._move(WorkerState.STARTING)
         if self.isolation == "process":
             from .isolation.process import ProcessTier  # the inline path never imports it
 
@@ -451,7 +494,7 @@ class Worker:
         await tier.run(task_status)
 
     def _tier_ready(self, tier: Tier) -> None:
-        self.state.value = WorkerState.READY
+        self._move(WorkerState.READY)
 
     def _on_event(self, event: SupervisionEvent) -> None:
         kind = event.kind
@@ -492,7 +535,7 @@ class Worker:
     def _stop_everything(self, state: WorkerState, reason: str) -> None:
         """No more requests: the failing batch's get their own error, the rest WorkerStopped."""
         if self.state.value not in (WorkerState.STOPPED, WorkerState.FAILED):
-            self.state.value = state
+            self._move(state)
             self._stopped_reason = reason
         self._accepting = False
         for job in list(self._in_flight):
@@ -535,7 +578,7 @@ class Worker:
             tier = await self._ready_tier()
             tier.dispatch_gate.close()
             tier.execute_gate.close()
-            self.state.value = WorkerState.REBUILDING
+            self._move(WorkerState.REBUILDING)
             try:
                 await tier.runner.rebuild_session(cause)
             except Exception as exc:
@@ -547,7 +590,7 @@ class Worker:
                 tier.execute_gate.open()
                 tier.dispatch_gate.open()
                 if tier.fatal is None and self.state.value is WorkerState.REBUILDING:
-                    self.state.value = WorkerState.READY
+                    self._move(WorkerState.READY)
 
     async def restart(self) -> None:
         """Restart the tier gracefully: no new batch starts, running ones finish, then a fresh
@@ -585,7 +628,15 @@ class Worker:
             requeued=counts["requeued"],
             batches=counts["batches"],
             tokens=self.tokens,
+            breaker=self.breaker_state,
         )
+
+    @property
+    def breaker_state(self) -> BreakerState | None:
+        """The current runner's circuit breaker state (inline isolation), else ``None``."""
+        breaker = getattr(getattr(self._tier, "runner", None), "breaker", None)
+        state = getattr(breaker, "state", None)
+        return state if isinstance(state, BreakerState) else None
 
 
 @contextlib.asynccontextmanager
@@ -605,6 +656,7 @@ async def open_worker(
     heartbeat_timeout: float = 10.0,
     standby: bool = False,
     standby_load: bool = False,
+    on_event: EventCallback | Sequence[EventCallback] | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker for the body of an ``async with``; yields it once its first tier is ready.
 
@@ -628,6 +680,9 @@ async def open_worker(
         standby: with ``isolation="process"``, keep one spare process parked (runner built,
             device opened): a restart probes it and swaps it in, then parks the next one.
         standby_load: also load the runner in the spare (faster swaps, more device memory).
+        on_event: a callable (or several) given every :class:`SupervisionEvent` of the worker:
+            its tier's starts, failures and restarts, and BREAKER_CHANGED from a runner with a
+            circuit breaker.
 
     Resource handling: when the body ends normally, the worker drains within
     ``drain_timeout``, then fails the rest with ``WorkerStopped``; when it ends with an
@@ -658,6 +713,7 @@ async def open_worker(
         heartbeat_timeout=heartbeat_timeout,
         standby=standby,
         standby_load=standby_load,
+        on_event=on_event,
     )
     plain: BaseException | None = None
     try:

@@ -250,6 +250,7 @@ class App:
                         event = _completion(
                             stream.request, model, chunk.text, chunk.finish_reason, chunk.usage
                         )
+                        event["choices"][0]["token_ids"] = list(chunk.token_ids)
                         await _event(send, event)
                 self.metrics.finished(model, trio.current_time() - started)
             except Exception as exc:

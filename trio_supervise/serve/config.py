@@ -9,6 +9,7 @@ values, is reported with its key path in one :class:`ConfigError`, before anythi
 
 from __future__ import annotations
 
+import inspect
 import math
 import tomllib
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ import cattrs
 
 from .._errors import ConfigError
 from .._policy import Backoff, Policy, RestartIntensity
+from .._runner import resolve_factory
 
 __all__ = [
     "BackoffConfig",
@@ -75,6 +77,9 @@ class WorkerConfig:
     runner_args: dict[str, Any] = attrs.Factory(dict)
     device: str = "auto"
     replicas: int = 1
+    replica_args: tuple[dict[str, Any], ...] = ()
+    """Per-replica runner arguments, merged over ``runner_args`` (a backend per replica); when
+    given, there is one replica per entry."""
     isolation: str = "inline"
     standby: bool = False
     standby_load: bool = False
@@ -83,6 +88,16 @@ class WorkerConfig:
     readiness_timeout: float | None = None
     hang_timeout: float | None = None
     policy: PolicyConfig | None = None
+
+    @property
+    def replica_count(self) -> int:
+        """How many replicas: one per ``replica_args`` entry, else ``replicas``."""
+        return len(self.replica_args) or self.replicas
+
+    def args_of(self, index: int) -> dict[str, Any]:
+        """The runner arguments of replica ``index``."""
+        extra = self.replica_args[index] if self.replica_args else {}
+        return {**self.runner_args, **extra}
 
 
 @attrs.frozen
@@ -188,6 +203,9 @@ class ServeConfig:
                  and w.device[5:].isdigit()), f"{at}.device",
                  "must be 'auto', 'cpu' or 'cuda:N'", w.device)  # fmt: skip
             need(w.replicas >= 1, f"{at}.replicas", "must be >= 1", w.replicas)
+            need(not w.replica_args or w.replicas in (1, len(w.replica_args)), f"{at}.replicas",
+                 f"must be left out or {len(w.replica_args)} (one per replica_args entry)",
+                 w.replicas)  # fmt: skip
             need(w.isolation in ("inline", "process"), f"{at}.isolation",
                  "must be 'inline' or 'process'", w.isolation)  # fmt: skip
             need(not (w.standby or w.standby_load) or w.isolation == "process", f"{at}.standby",
@@ -210,6 +228,37 @@ class ServeConfig:
                                 p.backoff.jitter)  # fmt: skip
                     except ValueError as exc:  # InvalidPolicy says what was wrong
                         problems.append(f"{at}.policy.backoff: {exc}")
+        if problems:
+            raise _config_error(tuple(problems))
+
+    def check_runners(self) -> None:
+        """Import each inline worker's runner factory and check its arguments against its
+        signature (``config check`` and ``serve`` do, before anything starts). A process-isolated
+        runner is not imported here: its child process reports a bad one.
+
+        Raises:
+            ConfigError: every problem, with its key path.
+        """
+        problems: list[str] = []
+        for i, w in enumerate(self.workers):
+            if w.isolation != "inline":
+                continue
+            try:
+                factory = resolve_factory(w.runner)
+            except ConfigError as exc:
+                problems.append(f"workers[{i}].runner: {exc}")
+                continue
+            try:
+                signature = inspect.signature(factory)
+            except (TypeError, ValueError):
+                continue  # a builtin or an odd callable: nothing to check against
+            for r in range(w.replica_count):
+                try:
+                    signature.bind(**w.args_of(r))
+                except TypeError as exc:
+                    where = f"replica_args[{r}]" if w.replica_args else "runner_args"
+                    problems.append(f"workers[{i}].{where}: {exc} (for {w.runner})")
+                    break
         if problems:
             raise _config_error(tuple(problems))
 

@@ -7,10 +7,14 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from .._breaker import BreakerState
+
 if TYPE_CHECKING:
     from .pool import WorkerPool
 
 __all__ = ["Metrics"]
+
+_BREAKER_LEVELS = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 class Metrics:
@@ -43,6 +47,11 @@ class Metrics:
         self.tokens = Gauge(
             "trio_supervise_tokens", "Tokens delivered by each worker", ["worker"], registry=r
         )
+        self.breaker = Gauge(
+            "trio_supervise_circuit_breaker_state",
+            "A remote runner's circuit breaker: 0 closed, 1 half-open, 2 open", ["worker"],
+            registry=r,
+        )  # fmt: skip
         self.ttft = Histogram(
             "trio_supervise_time_to_first_token_seconds", "Time to first token (streams)",
             ["model"], registry=r,
@@ -72,7 +81,11 @@ class Metrics:
             for replica in replicas:
                 worker = replica.worker
                 if worker is not None:
-                    self.tokens.labels(replica.name).set(worker.statistics().tokens)
+                    stats = worker.statistics()
+                    self.tokens.labels(replica.name).set(stats.tokens)
+                    if stats.breaker is not None:
+                        level = _BREAKER_LEVELS[stats.breaker]
+                        self.breaker.labels(replica.name).set(level)
                     for cause, count in worker.restart_causes.items():
                         self.restarts.labels(replica.name, cause).set(count)
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -13,7 +13,9 @@ and the workers' business: the pool only routes.
 batcher per model flushes the queue as one batch when it holds ``max_batch_size`` requests or
 ``max_wait`` seconds after the first one arrived, to the least-loaded READY replica. A request
 whose replica stops or fails before producing a chunk is sent again, to another replica, when
-it is idempotent; otherwise its error is the worker's.
+it is idempotent; so is one whose remote backend failed (rate limited, a server or network
+error, an open breaker), to each other ready replica at most once; otherwise its error is the
+worker's.
 """
 
 from __future__ import annotations
@@ -25,15 +27,29 @@ from typing import Any
 import attrs
 import trio
 
-from .._errors import Backpressure, BadRequest, InferenceError, WorkerStopped
+from .._errors import (
+    Backpressure,
+    BadRequest,
+    CircuitOpen,
+    InferenceError,
+    NetworkError,
+    RateLimited,
+    ServerError,
+    WorkerStopped,
+)
 from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
 from .._requests import Collected, RequestStream, collect
+from .._runner import resolve_factory, runner_attributes
 from .._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
 from .._types import Batch, Chunk, Request
 from .._worker import Worker, WorkerState
 from .config import ServeConfig, WorkerConfig
 
 __all__ = ["ModelNotFound", "PoolStream", "Replica", "WorkerPool"]
+
+
+_BACKEND_ERRORS = (CircuitOpen, NetworkError, RateLimited, ServerError)
+"""A remote backend's failures: an idempotent request with no output yet tries another replica."""
 
 
 class ModelNotFound(BadRequest):
@@ -90,6 +106,7 @@ class PoolStream:
         self._error: InferenceError | None = None
         self._got_chunk = False
         self._replica: Replica | None = None
+        self._tried: set[Replica] = set()
         self._closed = False
 
     def _assign(self, inner: RequestStream | None, replica: Replica | None,
@@ -111,12 +128,16 @@ class PoolStream:
                 chunk = await self._inner.__anext__()
             except InferenceError as exc:
                 moved = isinstance(exc, WorkerStopped) or self._replica_ended()
-                if not (moved and self._may_move()):
+                backend = isinstance(exc, _BACKEND_ERRORS) and self._another_ready()
+                if not ((moved or backend) and self._may_move()):
                     self._closed = True
                     raise
-                # Its replica stopped before it produced anything: another one may serve it.
+                # Its replica stopped, or its backend failed, before it produced anything:
+                # another replica may serve it (each replica is tried once for a backend error).
+                if self._replica is not None:
+                    self._tried.add(self._replica)
                 self._assigned = trio.Event()
-                self._pool._resubmit(self, avoid=self._replica)
+                self._pool._resubmit(self, avoid=self._tried)
                 continue
             self._got_chunk = True
             return chunk
@@ -126,6 +147,12 @@ class PoolStream:
         replica = self._replica
         worker = None if replica is None else replica.worker
         return worker is None or worker.state.value in (WorkerState.STOPPED, WorkerState.FAILED)
+
+    def _another_ready(self) -> bool:
+        return any(
+            r.ready and r is not self._replica and r not in self._tried
+            for r in self._pool.replicas[self._model]
+        )
 
     def _may_move(self) -> bool:
         replicas = self._pool.replicas[self._model]
@@ -164,9 +191,10 @@ class WorkerPool:
     def __init__(self, config: ServeConfig) -> None:
         if not isinstance(config, ServeConfig):
             raise TypeError(f"WorkerPool takes a ServeConfig, got {config!r}")
+        config.check_runners()
         self.config = config
         self.replicas: dict[str, list[Replica]] = {
-            w.name: [Replica(w, i) for i in range(w.replicas)] for w in config.workers
+            w.name: [Replica(w, i) for i in range(w.replica_count)] for w in config.workers
         }
         self._queues: dict[str, collections.deque[_Waiting]] = {
             name: collections.deque() for name in self.replicas
@@ -190,10 +218,10 @@ class WorkerPool:
         async def start(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
             if replica.worker is not None:
                 replica.restarts += 1
-            base = w.policy.apply(DEVICE_POLICY) if w.policy is not None else None
+            base = w.policy.apply(_runner_policy(w)) if w.policy is not None else None
             worker = Worker(
                 w.runner,
-                runner_args=w.runner_args,
+                runner_args=w.args_of(replica.index),
                 device=w.device,
                 policy=base,
                 max_pending=w.max_pending,
@@ -303,7 +331,7 @@ class WorkerPool:
                 queue.remove(waiting)
                 break
 
-    def _resubmit(self, stream: PoolStream, avoid: Replica | None) -> None:
+    def _resubmit(self, stream: PoolStream, avoid: set[Replica]) -> None:
         """Send a request again, alone, to another ready replica (or queue it)."""
         replica = self._least_loaded(stream._model, avoid=avoid)
         if replica is None:
@@ -312,8 +340,8 @@ class WorkerPool:
             return
         self._submit(replica, [_Waiting(stream.request, stream)])
 
-    def _least_loaded(self, model: str, avoid: Replica | None = None) -> Replica | None:
-        ready = [r for r in self.replicas[model] if r.ready and r is not avoid]
+    def _least_loaded(self, model: str, avoid: set[Replica] | None = None) -> Replica | None:
+        ready = [r for r in self.replicas[model] if r.ready and r not in (avoid or ())]
         if not ready:
             ready = [r for r in self.replicas[model] if r.ready]
         return min(ready, key=lambda r: (r.load, r.dispatched), default=None)
@@ -387,10 +415,20 @@ class WorkerPool:
                         "in_flight": stats.in_flight if stats else 0,
                         "isolation": replica.config.isolation,
                         "pid": getattr(process, "pid", None),
-                        "breaker": None,
+                        "breaker": stats.breaker.value if stats and stats.breaker else None,
                     }
                 )
         return out
+
+
+def _runner_policy(w: WorkerConfig) -> Policy:
+    """The policy a ``[workers.policy]`` table overrides: the runner's ``default_policy``
+    (not imported for a process-isolated runner: DEVICE_POLICY), else DEVICE_POLICY."""
+    if w.isolation == "inline":
+        _, policy, _ = runner_attributes(resolve_factory(w.runner))
+        if policy is not None:
+            return policy
+    return DEVICE_POLICY
 
 
 def _stopped(replica: Replica) -> bool:

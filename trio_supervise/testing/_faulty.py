@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 import trio
 
 from .._child import CHILD_ENV
 from .._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
-from .._runner import resolve_factory
+from .._runner import open_chunks, resolve_factory
 from .._types import Batch, Chunk, RebuildCause
 from ._plan import PROCESS_ONLY, Fault, FaultPlan, Trigger
 
@@ -79,24 +78,17 @@ class FaultyRunner:
             raise ContextPoisoned(f"fault injected: load failed in generation {self.generation}")
         await self.inner.load(device)
 
-    async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
-        """The inner runner's chunks, with the planned fault for this batch's seq."""
-        trigger = self.plan.for_batch(batch.seq)
-        if trigger is not None and trigger.token == 0 and trigger.fault is not Fault.SLOW:
-            await _fire(trigger, batch)
-        count = 0
-        async with contextlib.aclosing(self.inner.execute(batch)) as chunks:
-            async for chunk in chunks:
-                if trigger is not None and trigger.fault is Fault.SLOW:
-                    await trio.sleep(trigger.delay)
-                yield chunk
-                count += 1
-                if (
-                    trigger is not None
-                    and count == trigger.token
-                    and trigger.fault is not Fault.SLOW
-                ):
-                    await _fire(trigger, batch)
+    def execute(self, batch: Batch) -> Any:
+        """The inner runner's chunks, with the planned fault for this batch's seq.
+
+        An async generator, or (when the inner runner's ``execute`` is a
+        :func:`trio.as_safe_channel`) the same wrapped the same way, so that the inner
+        runner's nursery is never held open across a ``yield``.
+        """
+        produced = self.inner.execute(batch)
+        if hasattr(produced, "__aenter__") and not hasattr(produced, "__anext__"):
+            return _safe_faulty_chunks(self.plan, batch, produced)
+        return _faulty_chunks(self.plan, batch, produced)
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Fail when the plan says FAIL_REBUILD for this generation."""
@@ -107,6 +99,24 @@ class FaultyRunner:
     async def aclose(self) -> None:
         """Close the inner runner."""
         await self.inner.aclose()
+
+
+async def _faulty_chunks(plan: FaultPlan, batch: Batch, produced: Any) -> AsyncGenerator[Chunk]:
+    trigger = plan.for_batch(batch.seq)
+    if trigger is not None and trigger.token == 0 and trigger.fault is not Fault.SLOW:
+        await _fire(trigger, batch)
+    count = 0
+    async with open_chunks(produced) as chunks:
+        async for chunk in chunks:
+            if trigger is not None and trigger.fault is Fault.SLOW:
+                await trio.sleep(trigger.delay)
+            yield chunk
+            count += 1
+            if trigger is not None and count == trigger.token and trigger.fault is not Fault.SLOW:
+                await _fire(trigger, batch)
+
+
+_safe_faulty_chunks = trio.as_safe_channel(_faulty_chunks)
 
 
 async def _fire(trigger: Trigger, batch: Batch) -> None:

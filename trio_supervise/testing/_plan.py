@@ -80,11 +80,13 @@ def _check_token(token: int) -> None:
 
 @attrs.frozen(repr=False)
 class FaultPlan:
-    """Where faults fire (see the module docstring). Example::
+    """Where faults fire (see the module docstring).
 
-    plan = FaultPlan.at(batch=3, fault=Fault.POISON) + FaultPlan.random(
-        7, {Fault.POISON: 0.01, Fault.OOM: 0.02}
-    )
+    Example::
+
+        plan = FaultPlan.at(batch=3, fault=Fault.POISON) + FaultPlan.random(
+            7, {Fault.POISON: 0.01, Fault.OOM: 0.02}
+        )
     """
 
     triggers: tuple[Trigger, ...] = ()

@@ -1,0 +1,227 @@
+"""A small fault-injecting OpenAI-style backend, for RemoteRunner tests.
+
+An ASGI app served by hypercorn in the test's nursery, on loopback, with the real clock. It
+generates with MockRunner (so ``token_at`` predicts every token) and answers each completion
+with the next action of its script (or ``default``): ``"ok"``, ``"429"`` (with Retry-After),
+``"500"``, ``"401"``, ``"400"``, ``"drop"`` (two events, then the connection is cut), ``"stall"``
+(headers, then silence), ``"error-event"`` (an SSE error event after the first event).
+``open_backend`` runs it; cancelling ``handle.scope`` takes it down (connections refused).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from trio_supervise import Batch, FinishReason, Request, SamplingParams
+from trio_supervise.runners.mock import MockRunner
+
+ACTIONS = ("ok", "429", "500", "401", "400", "drop", "stall", "error-event")
+
+
+class Dropped(Exception):
+    """Raised in the app to make hypercorn cut the connection mid-response."""
+
+
+@attrs.define(eq=False)
+class Backend:
+    """The app and its knobs (the test changes them while it runs)."""
+
+    model: str = "mock"
+    key: str | None = None
+    script: collections.deque[str] = attrs.Factory(collections.deque)
+    default: str = "ok"
+    chaos: float = 0.0
+    """With ``chaos`` > 0, each completion fails with that probability (a seeded choice)."""
+    rng: random.Random = attrs.Factory(lambda: random.Random(7))
+    models_status: int = 200
+    delay: float = 0.0
+    completions: int = 0
+    models_calls: int = 0
+    auth_seen: list[str] = attrs.Factory(list)
+
+    def next_action(self) -> str:
+        if self.script:
+            return self.script.popleft()
+        if self.chaos and self.rng.random() < self.chaos:
+            return self.rng.choice(("429", "500", "drop", "stall", "error-event"))
+        return self.default
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].removeprefix("lifespan.")
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        headers = dict(scope["headers"])
+        auth = headers.get(b"authorization", b"").decode()
+        self.auth_seen.append(auth)
+        if self.key is not None and auth != f"Bearer {self.key}":
+            await _json(send, 401, {"error": {"message": "bad key", "code": 401}})
+            return
+        if scope["path"] == "/v1/models":
+            self.models_calls += 1
+            if self.models_status != 200:
+                await _json(
+                    send,
+                    self.models_status,
+                    {"error": {"message": "not yet"}},
+                    [(b"retry-after", b"0")],
+                )
+                return
+            await _json(send, 200, {"object": "list", "data": [{"id": self.model}]})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.completions += 1
+        await self.completion(json.loads(body), receive, send)
+
+    async def completion(self, data: dict[str, Any], receive: Any, send: Any) -> None:
+        action = self.next_action()
+        if action in ("429", "500", "401", "400"):
+            extra = [(b"retry-after", b"2")] if action == "429" else []
+            await _json(send, int(action), {"error": {"message": f"injected {action}"}}, extra)
+            return
+        request = Request(
+            "r",
+            data["prompt"],
+            SamplingParams(
+                max_tokens=data["max_tokens"],
+                seed=data.get("seed"),
+                stop=tuple(data.get("stop", ())),
+            ),
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/event-stream")],
+            }
+        )
+        if action == "stall":  # silence until the client gives up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            return
+        chunks = MockRunner(delay=self.delay).execute(Batch([request], 0))
+        async with contextlib.aclosing(chunks):
+            await self._stream(chunks, action, send)
+        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+
+    async def _stream(self, chunks: Any, action: str, send: Any) -> None:
+        sent = 0
+        async for chunk in chunks:
+            if action == "drop" and sent == 2:
+                raise Dropped("injected: connection cut mid-stream")
+            if action == "error-event" and sent == 1:
+                await _event(
+                    send, {"error": {"message": "injected", "type": "ServerError", "code": 503}}
+                )
+                break
+            finish = None
+            if chunk.finish_reason is not None:
+                finish = "length" if chunk.finish_reason is FinishReason.LENGTH else "stop"
+            event: dict[str, Any] = {
+                "choices": [
+                    {
+                        "index": 0,
+                        "text": chunk.text,
+                        "token_ids": list(chunk.token_ids),
+                        "finish_reason": finish,
+                    }
+                ],
+            }
+            if chunk.usage is not None:
+                event["usage"] = {
+                    "prompt_tokens": chunk.usage.prompt_tokens,
+                    "completion_tokens": chunk.usage.completion_tokens,
+                }
+            await _event(send, event)
+            sent += 1
+            if self.delay:
+                await trio.sleep(self.delay)
+
+
+async def _json(
+    send: Any, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), *(headers or [])],
+        }
+    )
+    await send({"type": "http.response.body", "body": json.dumps(body).encode()})
+
+
+async def _event(send: Any, body: dict[str, Any]) -> None:
+    data = b"data: " + json.dumps(body).encode() + b"\n\n"
+    await send({"type": "http.response.body", "body": data, "more_body": True})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@attrs.define(eq=False)
+class Running:
+    backend: Backend
+    port: int
+    scope: trio.CancelScope
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def run_backend(
+    backend: Backend, port: int, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Serve ``backend`` on ``port`` until the returned handle's scope is cancelled."""
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 0.1
+    # hypercorn notices a client's close of a streamed connection only at its keep-alive
+    # timeout: short, so its handler tasks end soon after the runner's client closes.
+    config.keep_alive_timeout = 0.2
+    with trio.CancelScope() as scope:
+        running = Running(backend, port, scope)
+
+        async def started(*, task_status: trio.TaskStatus[Any]) -> None:
+            await serve(backend, config, task_status=task_status)  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(started)
+            task_status.started(running)
+
+
+@asynccontextmanager
+async def open_backend(backend: Backend | None = None, port: int = 0) -> AsyncIterator[Running]:
+    async with trio.open_nursery() as nursery:
+        running: Running = await nursery.start(
+            run_backend, backend or Backend(), port or free_port()
+        )
+        yield running
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,524 @@
+"""``RemoteRunner``: a model served by an OpenAI-compatible server on another host.
+
+How a remote runner works
+-------------------------
+The runner drives ``{base_url}/v1/completions`` (streamed, server-sent events) and
+``{base_url}/v1/models`` with an ``httpx.AsyncClient`` (vLLM, TGI, or another trio-supervise).
+It needs no device (``needs_device = False``) and runs ``max_connections`` batches at once.
+Inside ``execute`` each request of a batch streams in its own task, in a nursery that lives in
+the context manager :func:`trio.as_safe_channel` makes, never across a ``yield``.
+
+Failures are per request: a request that fails gets a chunk with its error, and the others of
+the batch go on. The taxonomy (``error_for_status``): 429 -> :class:`RateLimited` (with the
+server's Retry-After), 5xx -> :class:`ServerError`, a transport failure (refused, reset, a
+half-sent response) -> :class:`NetworkError`, a timeout -> :class:`RequestTimeout`, 401/403 ->
+:class:`Unauthorized`, another 4xx -> :class:`BadRequest`, an open breaker ->
+:class:`CircuitOpen`. Only :class:`Unauthorized` concerns the session rather than one request:
+after its request gets the error, ``execute`` raises it, and :data:`REMOTE_POLICY` restarts the
+tier, whose new runner reads the credentials again.
+
+A :class:`CircuitBreaker`, kept by the runner (so it lives as long as the tier), counts
+network, server and timeout errors (not 4xx): once open, requests fail fast with
+:class:`CircuitOpen` until ``reset_timeout`` has passed and one probe succeeds.
+
+``load`` succeeds once ``/v1/models`` lists ``model``; while the backend is unreachable, failing
+or rate limiting, it tries again under the policy's backoff, uncounted, until the worker's
+``readiness_timeout`` (so a front started before its backend becomes ready after it). The key
+(``api_key_env`` or ``api_key_file``) is read on each ``load`` and ``rebuild_session``, goes
+only into the client's ``Authorization`` header, and is never logged nor shown in a repr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import trio
+
+from .._breaker import CircuitBreaker
+from .._errors import (
+    BadRequest,
+    CircuitOpen,
+    ConfigError,
+    ContextPoisoned,
+    InferenceError,
+    NetworkError,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    Unauthorized,
+    Unrecoverable,
+)
+from .._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
+from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
+from ..devices import DeviceContext
+
+__all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status"]
+
+logger = logging.getLogger("trio_supervise")
+
+REMOTE_POLICY = Policy(
+    rules(
+        on(RateLimited, ServerError, NetworkError, RequestTimeout, CircuitOpen, Directive.RESUME),
+        on(BadRequest, Directive.RESUME),
+        on(Unauthorized, ContextPoisoned, Directive.RESTART),
+        on(Unrecoverable, Directive.STOP),
+        default=Directive.ESCALATE,
+    ),
+    RestartIntensity(10, 60.0),
+    Backoff(0.1, 5.0, multiplier=2.0, jitter=0.2),
+)
+"""A remote runner's default policy. A backend outage (rate limits, server and network errors,
+timeouts, an open breaker) fails only the requests concerned (RESUME: the runner stays, dispatch
+goes on, the restart budget is untouched); ``Unauthorized`` restarts the tier, which reads the
+credentials again (at most 10 restarts in 60 s, then the worker gives up); a hang restarts it;
+``Unrecoverable`` (the server does not serve the model) stops it. Backoff: 0.1 s doubling up to
+5 s, also between ``load``'s attempts."""
+
+_BREAKER_COUNTS = (NetworkError, ServerError, RequestTimeout)
+_MAX_ERROR_BODY = 4096
+_FINISH = {"length": FinishReason.LENGTH}
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date), or ``None``."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, seconds) if math.isfinite(seconds) else None
+
+
+def error_for_status(status: int, message: str, retry_after: float | None = None) -> InferenceError:
+    """The typed error for an HTTP status a backend answered with."""
+    if status == 429:
+        return RateLimited(message, retry_after=retry_after)
+    if status in (401, 403):
+        return Unauthorized(message)
+    if status >= 500:
+        return ServerError(message, retry_after=retry_after)
+    if 400 <= status < 500:
+        return BadRequest(message)
+    return ServerError(message)  # 1xx/3xx where a 200 was expected
+
+
+def _detail(body: bytes) -> str:
+    """The message of an OpenAI-style error body, or the start of the text."""
+    text = body[:_MAX_ERROR_BODY].decode("utf-8", "replace")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text.strip()[:300]
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])[:300]
+    if isinstance(error, str):
+        return error[:300]
+    return text.strip()[:300]
+
+
+def _number(name: str, value: object, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConfigError(f"RemoteRunner {name} must be a finite number, got {value!r}")
+    if value <= minimum:
+        raise ConfigError(f"RemoteRunner {name} must be > {minimum:g}, got {value!r}")
+    return float(value)
+
+
+class _Session:
+    """One HTTP client and the streams using it; a retired one closes when the last ends."""
+
+    __slots__ = ("client", "retired", "users")
+
+    def __init__(self, client: httpx.AsyncClient) -> None:
+        self.client = client
+        self.users = 0
+        self.retired = False
+
+
+class RemoteRunner:
+    """A runner for a model on an OpenAI-compatible server (see the module docstring).
+
+    Args:
+        base_url: the server's root, ``http(s)://host:port`` (a trailing ``/v1`` is accepted).
+        model: the model's name on that server, as ``/v1/models`` lists it.
+        api_key_env: the environment variable holding the API key (sent as a bearer token).
+        api_key_file: a file holding the key; read again on every ``load`` and
+            ``rebuild_session``, so a rotated secret is picked up. At most one of the two.
+        connect_timeout: seconds to connect.
+        read_timeout: seconds the server may stay silent while answering.
+        max_connections: connections to the server, and batches executed at once.
+        breaker: a :class:`CircuitBreaker`, or a table ``{"failures": 5, "reset_timeout": 5.0}``;
+            ``None`` means those defaults.
+
+    Example (a serve config)::
+
+        [[workers]]
+        name = "llama"
+        runner = "trio_supervise.runners.remote:RemoteRunner"
+        runner_args = { base_url = "http://gpu-1:8000", model = "llama-3-8b",
+                        api_key_env = "VLLM_API_KEY", breaker = { failures = 5 } }
+    """
+
+    needs_device = False
+    default_policy = REMOTE_POLICY
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        model: str,
+        api_key_env: str | None = None,
+        api_key_file: str | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+        max_connections: int = 64,
+        breaker: CircuitBreaker | Mapping[str, Any] | None = None,
+    ) -> None:
+        if not isinstance(base_url, str):
+            raise ConfigError(f"RemoteRunner base_url must be a str, got {base_url!r}")
+        url = base_url.rstrip("/").removesuffix("/v1").rstrip("/")
+        try:
+            parsed = httpx.URL(url)
+        except (httpx.InvalidURL, TypeError) as exc:
+            raise ConfigError(f"RemoteRunner base_url is not a URL: {base_url!r} ({exc})") from None
+        if parsed.scheme not in ("http", "https") or not parsed.host:
+            raise ConfigError(
+                f"RemoteRunner base_url must be http(s)://host[:port], got {base_url!r}"
+            )
+        if not isinstance(model, str) or not model:
+            raise ConfigError(f"RemoteRunner model must be a non-empty str, got {model!r}")
+        for name, value in (("api_key_env", api_key_env), ("api_key_file", api_key_file)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"RemoteRunner {name} must be a non-empty str, got {value!r}")
+        if api_key_env is not None and api_key_file is not None:
+            raise ConfigError("RemoteRunner takes api_key_env or api_key_file, not both")
+        if (
+            isinstance(max_connections, bool)
+            or not isinstance(max_connections, int)
+            or max_connections < 1
+        ):
+            raise ConfigError(
+                f"RemoteRunner max_connections must be an int >= 1, got {max_connections!r}"
+            )
+        if breaker is None:
+            breaker = CircuitBreaker()
+        elif isinstance(breaker, Mapping):
+            unknown = set(breaker) - {"failures", "reset_timeout"}
+            if unknown:
+                raise ConfigError(
+                    f"RemoteRunner breaker takes failures and reset_timeout, got {sorted(unknown)}"
+                )
+            breaker = CircuitBreaker(**breaker)
+        elif not isinstance(breaker, CircuitBreaker):
+            raise ConfigError(
+                f"RemoteRunner breaker must be a CircuitBreaker, a table or None, got {breaker!r}"
+            )
+        self.base_url = url
+        self.model = model
+        self.api_key_env = api_key_env
+        self.api_key_file = api_key_file
+        self.read_timeout = _number("read_timeout", read_timeout)
+        self.connect_timeout = _number("connect_timeout", connect_timeout)
+        self.timeout = httpx.Timeout(
+            self.read_timeout,
+            connect=self.connect_timeout,
+            pool=None,  # more streams than connections wait for one; deadlines bound them
+        )
+        self.max_connections = max_connections
+        self.max_concurrency = max_connections
+        self.breaker: CircuitBreaker = breaker
+        self._session: _Session | None = None
+        self._sessions: set[_Session] = set()
+
+    def __repr__(self) -> str:
+        return f"RemoteRunner({self.base_url!r}, model={self.model!r})"
+
+    # --- the session ------------------------------------------------------------------------
+
+    def _read_key(self) -> str | None:
+        if self.api_key_env is not None:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise Unrecoverable(
+                    f"api_key_env={self.api_key_env!r}: that environment variable is not set"
+                )
+            return key.strip()
+        if self.api_key_file is not None:
+            try:
+                key = Path(self.api_key_file).read_text().strip()
+            except OSError as exc:
+                raise Unauthorized(
+                    f"cannot read api_key_file {self.api_key_file!r}: {exc.strerror}"
+                ) from None
+            if not key:
+                raise Unauthorized(f"api_key_file {self.api_key_file!r} is empty")
+            return key
+        return None
+
+    def _open_session(self) -> _Session:
+        key = self._read_key()
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        client = httpx.AsyncClient(
+            base_url=self.base_url,
+            headers=headers,
+            timeout=self.timeout,
+            limits=httpx.Limits(
+                max_connections=self.max_connections,
+                max_keepalive_connections=self.max_connections,
+            ),
+        )
+        session = _Session(client)
+        self._sessions.add(session)
+        return session
+
+    async def _release(self, session: _Session) -> None:
+        session.users -= 1
+        if session.retired and session.users == 0:
+            await self._close(session)
+
+    async def _close(self, session: _Session) -> None:
+        self._sessions.discard(session)
+        with trio.CancelScope(shield=True):
+            await session.client.aclose()
+
+    # --- the runner contract ------------------------------------------------------------------
+
+    async def load(self, device: DeviceContext) -> None:
+        """Open a session, then wait until the server lists ``model`` (see the module docs).
+
+        Raises:
+            Unrecoverable: the server answers, but does not serve ``model`` (or has no
+                ``/v1/models``); or ``api_key_env`` is not set.
+            Unauthorized: the server refuses the key, or ``api_key_file`` cannot be read.
+        """
+        if self._session is None:
+            self._session = self._open_session()
+        attempt = 0
+        while True:
+            try:
+                await self._check_model(self._session.client)
+                return
+            except (NetworkError, ServerError, RateLimited, RequestTimeout) as exc:
+                delay = max(REMOTE_POLICY.backoff.capped(attempt), exc.retry_after or 0.0)
+                logger.warning(
+                    "%r is not ready (%s: %s); trying again in %.3gs",
+                    self, type(exc).__name__, exc, delay,
+                )  # fmt: skip
+                attempt += 1
+                await trio.sleep(delay)
+
+    async def _check_model(self, client: httpx.AsyncClient) -> None:
+        url = f"{self.base_url}/v1/models"
+        try:
+            response = await client.get("/v1/models")
+        except httpx.TimeoutException as exc:
+            raise RequestTimeout(f"GET {url} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise NetworkError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
+        if response.status_code == 404:
+            raise Unrecoverable(f"{url} answered 404: is {self.base_url} an OpenAI-style server?")
+        if response.status_code != 200:
+            raise error_for_status(
+                response.status_code,
+                f"GET {url} answered {response.status_code}: {_detail(response.content)}",
+                retry_after_seconds(response.headers.get("retry-after")),
+            )
+        try:
+            ids = [entry["id"] for entry in response.json()["data"]]
+        except (ValueError, KeyError, TypeError):
+            raise Unrecoverable(f"{url} did not answer a model list") from None
+        if self.model not in ids:
+            raise Unrecoverable(f"{url} does not serve model {self.model!r}; it serves {ids}")
+
+    def execute(self, batch: Batch) -> Any:
+        """Stream every request of the batch at once; chunks in order per request."""
+        return self._execute(batch)
+
+    @trio.as_safe_channel
+    async def _execute(self, batch: Batch) -> AsyncGenerator[Chunk, None]:
+        session = self._session
+        if session is None:
+            raise RuntimeError("RemoteRunner.execute before load")
+        session.users += 1
+        refused: Unauthorized | None = None
+        try:
+            send, receive = trio.open_memory_channel[Chunk](max(16, len(batch.requests)))
+            async with trio.open_nursery() as nursery:
+                async with send:
+                    for request in batch.requests:
+                        if not batch.is_cancelled(request.id):
+                            nursery.start_soon(
+                                self._stream, session.client, request, batch, send.clone()
+                            )
+                async with receive:
+                    async for chunk in receive:
+                        yield chunk
+                        if isinstance(chunk.error, Unauthorized):
+                            refused = chunk.error
+                            nursery.cancel_scope.cancel()
+                            break
+        finally:
+            await self._release(session)
+        if refused is not None:  # the session's key is refused: restart with a fresh one
+            raise Unauthorized(str(refused)) from refused
+
+    async def _stream(
+        self,
+        client: httpx.AsyncClient,
+        request: Request,
+        batch: Batch,
+        send: trio.MemorySendChannel[Chunk],
+    ) -> None:
+        async with send:
+            try:
+                self.breaker.before_call(trio.current_time())
+            except CircuitOpen as exc:
+                await send.send(Chunk(request.id, error=exc))
+                return
+            try:
+                last = await self._completion(client, request, batch, send)
+            except BaseException as exc:
+                if not isinstance(exc, InferenceError):
+                    self.breaker.release()  # cancelled (or a bug): no outcome to count
+                    raise
+
+                if isinstance(exc, _BREAKER_COUNTS):
+                    self.breaker.record_failure(trio.current_time())
+                else:
+                    self.breaker.record_success()  # the server answered
+                await send.send(Chunk(request.id, error=exc))
+                return
+            self.breaker.record_success()
+            if last is not None:
+                await send.send(last)
+
+    def _body(self, request: Request) -> dict[str, Any]:
+        params = request.params
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": request.prompt if isinstance(request.prompt, str) else list(request.prompt),
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if params.seed is not None:
+            body["seed"] = params.seed
+        if params.stop:
+            body["stop"] = list(params.stop)
+        return body
+
+    async def _completion(
+        self,
+        client: httpx.AsyncClient,
+        request: Request,
+        batch: Batch,
+        send: trio.MemorySendChannel[Chunk],
+    ) -> Chunk | None:
+        """Stream one completion; return its last chunk (``None`` if its consumer left)."""
+        url = f"{self.base_url}/v1/completions"
+        finish: FinishReason | None = None
+        usage: Usage | None = None
+        try:
+            async with client.stream("POST", "/v1/completions", json=self._body(request)) as r:
+                if r.status_code != 200:
+                    content = await r.aread()
+                    raise error_for_status(
+                        r.status_code,
+                        f"POST {url} answered {r.status_code}: {_detail(content)}",
+                        retry_after_seconds(r.headers.get("retry-after")),
+                    )
+                lines = cast(AsyncGenerator[str, None], r.aiter_lines())
+                async with contextlib.aclosing(lines):
+                    async for line in lines:
+                        if batch.is_cancelled(request.id):
+                            return None  # leaving closes the connection: the server stops
+                        if not line.startswith("data:"):
+                            continue  # blank lines, comments, other fields
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        event = self._event(data, url)
+                        usage = _usage(event.get("usage")) or usage
+                        for choice in event.get("choices") or ():
+                            text = choice.get("text") or ""
+                            ids = _token_ids(choice.get("token_ids"))
+                            reason = choice.get("finish_reason")
+                            if reason is not None:
+                                finish = _FINISH.get(reason, FinishReason.STOP)
+                            if text or ids:
+                                await send.send(Chunk(request.id, ids, text))
+                    else:
+                        if finish is None:
+                            raise NetworkError(f"{url}: the stream ended before the completion did")
+        except httpx.TimeoutException as exc:
+            raise RequestTimeout(f"POST {url} timed out ({type(exc).__name__})") from None
+        except httpx.TransportError as exc:
+            raise NetworkError(f"POST {url} failed: {type(exc).__name__}: {exc}") from None
+        return Chunk(request.id, finish_reason=finish or FinishReason.STOP, usage=usage)
+
+    def _event(self, data: str, url: str) -> dict[str, Any]:
+        try:
+            event = json.loads(data)
+        except ValueError:
+            raise ServerError(f"{url} sent an event that is not JSON: {data[:100]!r}") from None
+        if not isinstance(event, dict):
+            raise ServerError(f"{url} sent an event that is not an object: {data[:100]!r}")
+        error = event.get("error")
+        if error is not None:  # an error after the first byte, as an SSE event
+            detail = error.get("message", error) if isinstance(error, dict) else error
+            code = error.get("code") if isinstance(error, dict) else None
+            status = code if isinstance(code, int) and code >= 400 else 502
+            raise error_for_status(status, f"{url} failed mid-stream: {detail}")
+        return event
+
+    async def rebuild_session(self, cause: RebuildCause) -> None:
+        """Read the credentials again and swap in a new client; streams on the old one finish
+        there, and it closes after the last."""
+        new = self._open_session()
+        old, self._session = self._session, new
+        logger.info("%r: new session (%s)", self, cause.value)
+        if old is not None:
+            old.retired = True
+            if old.users == 0:
+                await self._close(old)
+
+    async def aclose(self) -> None:
+        """Close every client."""
+        self._session = None
+        for session in list(self._sessions):
+            await self._close(session)
+
+
+def _usage(data: Any) -> Usage | None:
+    if not isinstance(data, dict):
+        return None
+    prompt, completion = data.get("prompt_tokens"), data.get("completion_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int):
+        return Usage(prompt, completion)
+    return None
+
+
+def _token_ids(data: Any) -> tuple[int, ...]:
+    """Token ids a server sent with the text (trio-supervise does; plain OpenAI does not)."""
+    if isinstance(data, list) and all(type(t) is int for t in data):
+        return tuple(data)
+    return ()
