@@ -58,3 +58,19 @@ def test_embed_worker_example(capsys: pytest.CaptureFixture[str]) -> None:
     assert sum("ContextPoisoned (retryable=True)" in line for line in log) == 1
     assert sum("served by generation 2" in line for line in log) >= 1
     assert "generation 2, requests 5: 4 finished, 1 failed" in capsys.readouterr().out
+
+
+def test_remote_front_example() -> None:
+    import trio
+
+    namespace = runpy.run_path(str(EXAMPLES / "remote_front.py"))
+
+    async def bounded() -> dict[str, object]:
+        with trio.fail_after(30):
+            result: dict[str, object] = await namespace["main"]()
+            return result
+
+    seen = trio.run(bounded)
+    assert seen["text"]
+    assert seen["statuses"] == [200, 200, 200, 200]  # B's failures moved to A, untouched
+    assert seen["breakers"] == ["closed", "open"]
