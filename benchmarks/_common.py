@@ -1,5 +1,5 @@
-"""What the benchmark scripts share: the row of a result, the table, the command line, the
-environment record, the quieted library logger and the best-of-N helpers.
+"""What the benchmark scripts share: the row of a result, what a script measured, the table, the
+command line, the environment record, the quieted library logger and the best-of-N helpers.
 
 The scripts import it as ``benchmarks._common``; run as ``python benchmarks/X.py``, they first put
 the repository root on ``sys.path`` so that this import works the same way.
@@ -15,7 +15,7 @@ import logging
 import os
 import platform
 import statistics
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, TypeVarTuple
 
 import trio
@@ -67,6 +67,26 @@ class Row:
             return value >= self.target
         return value <= self.target
 
+    @property
+    def shortfall(self) -> float | None:
+        """How far the target is missed, as a fraction of the target: 0.0 when it is met, 0.04
+        for a ratio of 1.92 against ">= 2.0" or of 2.08 against "<= 2.0"; None without one."""
+        if self.target is None:
+            return None
+        value = self.ours if self.ratio is None else self.ratio
+        gap = self.target - value if self.higher_is_better else value - self.target
+        return max(0.0, gap / self.target)
+
+    @property
+    def verdict(self) -> str:
+        """The "met" cell: ``yes``, ``MISSED by 4%`` (see :attr:`shortfall`), or "-" without a
+        target."""
+        if self.met is None:
+            return "-"
+        if self.met:
+            return "yes"
+        return f"MISSED by {format_fraction(self.shortfall or 0.0)}"
+
     def as_dict(self) -> dict[str, Any]:
         """The row as plain JSON-able values."""
         return {
@@ -78,7 +98,35 @@ class Row:
             "target": self.target,
             "higher_is_better": self.higher_is_better,
             "met": self.met,
+            "shortfall": self.shortfall,
         }
+
+
+def format_fraction(fraction: float) -> str:
+    """A fraction as a percentage: one decimal under 10% (``3.5%``), none above (``12%``)."""
+    if fraction < 0.0005:
+        return "<0.1%" if fraction > 0 else "0%"
+    return f"{fraction:.1%}" if fraction < 0.0995 else f"{fraction:.0%}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Measurements:
+    """What one script measured: its rows in table order, extra numbers for some rows, and
+    lines to print below its table. Each script's ``measure(sizes)`` returns one; its ``main``
+    and ``python -m benchmarks`` both report it."""
+
+    rows: tuple[Row, ...]
+    extras: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    """Keyed by a row's key: numbers added to that row's dict in :meth:`results`."""
+    notes: tuple[str, ...] = ()
+    """Sentences about the run (chunk counts, tails, where the time went)."""
+
+    def results(self) -> dict[str, dict[str, Any]]:
+        """Each row's key mapped to :meth:`Row.as_dict`, with the row's extras added."""
+        results = {row.key: row.as_dict() for row in self.rows}
+        for key, extra in self.extras.items():
+            results[key].update(extra)
+        return results
 
 
 # --- measuring --------------------------------------------------------------------------------
@@ -164,9 +212,10 @@ def environment_record() -> dict[str, Any]:
 
 
 def format_target(row: Row, format_value: FormatValue) -> str:
-    """The target, with its direction and, for an absolute one, its unit."""
+    """The target, with its direction and, for an absolute one, its unit; "no target" for a row
+    given for information (DESIGN.md sets none)."""
     if row.target is None:
-        return "-"
+        return "no target"
     if row.baseline is None:
         return f"{'>' if row.higher_is_better else '<'} {format_value(row.target, row.unit)}"
     return f"{'>=' if row.higher_is_better else '<='} {row.target:.1f}"
@@ -186,7 +235,7 @@ def format_table(rows: Sequence[Row], format_value: FormatValue) -> str:
             value(row.baseline, row.unit),
             "-" if row.ratio is None else f"{row.ratio:.2f}",
             format_target(row, format_value),
-            "-" if row.met is None else "yes" if row.met else "no",
+            row.verdict,
         )
         for row in rows
     ]
@@ -201,26 +250,35 @@ def format_table(rows: Sequence[Row], format_value: FormatValue) -> str:
     return "\n".join([render(header), rule, *(render(line) for line in lines)])
 
 
+def describe_environment(environment: Mapping[str, Any]) -> str:
+    """The versions and CPU count of :func:`environment_record`, in one line."""
+    return (
+        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
+        f"Python {environment['python']}, {environment['cpus']} CPUs"
+    )
+
+
 def report(
-    rows: Sequence[Row], *, sizes: DataclassInstance, quick: bool, format_value: FormatValue
+    measured: Measurements, *, sizes: DataclassInstance, quick: bool, format_value: FormatValue
 ) -> dict[str, Any]:
-    """Print the run's header line and the table; return what ``main`` returns.
+    """Print the run's header line, the table and the notes; return what ``main`` returns.
 
     Returns:
-        ``{"quick", "sizes", "environment", "results"}``; ``results`` maps each row's key to
-        :meth:`Row.as_dict` (a script adds its extra keys to its rows' dicts afterwards).
+        ``{"quick", "sizes", "environment", "results"}``; ``results`` is
+        :meth:`Measurements.results`.
     """
     environment = environment_record()
     sizes_record = dataclasses.asdict(sizes)
     print(
-        f"trio-supervise {environment['trio_supervise']}, trio {environment['trio']}, "
-        f"Python {environment['python']}, {environment['cpus']} CPUs; "
+        f"{describe_environment(environment)}; "
         f"best of {sizes_record['repeat']}{' (--quick)' if quick else ''}"
     )
-    print(format_table(rows, format_value))
+    print(format_table(measured.rows, format_value))
+    for note in measured.notes:
+        print(note)
     return {
         "quick": quick,
         "sizes": sizes_record,
         "environment": environment,
-        "results": {row.key: row.as_dict() for row in rows},
+        "results": measured.results(),
     }

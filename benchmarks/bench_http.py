@@ -7,7 +7,8 @@ is the first SSE event); the baseline calls ``pool.generate`` in the same proces
 set by DESIGN.md: the table reports the cost of HTTP as ratios (requests/s ours/baseline,
 higher is better; time to first token ours/baseline, lower is better).
 
-Run ``python benchmarks/bench_http.py [--quick]``; :func:`main` returns the numbers as a dict.
+Run ``python benchmarks/bench_http.py [--quick]``; :func:`main` returns the numbers as a dict,
+:func:`measure` the rows (``python -m benchmarks`` runs it with the other scripts).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ if not __package__:  # run as a script: ``benchmarks`` is a package of the repos
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (
+    Measurements,
     Row,
     best_median,
     collected_run,
@@ -139,10 +141,8 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run both sides, print the table, return the numbers."""
-    args = parse_args(argv, prog="bench_http", doc=__doc__)
-    sizes = pick_sizes(args, full=FULL, quick=QUICK)
+def measure(sizes: Sizes) -> Measurements:
+    """Run both sides ``sizes.repeat`` times, interleaved; the best rate and p50 of each."""
     ours_rates, base_rates = [], []
     ours_firsts: list[list[float]] = []
     base_firsts: list[list[float]] = []
@@ -154,10 +154,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             rate, firsts = collected_run(in_process, sizes)
             base_rates.append(rate)
             base_firsts.append(firsts)
-    rows = [
+    rows = (
         Row(
             key="requests_per_s",
-            label=f"requests/s, {sizes.concurrency} clients x {sizes.max_tokens} tokens",
+            label=f"HTTP requests/s, {sizes.concurrency} clients x {sizes.max_tokens} tokens",
             unit="req/s",
             ours=max(ours_rates),
             baseline=max(base_rates),
@@ -166,16 +166,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ),
         Row(
             key="time_to_first_token_p50_s",
-            label="time to first token, p50",
+            label="HTTP time to first token, p50",
             unit="s",
             ours=best_median(ours_firsts),
             baseline=best_median(base_firsts),
             target=None,
             higher_is_better=False,
         ),
-    ]
-    return report(rows, sizes=sizes, quick=args.quick, format_value=format_value)
+    )
+    return Measurements(rows=rows)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run both sides, print the table, return the numbers."""
+    args = parse_args(argv, prog="bench_http", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
+    return report(measure(sizes), sizes=sizes, quick=args.quick, format_value=format_value)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -8,18 +8,27 @@
 2. Many children (10,000; 1,000 with ``--quick``) under one ONE_FOR_ONE ``Supervisor``, time
    until all are ready and traced memory per child, against as many bare tasks started with
    ``await nursery.start(...)`` one after another. Target: within 2x in time and in memory.
+3. A storm: of as many children under one ONE_FOR_ONE ``Supervisor`` (no backoff, intensities
+   that let the storm through), every tenth (1,000; 100 with ``--quick``) fails at once; the
+   time from the failure to the moment all of them are ready again. The baseline is the same
+   storm on bare tasks: each runs the same child function inside a ``try`` that reports its
+   ``Boom`` on a channel, and a hand-written loop reads the channel and restarts each with
+   ``nursery.start_soon``. Both sides count readiness in the child itself, right after
+   ``task_status.started()``. DESIGN.md sets no target.
 
 Every number is the best of a few repetitions on the real clock (``time.perf_counter``); the two
 sides of a comparison are interleaved so that drift hits both. Memory is measured in separate
 runs under ``tracemalloc``, which would distort the timings.
 
 Run ``python benchmarks/bench_supervisor.py [--quick]`` or
-``python -m benchmarks.bench_supervisor [--quick]``; :func:`main` returns the numbers as a dict.
+``python -m benchmarks.bench_supervisor [--quick]``; :func:`main` returns the numbers as a dict,
+:func:`measure` the rows (``python -m benchmarks`` runs it with the other scripts).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import sys
 import time
@@ -47,6 +56,7 @@ if not __package__:  # run as a script: ``benchmarks`` is a package of the repos
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import (
+    Measurements,
     Row,
     collected_run,
     parse_args,
@@ -67,11 +77,14 @@ class Sizes:
 
     restarts: int
     children: int
+    storm_failing: int
+    """How many of the ``children`` fail at once in the storm (every ``children //
+    storm_failing``-th)."""
     repeat: int
 
 
-FULL = Sizes(restarts=20_000, children=10_000, repeat=5)
-QUICK = Sizes(restarts=2_000, children=1_000, repeat=3)
+FULL = Sizes(restarts=20_000, children=10_000, storm_failing=1_000, repeat=5)
+QUICK = Sizes(restarts=2_000, children=1_000, storm_failing=100, repeat=3)
 
 
 # --- 1. restarts per second -------------------------------------------------------------------
@@ -275,6 +288,124 @@ def bench_children(sizes: Sizes) -> tuple[Row, Row, float]:
     return time_row, memory_row, min(ours)[1]
 
 
+# --- 3. a storm of failures -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Storm:
+    """What the children of one storm share: the signal to fail, and who is ready again."""
+
+    failing: int
+    """How many children fail when :attr:`strike` is set."""
+    strike: trio.Event = dataclasses.field(default_factory=trio.Event)
+    """Set once: the failing children raise ``Boom``."""
+    back: int = 0
+    """Incarnations ready since the strike (each failing child's next one)."""
+    all_back: trio.Event = dataclasses.field(default_factory=trio.Event)
+    """Set when :attr:`back` reaches :attr:`failing`."""
+
+
+async def storm_child(
+    storm: Storm, fails: bool, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """The child body on both sides: ready at once; then, if ``fails``, raises ``Boom`` at the
+    strike. An incarnation started after the strike (a restart) counts itself back."""
+    task_status.started()
+    if storm.strike.is_set():
+        storm.back += 1
+        if storm.back == storm.failing:
+            storm.all_back.set()
+    elif fails:
+        await storm.strike.wait()
+        raise Boom
+    await trio.sleep_forever()
+
+
+def storm_stride(n: int, failing: int) -> int:
+    """Every ``stride``-th of ``n`` children fails, so that exactly ``failing`` of them do."""
+    if not 0 < failing <= n or n % failing:
+        raise ValueError(f"storm_failing must divide children, got {failing} of {n}")
+    return n // failing
+
+
+async def storm_ours(n: int, failing: int) -> float:
+    """Seconds from the strike until the ``failing`` of ``n`` supervised children that failed
+    are ready again. Starting and stopping the children are not timed."""
+    storm = Storm(failing)
+    stride = storm_stride(n, failing)
+    # No backoff; the supervisor's intensity lets the whole storm through (each child fails once).
+    policy = Policy(rules(default=Directive.RESTART), RestartIntensity(3, 60.0), Backoff.none())
+    specs = [
+        ChildSpec(f"child-{i}", functools.partial(storm_child, storm, i % stride == 0), policy)
+        for i in range(n)
+    ]
+    supervisor = Supervisor(
+        "storm", Strategy.ONE_FOR_ONE, RestartIntensity(failing, 60.0), children=specs
+    )
+    async with trio.open_nursery() as nursery:
+        handle = await nursery.start(supervisor.run)
+        start = time.perf_counter()
+        storm.strike.set()
+        await storm.all_back.wait()
+        elapsed = time.perf_counter() - start
+        statistics = handle.statistics()
+        assert statistics.running == n and statistics.restarts == failing, statistics
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+async def storm_baseline(n: int, failing: int) -> float:
+    """The same storm on ``n`` bare tasks; a hand-written loop restarts the failed ones."""
+    storm = Storm(failing)
+    stride = storm_stride(n, failing)
+    # Bounded: each task reports at most one failure.
+    failed_send, failed_receive = trio.open_memory_channel[int](n)
+
+    async def guarded(
+        index: int, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            await storm_child(storm, index % stride == 0, task_status=task_status)
+        except Boom:
+            failed_send.send_nowait(index)
+
+    async def restart_loop(nursery: trio.Nursery) -> None:
+        async for index in failed_receive:
+            nursery.start_soon(guarded, index)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(n):
+            await nursery.start(guarded, i)
+        nursery.start_soon(restart_loop, nursery)
+        start = time.perf_counter()
+        storm.strike.set()
+        await storm.all_back.wait()
+        elapsed = time.perf_counter() - start
+        assert len(nursery.child_tasks) == n + 1  # the children and the restart loop
+        nursery.cancel_scope.cancel()
+    return elapsed
+
+
+def bench_storm(sizes: Sizes) -> Row:
+    """Time from the strike until all failed children are ready again, best of
+    ``sizes.repeat`` per side."""
+    n, failing = sizes.children, sizes.storm_failing
+    ours: list[float] = []
+    baseline: list[float] = []
+    for _ in range(sizes.repeat):
+        ours.append(collected_run(storm_ours, n, failing))
+        baseline.append(collected_run(storm_baseline, n, failing))
+    return Row(
+        key="storm_ready_again_s",
+        label=f"storm: {failing:,} of {n:,} children fail at once, time to all ready",
+        unit="s",
+        ours=min(ours),
+        baseline=min(baseline),
+        target=None,
+        higher_is_better=False,
+    )
+
+
 # --- the table --------------------------------------------------------------------------------
 
 
@@ -287,34 +418,42 @@ def format_value(value: float, unit: str) -> str:
     return f"{value:,.0f} /s"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the benchmarks, print the table, and return the numbers.
+def measure(sizes: Sizes) -> Measurements:
+    """Run the three benchmarks at ``sizes``; the rows, and the children's build time.
 
-    Returns:
-        ``{"quick", "sizes", "environment", "results"}``; ``results`` maps each benchmark's key
-        to its ``ours``, ``baseline``, ``ratio``, ``target``, ``higher_is_better`` and ``met``
-        (the children's time also has ``ours_build``: the part spent building specs).
+    The children's time row has the extra ``ours_build``: the seconds of ``ours`` spent
+    building the specs and the supervisor.
     """
-    args = parse_args(argv, prog="bench_supervisor", doc=__doc__)
-    sizes = pick_sizes(args, full=FULL, quick=QUICK)
     # We measure the supervision machinery, not log formatting: the benchmark child's failures
     # are logged at WARNING (and its restarts at INFO), so the library's logger is raised to
     # ERROR for the run and restored afterwards. Events are then skipped before any is built.
     with quiet_library_logger():
         restart_rows = bench_restarts(sizes)
         time_row, memory_row, build_s = bench_children(sizes)
-    result = report(
-        [*restart_rows, time_row, memory_row],
-        sizes=sizes,
-        quick=args.quick,
-        format_value=format_value,
-    )
-    print(
+        storm_row = bench_storm(sizes)
+    note = (
         f"ours, {sizes.children:,} children: {build_s * 1e3:,.1f} ms building ChildSpecs and "
         f"Supervisor, {(time_row.ours - build_s) * 1e3:,.1f} ms in nursery.start(supervisor.run)"
     )
-    result["results"][time_row.key]["ours_build"] = build_s
-    return result
+    return Measurements(
+        rows=(*restart_rows, time_row, memory_row, storm_row),
+        extras={time_row.key: {"ours_build": build_s}},
+        notes=(note,),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, print the table, and return the numbers.
+
+    Returns:
+        ``{"quick", "sizes", "environment", "results"}``; ``results`` maps each benchmark's key
+        to its ``ours``, ``baseline``, ``ratio``, ``target``, ``higher_is_better``, ``met`` and
+        ``shortfall`` (the children's time also has ``ours_build``: the part spent building
+        specs; the storm has no target, so its ``target``, ``met`` and ``shortfall`` are None).
+    """
+    args = parse_args(argv, prog="bench_supervisor", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
+    return report(measure(sizes), sizes=sizes, quick=args.quick, format_value=format_value)
 
 
 if __name__ == "__main__":

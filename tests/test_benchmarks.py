@@ -1,30 +1,150 @@
-"""The benchmarks run (tiny sizes): they must not rot. Their numbers are not asserted."""
+"""The benchmarks run (tiny sizes): they must not rot. Their numbers are not asserted.
+
+The ``--quick`` suite runs once for the module (``python -m benchmarks`` in-process, with
+``--repeat 1``); each script's own ``main`` is checked with a stand-in ``measure``, so nothing
+is measured twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from benchmarks import bench_supervisor
+from benchmarks import __main__ as suite
+from benchmarks import bench_http, bench_supervisor, bench_worker
+from benchmarks._common import Measurements, Row
+
+ROOT = Path(__file__).resolve().parents[1]
+ROW_KEYS = {"label", "unit", "ours", "baseline", "ratio", "target", "met", "shortfall"}
 
 
-def test_bench_supervisor_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    result = bench_supervisor.main(["--quick", "--repeat", "1"])
-    assert set(result) >= {"quick", "sizes", "environment", "results"}
-    for row in result["results"].values():
-        assert row["ours"] > 0 and row["baseline"] > 0
-        assert isinstance(row["met"], bool)
-    assert "ratio" in capsys.readouterr().out
+@dataclasses.dataclass(frozen=True)
+class QuickSuite:
+    """What one ``python -m benchmarks --quick --repeat 1`` run left behind."""
+
+    record: dict[str, Any]
+    out: str
+    json_path: Path
+    md_path: Path
 
 
-def test_bench_worker_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks import bench_worker
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> QuickSuite:
+    tmp = tmp_path_factory.mktemp("bench")
+    json_path, md_path = tmp / "out" / "results.json", tmp / "results.md"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        record = suite.main(
+            ["--quick", "--repeat", "1", "--json", str(json_path), "--markdown", str(md_path)]
+        )
+    return QuickSuite(record, out.getvalue(), json_path, md_path)
 
-    result = bench_worker.main(["--quick", "--repeat", "1"])
-    assert set(result) >= {"quick", "sizes", "environment", "results"}
-    assert "ratio" in capsys.readouterr().out
+
+def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: QuickSuite) -> None:
+    written = json.loads(quick_suite.json_path.read_text())
+    assert written == json.loads(json.dumps(quick_suite.record))
+    assert set(written) == {"quick", "wall_s", "environment", "suites", "missed"}
+    assert written["quick"] is True
+    assert set(written["suites"]) == {"supervisor", "worker", "http"}
+    for entry in written["suites"].values():
+        assert set(entry) == {"sizes", "wall_s", "results", "notes"}
+        assert entry["sizes"]["repeat"] == 1
+        for row in entry["results"].values():
+            assert set(row) >= ROW_KEYS
+            assert row["ours"] > 0
+            assert (row["met"] is None) == (row["target"] is None) == (row["shortfall"] is None)
+    supervisor = written["suites"]["supervisor"]["results"]
+    assert set(supervisor) == {
+        "restarts_per_s",
+        "restarts_per_s_short_window",
+        "children_ready_s",
+        "children_bytes_per_child",
+        "storm_ready_again_s",
+    }
+    storm = supervisor["storm_ready_again_s"]
+    assert storm["baseline"] > 0 and storm["ratio"] > 0 and storm["target"] is None
+    assert set(written["suites"]["worker"]["results"]["tokens_per_s"]) >= {
+        "ours_chunks",
+        "baseline_chunks",
+    }
+    missed = [
+        f"{name}.{key}"
+        for name, entry in written["suites"].items()
+        for key, row in entry["results"].items()
+        if row["met"] is False
+    ]
+    assert written["missed"] == missed
 
 
-def test_bench_http_quick_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    from benchmarks import bench_http
+def test_the_quick_suite_prints_and_writes_a_markdown_table(quick_suite: QuickSuite) -> None:
+    text = quick_suite.md_path.read_text()
+    assert quick_suite.out == text
+    lines = text.splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header == ["benchmark", "ours", "baseline", "ratio", "target (DESIGN.md)", "met"]
+    assert re.fullmatch(r"\|(-+:?\|)+", table[1])
+    rows = sum(len(entry["results"]) for entry in quick_suite.record["suites"].values())
+    assert len(table) == 2 + rows
+    assert len({len(line) for line in table}) == 1  # padded into columns
+    storm = next(line for line in table if line.startswith("| storm:"))
+    assert re.search(r"\| no target +\| - +\|$", storm)
+    for line in table[2:]:
+        met = line.strip("|").split("|")[-1].strip()
+        assert re.fullmatch(r"yes|-|MISSED by (<0\.1|\d+(\.\d)?)%", met)
 
-    result = bench_http.main(["--quick", "--repeat", "1"])
-    assert result["results"]["requests_per_s"]["ours"] > 0
-    assert "time to first token" in capsys.readouterr().out
+
+def test_a_missed_target_says_by_how_much() -> None:
+    throughput = Row("t", "tokens/s", "tok/s", 192.0, 100.0, 2.0, higher_is_better=True)
+    latency = Row("l", "restart", "s", 1.5e-3, None, 1e-3, higher_is_better=False)
+    met = Row("m", "round trip", "s", 3.0, 2.0, 2.0, higher_is_better=False)
+    info = Row("i", "storm", "s", 3.0, 1.0, None, higher_is_better=False)
+    assert throughput.verdict == "MISSED by 4.0%"
+    assert latency.verdict == "MISSED by 50%"
+    assert (met.verdict, met.shortfall) == ("yes", 0.0)
+    assert (info.verdict, info.shortfall) == ("-", None)
+
+
+@pytest.mark.parametrize("module", [bench_supervisor, bench_worker, bench_http])
+def test_each_script_reports_on_its_own(
+    module: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script's ``main`` runs its ``measure`` (a stand-in here: the suite measured already)
+    at the sizes asked for, prints the table and notes, and returns the results."""
+    row = Row("k", "a benchmark", "s", 3.0, 2.0, 1.2, higher_is_better=False)
+    measured = Measurements(rows=(row,), extras={"k": {"extra": 1.0}}, notes=("a note",))
+    asked: list[object] = []
+
+    def measure(sizes: object) -> Measurements:
+        asked.append(sizes)
+        return measured
+
+    monkeypatch.setattr(module, "measure", measure)
+    result = module.main(["--quick", "--repeat", "1"])
+    assert asked == [dataclasses.replace(module.QUICK, repeat=1)]
+    assert set(result) == {"quick", "sizes", "environment", "results"}
+    assert result["results"] == {"k": {**row.as_dict(), "extra": 1.0}}
+    out = capsys.readouterr().out
+    assert re.search(r"^a benchmark .* 1\.50 +<= 1\.2 +MISSED by 25%$", out, re.MULTILINE)
+    assert out.endswith("a note\n")
+
+
+@pytest.mark.parametrize("script", ["bench_supervisor.py", "bench_worker.py", "bench_http.py"])
+def test_each_script_runs_as_a_file(script: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--quick" in done.stdout

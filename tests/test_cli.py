@@ -1,9 +1,12 @@
 import io
+import re
+from pathlib import Path
 
 import pytest
 
 import trio_supervise as ts
-from trio_supervise._cli import demo_policy, main
+from trio_supervise import _cli
+from trio_supervise._cli import bench_command, demo_policy, find_checkout, main
 
 
 def test_demo_prints_the_default_policy_giving_up(capsys: pytest.CaptureFixture[str]) -> None:
@@ -49,3 +52,72 @@ def test_the_served_demo_keeps_answering_through_its_faults() -> None:
     result = trio.run(lambda: run_demo(seconds=5.0, live=False))
     assert result["finished"] > 10
     assert result["restarts"] >= 1  # a poisoning happened, and requests kept finishing
+
+
+# --- bench ------------------------------------------------------------------------------------
+
+
+def installed_layout(tmp_path: Path, *, stray_benchmarks: bool = False) -> Path:
+    """A site-packages with the package in it (and, if asked, another project's ``benchmarks``
+    package without a ``__main__``); returns the package's directory."""
+    package = tmp_path / "site-packages" / "trio_supervise"
+    package.mkdir(parents=True)
+    if stray_benchmarks:
+        (package.parent / "benchmarks").mkdir()
+        (package.parent / "benchmarks" / "__init__.py").write_text("")
+    return package
+
+
+def checkout_layout(tmp_path: Path, main_source: str) -> Path:
+    """A checkout: the package, and ``benchmarks/__main__.py`` next to it; returns the package's
+    directory."""
+    root = tmp_path / "checkout"
+    (root / "trio_supervise").mkdir(parents=True)
+    (root / "benchmarks").mkdir()
+    (root / "benchmarks" / "__init__.py").write_text("")
+    (root / "benchmarks" / "__main__.py").write_text(main_source)
+    return root / "trio_supervise"
+
+
+@pytest.mark.parametrize("stray_benchmarks", [False, True])
+def test_bench_from_an_installed_wheel_exits_2_and_says_where_the_benchmarks_are(
+    tmp_path: Path, stray_benchmarks: bool
+) -> None:
+    package = installed_layout(tmp_path, stray_benchmarks=stray_benchmarks)
+    assert find_checkout(package) is None
+    err = io.StringIO()
+    assert bench_command(["--quick"], package_dir=package, err=err) == 2
+    assert re.fullmatch(
+        r"trio-supervise bench: the benchmarks live in the source checkout, not in the "
+        rf"installed package \({re.escape(str(package))}\)\.\n"
+        r"Get them with the source: clone the trio-supervise repository, run "
+        r"`pip install -e '\.\[dev\]'` in it, then `trio-supervise bench` \(or "
+        r"`python -m benchmarks`\) from there\.\n",
+        err.getvalue(),
+    )
+
+
+def test_bench_from_a_checkout_runs_its_benchmarks_with_the_arguments(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # A stand-in suite: it shows which benchmarks package ran and with what, and exits 3.
+    package = checkout_layout(tmp_path, "import sys\nprint(__file__, sys.argv[1:])\nsys.exit(3)\n")
+    assert find_checkout(package) == package.parent
+    status = bench_command(["--quick", "--json", "out.json"], package_dir=package)
+    out = capfd.readouterr().out
+    assert status == 3
+    main_file = package.parent / "benchmarks" / "__main__.py"
+    assert out == f"{main_file} ['--quick', '--json', 'out.json']\n"
+
+
+def test_bench_passes_every_later_argument_through(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[list[str]] = []
+    monkeypatch.setattr(_cli, "bench_command", lambda args: calls.append(list(args)) or 0)
+    assert main(["bench", "--help", "--only", "http"]) == 0
+    assert calls == [["--help", "--only", "http"]]
+
+
+def test_help_lists_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert re.search(r"^ +bench +run the CPU benchmarks", capsys.readouterr().out, re.MULTILINE)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import trio_supervise as ts
+from trio_supervise import ConfigError
 from trio_supervise._cli import main
 from trio_supervise.serve import PolicyConfig, ServeConfig
 
@@ -95,3 +96,38 @@ def test_config_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         "workers[0].runner: must be an import path 'module:factory', got 'x'",
     ):
         assert problem in out
+
+
+def test_runner_arguments_are_checked_against_the_factory() -> None:
+    remote = "trio_supervise.runners.remote:RemoteRunner"
+    config = ServeConfig.from_dict(
+        {
+            "workers": [
+                {"name": "a", "runner": remote,
+                 "runner_args": {"base_url": "http://h", "model": "m", "api_key": "sk-1"}},
+                {"name": "b", "runner": remote, "runner_args": {"model": "m"},
+                 "replica_args": [{"base_url": "http://h1"}, {"base_urls": "http://h2"}]},
+                {"name": "c", "runner": "no_such_module_here:F"},
+                {"name": "d", "runner": "no_such_module_here:F", "isolation": "process"},
+            ]
+        }
+    )  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        config.check_runners()
+    problems = caught.value.problems
+    assert len(problems) == 3  # the process-isolated runner is not imported here
+    assert problems[0].startswith("workers[0].runner_args: ") and "'api_key'" in problems[0]
+    assert problems[1].startswith("workers[1].replica_args[1]: ") and "'base_url'" in problems[1]
+    assert problems[2].startswith("workers[2].runner: cannot import")
+    assert "sk-1" not in str(caught.value)
+
+
+def test_replica_args_give_one_replica_each() -> None:
+    w = {"name": "a", "runner": "m:f", "runner_args": {"x": 1},
+         "replica_args": [{"y": 1}, {"x": 2}]}  # fmt: skip
+    config = ServeConfig.from_dict({"workers": [w]})
+    worker = config.workers[0]
+    assert worker.replica_count == 2
+    assert [worker.args_of(0), worker.args_of(1)] == [{"x": 1, "y": 1}, {"x": 2}]
+    with pytest.raises(ConfigError, match=r"workers\[0\]\.replicas: must be left out or 2"):
+        ServeConfig.from_dict({"workers": [{**w, "replicas": 3}]})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__
@@ -74,6 +75,7 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
         )
         config = attrs.evolve(config, server=server)
         config.validate()
+        config.check_runners()
     except ConfigError as exc:
         console.print(f"[red]{exc}[/red]", highlight=False)
         return 2
@@ -132,6 +134,7 @@ def check_config(path: str) -> int:
     console = Console()
     try:
         config = ServeConfig.from_toml(path)
+        config.check_runners()
     except ConfigError as exc:
         console.print(f"[red]{path}: invalid config[/red]")
         for problem in exc.problems:
@@ -142,8 +145,51 @@ def check_config(path: str) -> int:
     return 0
 
 
+def find_checkout(package_dir: Path | None = None) -> Path | None:
+    """The source checkout this package runs from, or None for an installed wheel.
+
+    A checkout is the directory above the ``trio_supervise`` package (``package_dir``, by
+    default this one) when it holds ``benchmarks/__main__.py``; a wheel ships no benchmarks.
+    """
+    package = package_dir if package_dir is not None else Path(__file__).resolve().parent
+    root = package.parent
+    return root if (root / "benchmarks" / "__main__.py").is_file() else None
+
+
+def bench_command(
+    args: Sequence[str], *, package_dir: Path | None = None, err: TextIO | None = None
+) -> int:
+    """``bench [ARGS]``: ``python -m benchmarks ARGS`` from the checkout, and its exit status;
+    2 and a message saying where the benchmarks are when this package is an installed wheel."""
+    root = find_checkout(package_dir)
+    if root is None:
+        package = package_dir if package_dir is not None else Path(__file__).resolve().parent
+        (err or sys.stderr).write(
+            f"trio-supervise bench: the benchmarks live in the source checkout, not in the "
+            f"installed package ({package}).\n"
+            f"Get them with the source: clone the trio-supervise repository, run "
+            f"`pip install -e '.[dev]'` in it, then `trio-supervise bench` (or "
+            f"`python -m benchmarks`) from there.\n"
+        )
+        return 2
+    import os
+    import subprocess
+
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), *([path] if path else [])])}
+    # -P: the working directory does not go first on sys.path, so the ``benchmarks`` run is the
+    # checkout's, while relative paths in ARGS (--json, --markdown) stay the caller's.
+    try:
+        return subprocess.call([sys.executable, "-P", "-m", "benchmarks", *args], env=env)
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trio-supervise`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every later argument is for ``python -m benchmarks``, --help too
+        return bench_command(argv[1:])
     parser = argparse.ArgumentParser(
         prog="trio-supervise",
         description="Erlang-grade supervision for GPU inference workers on Trio.",
@@ -171,6 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "check", help="validate a TOML config; print the effective config, or every problem"
     )
     check.add_argument("file", help="the TOML file")
+    commands.add_parser(
+        "bench",
+        add_help=False,
+        help="run the CPU benchmarks (from a source checkout); "
+        "`trio-supervise bench --help` lists their options",
+    )
     args = parser.parse_args(argv)
     if args.command == "demo":
         if args.policy:

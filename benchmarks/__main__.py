@@ -1,0 +1,254 @@
+"""``python -m benchmarks``: every CPU benchmark in one run, as a JSON file and a markdown table.
+
+Runs the scripts' ``measure`` functions one after another (``bench_supervisor``,
+``bench_worker``, ``bench_http``; each still runs on its own too), then writes:
+
+* a JSON file (``--json PATH``; default ``benchmarks/results.json``, next to this file) with
+  the environment, the sizes, every row's numbers and the rows whose target was missed;
+* a markdown table (printed to stdout, and written to ``--markdown PATH`` if given): one row
+  per benchmark with our number, the baseline's, the ratio, the DESIGN.md target and whether
+  it is met; a missed target says by how much, e.g. ``MISSED by 4%`` (see ``Row.shortfall``).
+
+Progress goes to stderr, so stdout holds the table alone. The full run takes about a minute on
+a 2-core machine; ``--quick`` (small sizes, a few seconds) is for smoke tests and its numbers
+mean little. ``--repeat N`` overrides every script's repetitions; ``--only NAME`` runs a subset.
+``trio-supervise bench [ARGS]`` runs this from a checkout. The exit status is 0 whether targets
+are met or not: the table is the verdict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from benchmarks import bench_http, bench_supervisor, bench_worker
+from benchmarks._common import (
+    FormatValue,
+    Measurements,
+    describe_environment,
+    environment_record,
+    format_target,
+    pick_sizes,
+)
+
+SizesT = TypeVar("SizesT")
+
+DEFAULT_JSON = Path(__file__).resolve().parent / "results.json"
+"""Where the JSON goes without ``--json`` (git-ignored)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite(Generic[SizesT]):
+    """One script, as this entry runs it: its ``measure``, its sizes and its number format."""
+
+    name: str
+    measure: Callable[[SizesT], Measurements]
+    full: SizesT
+    quick: SizesT
+    format_value: FormatValue
+
+
+SUITES: tuple[Suite[Any], ...] = (
+    Suite(
+        "supervisor",
+        bench_supervisor.measure,
+        bench_supervisor.FULL,
+        bench_supervisor.QUICK,
+        bench_supervisor.format_value,
+    ),
+    Suite(
+        "worker",
+        bench_worker.measure,
+        bench_worker.FULL,
+        bench_worker.QUICK,
+        bench_worker.format_value,
+    ),
+    Suite("http", bench_http.measure, bench_http.FULL, bench_http.QUICK, bench_http.format_value),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SuiteRun:
+    """What one suite measured in this run, and how long it took."""
+
+    suite: Suite[Any]
+    sizes: Any
+    measured: Measurements
+    wall_s: float
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """``--quick``, ``--repeat N``, ``--only NAME``, ``--json PATH`` and ``--markdown PATH``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks",
+        description="Every CPU benchmark in one run: a JSON file and a markdown table of "
+        "ratios against their baselines, with the DESIGN.md targets.",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=None, help="repetitions per measurement (best is kept)"
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=[suite.name for suite in SUITES],
+        help="run only this suite (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--json",
+        type=Path,
+        default=DEFAULT_JSON,
+        metavar="PATH",
+        help="where to write the JSON results (default: benchmarks/results.json)",
+    )
+    parser.add_argument(
+        "--markdown", type=Path, default=None, metavar="PATH", help="also write the table here"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat is not None and args.repeat < 1:
+        parser.error("--repeat must be >= 1")
+    return args
+
+
+def run_suites(args: argparse.Namespace) -> list[SuiteRun]:
+    """Run the chosen suites in order, progress on stderr."""
+    chosen = [suite for suite in SUITES if not args.only or suite.name in args.only]
+    runs = []
+    for number, suite in enumerate(chosen, 1):
+        sizes = pick_sizes(args, full=suite.full, quick=suite.quick)
+        print(f"[{number}/{len(chosen)}] {suite.name}: {sizes}", file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        measured = suite.measure(sizes)
+        wall_s = time.perf_counter() - start
+        print(f"[{number}/{len(chosen)}] {suite.name}: {wall_s:.1f} s", file=sys.stderr, flush=True)
+        runs.append(SuiteRun(suite, sizes, measured, wall_s))
+    return runs
+
+
+# --- the markdown table -----------------------------------------------------------------------
+
+HEADER = ("benchmark", "ours", "baseline", "ratio", "target (DESIGN.md)", "met")
+RIGHT_ALIGNED = (False, True, True, True, False, False)
+
+
+def table_cells(run: SuiteRun) -> list[tuple[str, ...]]:
+    """The cells of one suite's rows: "-" for what does not apply, "no target" where DESIGN.md
+    sets none."""
+    format_value = run.suite.format_value
+
+    def value(number: float | None, unit: str) -> str:
+        return "-" if number is None else format_value(number, unit)
+
+    return [
+        (
+            row.label,
+            value(row.ours, row.unit),
+            value(row.baseline, row.unit),
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            format_target(row, format_value),
+            row.verdict,
+        )
+        for row in run.measured.rows
+    ]
+
+
+def markdown_table(runs: Sequence[SuiteRun]) -> str:
+    """Every row of every suite as one markdown table, padded so that it reads as text too."""
+    lines = [cells for run in runs for cells in table_cells(run)]
+    widths = [max(len(line[i]) for line in [HEADER, *lines]) for i in range(len(HEADER))]
+
+    def render(cells: Sequence[str]) -> str:
+        padded = [
+            cell.rjust(width) if right else cell.ljust(width)
+            for cell, width, right in zip(cells, widths, RIGHT_ALIGNED, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    dashes = [
+        "-" * (width + 1) + ":" if right else "-" * (width + 2)
+        for width, right in zip(widths, RIGHT_ALIGNED, strict=True)
+    ]
+    rule = "|" + "|".join(dashes) + "|"
+    return "\n".join([render(HEADER), rule, *(render(line) for line in lines)])
+
+
+def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
+    """A line on the environment and the run, the table, then the suites' notes as a list."""
+    repeats = sorted({run.sizes.repeat for run in runs})
+    summary = (
+        f"{describe_environment(record['environment'])}; "
+        f"{'--quick sizes' if record['quick'] else 'full sizes'}, best of "
+        f"{'/'.join(str(r) for r in repeats)}; {record['wall_s']:.0f} s in all. "
+        f"Ratios are ours / baseline, measured in the same run."
+    )
+    missed = record["missed"]
+    verdict = (
+        f"{len(missed)} target(s) missed: {', '.join(missed)}."
+        if missed
+        else "Every DESIGN.md target measured here is met."
+    )
+    notes = [f"- {run.suite.name}: {note}" for run in runs for note in run.measured.notes]
+    return "\n".join([summary, "", markdown_table(runs), "", verdict, "", *notes]) + "\n"
+
+
+# --- the JSON record --------------------------------------------------------------------------
+
+
+def json_record(runs: Sequence[SuiteRun], *, quick: bool, wall_s: float) -> dict[str, Any]:
+    """The run as JSON-able values.
+
+    Returns:
+        ``{"quick", "wall_s", "environment", "suites", "missed"}``: ``suites`` maps each suite's
+        name to ``{"sizes", "wall_s", "results", "notes"}`` (``results`` as the script's
+        ``main`` returns them), ``missed`` lists ``"suite.key"`` for every missed target.
+    """
+    return {
+        "quick": quick,
+        "wall_s": wall_s,
+        "environment": environment_record(),
+        "suites": {
+            run.suite.name: {
+                "sizes": dataclasses.asdict(run.sizes),
+                "wall_s": run.wall_s,
+                "results": run.measured.results(),
+                "notes": list(run.measured.notes),
+            }
+            for run in runs
+        },
+        "missed": [
+            f"{run.suite.name}.{row.key}"
+            for run in runs
+            for row in run.measured.rows
+            if row.met is False
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the suites, write the JSON (and the markdown), print the markdown; return the JSON
+    record (see :func:`json_record`)."""
+    args = parse_args(argv)
+    start = time.perf_counter()
+    runs = run_suites(args)
+    record = json_record(runs, quick=args.quick, wall_s=time.perf_counter() - start)
+    text = markdown_report(runs, record)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2) + "\n")
+    if args.markdown is not None:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(text)
+    print(text, end="")
+    print(f"wrote {args.json}", file=sys.stderr)
+    return record
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
