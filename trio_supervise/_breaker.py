@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -41,6 +41,7 @@ def _check(instance: object, attribute: Any, value: Any) -> None:
         raise ConfigError(f"breaker {attribute.name} must be >= {minimum}, got {value!r}")
 
 
+@final
 @attrs.define(eq=False)
 class CircuitBreaker:
     """``CircuitBreaker(failures=5, reset_timeout=5.0)``; see the module docstring.

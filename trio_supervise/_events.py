@@ -11,6 +11,7 @@ import collections
 import enum
 import logging
 from collections.abc import Callable
+from typing import final
 
 import attrs
 import trio
@@ -67,6 +68,7 @@ _LEVELS = {
 }
 
 
+@final
 @attrs.frozen
 class SupervisionEvent:
     """One decision or observation of a supervisor."""
@@ -100,6 +102,7 @@ class SupervisionEvent:
         return text
 
 
+@final
 class EventSubscription(trio.abc.ReceiveChannel[SupervisionEvent]):
     """A bounded channel of events that drops the oldest rather than block the supervisor.
 

@@ -32,7 +32,7 @@ import bisect
 import enum
 import math
 from collections.abc import Callable, Iterator
-from typing import Any, TypeAlias, TypeGuard
+from typing import Any, TypeAlias, TypeGuard, final
 
 import attrs
 
@@ -152,6 +152,7 @@ def _type_name(cls: type) -> str:
     return cls.__qualname__
 
 
+@final
 @attrs.frozen(repr=False)
 class Rule:
     """One rule of a decider: exceptions of these types get this directive. Built by :func:`on`."""
@@ -196,6 +197,7 @@ def on(*types_then_directive: type[Exception] | Directive) -> Rule:
     return Rule(tuple(checked), directive)
 
 
+@final
 @attrs.frozen(repr=False)
 class Rules:
     """A decider made of rules, first match wins; ``default`` when none matches.
@@ -239,6 +241,7 @@ def _validate_int(name: str, value: object, minimum: int) -> None:
         raise _fail(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
+@final
 @attrs.frozen
 class RestartIntensity:
     """At most ``max_restarts`` restarts within any ``within`` seconds (OTP semantics).
@@ -282,6 +285,7 @@ def _next_uniform(rng: int) -> tuple[float, int]:
     return (z >> 11) / float(1 << 53), rng
 
 
+@final
 @attrs.frozen
 class Backoff:
     """How long to wait before the n-th consecutive restart.
@@ -376,6 +380,7 @@ class Backoff:
         return f"Backoff({', '.join(parts)})"
 
 
+@final
 @attrs.frozen
 class PolicyState:
     """Where one supervised child stands; an immutable value threaded through the policy."""
@@ -390,6 +395,7 @@ class PolicyState:
     """The jitter generator's state."""
 
 
+@final
 @attrs.frozen
 class Decision:
     """What the policy decided about one failure."""
@@ -426,6 +432,7 @@ def _validate_instance(cls: type) -> Callable[[Any, Any, object], None]:
     return check
 
 
+@final
 @attrs.frozen
 class Policy:
     """How a supervisor answers failures: a decider, a restart intensity, a backoff.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import Any, final
 
 import trio
 
@@ -152,6 +152,7 @@ class RequestState:
         return Chunk(self.id, tuple(tokens), "".join(text), last.finish_reason, last.usage)
 
 
+@final
 class RequestStream:
     """The consumer's side of one request: ``async for chunk in stream`` / ``async with``.
 

@@ -31,7 +31,7 @@ import collections
 import enum
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -114,6 +114,7 @@ def _check_timeout(instance: Any, attribute: Any, value: Any) -> None:
     check_readiness_timeout(value)
 
 
+@final
 @attrs.frozen
 class ChildSpec:
     """How to run one child of a :class:`Supervisor`.
@@ -143,6 +144,7 @@ def _tuple_of_specs(children: Iterable[ChildSpec]) -> tuple[ChildSpec, ...]:
     return tuple(children)
 
 
+@final
 @attrs.frozen
 class ChildInfo:
     """One row of :meth:`SupervisorHandle.which_children`."""
@@ -159,6 +161,7 @@ class ChildInfo:
     """What its first incarnation passed to ``task_status.started()``."""
 
 
+@final
 @attrs.frozen
 class SupervisorStatistics:
     """A snapshot of a running supervisor."""
@@ -221,6 +224,7 @@ class _Wake:
 _Message = _Exit | _Terminate | _Wake
 
 
+@final
 @attrs.frozen
 class Supervisor:
     """An OTP-style supervisor: children, a strategy, and one restart intensity over them all.
@@ -289,6 +293,7 @@ class Supervisor:
         await handle._run(task_status)
 
 
+@final
 class SupervisorHandle:
     """A running supervisor: start and stop children, look at them, follow their events."""
 

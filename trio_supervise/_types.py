@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from collections.abc import Collection, Iterable
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -68,6 +68,7 @@ def _check_float(name: str, value: object, low: float, high: float) -> None:
         raise _bad(f"{name} must be a number in [{low:g}, {high:g}], got {value!r}")
 
 
+@final
 @attrs.frozen
 class SamplingParams:
     """How to sample a completion.
@@ -100,6 +101,7 @@ class SamplingParams:
             raise _bad(f"stop must be a tuple of non-empty str, got {self.stop!r}")
 
 
+@final
 @attrs.frozen
 class Request:
     """One completion request.
@@ -145,6 +147,7 @@ def _as_tuple(requests: Iterable[Request]) -> tuple[Request, ...]:
     return tuple(requests)
 
 
+@final
 @attrs.frozen
 class Batch:
     """Requests that a runner executes together.
@@ -177,6 +180,7 @@ class Batch:
         return request_id in self._cancelled
 
 
+@final
 @attrs.frozen
 class Usage:
     """Token counts of a finished request."""
@@ -187,6 +191,7 @@ class Usage:
     """Tokens generated."""
 
 
+@final
 @attrs.frozen
 class Chunk:
     """A piece of one request's output. The last one has ``finish_reason`` (or ``error``)."""

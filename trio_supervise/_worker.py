@@ -25,7 +25,7 @@ import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, final
 
 import attrs
 import msgspec
@@ -101,6 +101,7 @@ _ALLOWED = frozenset((old, new) for old, new, _ in WORKER_TRANSITIONS)
 del _S
 
 
+@final
 @attrs.frozen
 class WorkerStatistics:
     """A snapshot of a worker."""
@@ -160,6 +161,7 @@ def _positive(name: str, value: object, *, allow_none: bool = True) -> float | N
     return float(value)
 
 
+@final
 class Worker:
     """A stable handle on a restartable model runner (see :func:`open_worker`).
 

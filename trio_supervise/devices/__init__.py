@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar, final, runtime_checkable
 
 import attrs
 
@@ -28,6 +28,7 @@ __all__ = [
 T = TypeVar("T")
 
 
+@final
 @attrs.frozen
 class MemoryInfo:
     """Device memory, in bytes."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import trio
 
@@ -32,6 +32,7 @@ def cuda_available() -> bool:
         return False
 
 
+@final
 class CupyDevice:
     """A CUDA device context: its device selected, a non-blocking stream, its own memory pool.
 

@@ -40,7 +40,7 @@ import hashlib
 import importlib.resources
 import pathlib
 from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from typing import Any, final
 
 import attrs
 import numpy
@@ -70,6 +70,7 @@ _TO_ASCII = str.maketrans("\t\u00a0\u2018\u2019\u201c\u201d\u2013\u2014", "  ''\
 _MATRICES = ("emb", "w1", "b1", "w2", "b2", "w3", "b3")
 
 
+@final
 @attrs.frozen(eq=False)
 class CharModel:
     """Loaded weights (arrays of ``xp``) and the vocabulary (on the host)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -27,6 +27,7 @@ WORDS = (
 )  # fmt: skip
 
 
+@final
 @attrs.define
 class MockRecord:
     """What every incarnation of a :class:`MockRunner` did (pass one in ``runner_args``)."""

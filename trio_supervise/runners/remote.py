@@ -360,20 +360,22 @@ class RemoteRunner:
         refused: Unauthorized | None = None
         try:
             send, receive = trio.open_memory_channel[Chunk](max(16, len(batch.requests)))
+            scopes: dict[str, trio.CancelScope] = {}
             async with trio.open_nursery() as nursery:
                 async with send:
                     for request in batch.requests:
                         if not batch.is_cancelled(request.id):
                             nursery.start_soon(
-                                self._stream, session.client, request, batch, send.clone()
+                                self._stream, session.client, request, batch, send.clone(), scopes
                             )
+                nursery.start_soon(_watch_cancels, batch, scopes)
                 async with receive:
                     async for chunk in receive:
                         yield chunk
                         if isinstance(chunk.error, Unauthorized):
                             refused = chunk.error
-                            nursery.cancel_scope.cancel()
                             break
+                nursery.cancel_scope.cancel()  # every stream has ended: the watcher goes too
         finally:
             await self._release(session)
         if refused is not None:  # the session's key is refused: restart with a fresh one
@@ -385,29 +387,35 @@ class RemoteRunner:
         request: Request,
         batch: Batch,
         send: trio.MemorySendChannel[Chunk],
+        scopes: dict[str, trio.CancelScope],
     ) -> None:
+        """One request's stream; its scope is cancelled when its consumer leaves."""
         async with send:
             try:
                 self.breaker.before_call(trio.current_time())
             except CircuitOpen as exc:
                 await send.send(Chunk(request.id, error=exc))
                 return
-            try:
-                last = await self._completion(client, request, batch, send)
-            except BaseException as exc:
-                if not isinstance(exc, InferenceError):
+            last: Chunk | None = None
+            with trio.CancelScope() as scopes[request.id]:
+                try:
+                    last = await self._completion(client, request, batch, send)
+                except InferenceError as exc:
+                    if isinstance(exc, _BREAKER_COUNTS):
+                        self.breaker.record_failure(trio.current_time())
+                    else:
+                        self.breaker.record_success()  # the server answered
+                    await send.send(Chunk(request.id, error=exc))
+                    return
+                except BaseException:
                     self.breaker.release()  # cancelled (or a bug): no outcome to count
                     raise
-
-                if isinstance(exc, _BREAKER_COUNTS):
-                    self.breaker.record_failure(trio.current_time())
-                else:
-                    self.breaker.record_success()  # the server answered
-                await send.send(Chunk(request.id, error=exc))
-                return
+                finally:
+                    del scopes[request.id]
+            if last is None:
+                return  # its consumer left
             self.breaker.record_success()
-            if last is not None:
-                await send.send(last)
+            await send.send(last)
 
     def _body(self, request: Request) -> dict[str, Any]:
         params = request.params
@@ -506,6 +514,20 @@ class RemoteRunner:
         self._session = None
         for session in list(self._sessions):
             await self._close(session)
+
+
+CANCEL_POLL = 0.1
+"""Seconds between two looks at which requests of a batch their consumers left."""
+
+
+async def _watch_cancels(batch: Batch, scopes: dict[str, trio.CancelScope]) -> None:
+    """Cancel the stream of each request whose consumer left, even while the server is silent
+    (no event would otherwise wake it): its connection closes, and the server stops."""
+    while True:
+        await trio.sleep(CANCEL_POLL)
+        for request_id, scope in list(scopes.items()):
+            if batch.is_cancelled(request_id):
+                scope.cancel()
 
 
 def _usage(data: Any) -> Usage | None:

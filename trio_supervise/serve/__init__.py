@@ -1,4 +1,10 @@
-"""Serving a worker pool: its configuration (the HTTP front end and the pool come next)."""
+"""Serving a worker pool over HTTP: ``trio.run(serve, config)``.
+
+:func:`~trio_supervise.serve.server.serve` runs a
+:class:`~trio_supervise.serve.pool.WorkerPool` (replicas of each configured model under one root
+supervisor, a batcher and a router) behind an OpenAI-style HTTP front end; its configuration is
+a :class:`ServeConfig`, read from TOML.
+"""
 
 from .config import (
     BackoffConfig,
@@ -8,12 +14,19 @@ from .config import (
     ServerConfig,
     WorkerConfig,
 )
+from .pool import ModelNotFound, PoolStream, WorkerPool
+from .server import ServerHandle, serve
 
 __all__ = [
     "BackoffConfig",
     "BatchingConfig",
+    "ModelNotFound",
     "PolicyConfig",
+    "PoolStream",
     "ServeConfig",
     "ServerConfig",
+    "ServerHandle",
     "WorkerConfig",
+    "WorkerPool",
+    "serve",
 ]

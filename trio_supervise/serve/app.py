@@ -1,4 +1,5 @@
-"""The HTTP front end: a small raw-ASGI app over a :class:`WorkerPool` (run by hypercorn on Trio).
+"""The HTTP front end: a small raw-ASGI app over a :class:`~.pool.WorkerPool`
+(run by hypercorn on Trio).
 
 Routes: ``POST /v1/completions`` (OpenAI-style, streamed as server-sent events when asked),
 ``GET /v1/models``, ``GET /v1/workers``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
@@ -15,7 +16,7 @@ import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, final
 
 import trio
 
@@ -118,6 +119,7 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
     return {"prompt": prompt, "model": model, "stream": stream}, params
 
 
+@final
 class App:
     """The ASGI application (one per ``serve``)."""
 

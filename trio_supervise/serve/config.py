@@ -14,7 +14,7 @@ import math
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, final
 
 import attrs
 import cattrs
@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 
+@final
 @attrs.frozen
 class BackoffConfig:
     """``[workers.policy.backoff]``: the delay before each restart."""
@@ -43,6 +44,7 @@ class BackoffConfig:
     jitter: float = 0.0
 
 
+@final
 @attrs.frozen
 class PolicyConfig:
     """``[workers.policy]``: fields that override the runner's default policy."""
@@ -66,6 +68,7 @@ class PolicyConfig:
         return attrs.evolve(base, intensity=intensity, backoff=backoff)
 
 
+@final
 @attrs.frozen
 class WorkerConfig:
     """``[[workers]]``: one model, served by ``replicas`` workers."""
@@ -100,6 +103,7 @@ class WorkerConfig:
         return {**self.runner_args, **extra}
 
 
+@final
 @attrs.frozen
 class ServerConfig:
     """``[server]``."""
@@ -112,6 +116,7 @@ class ServerConfig:
     within: float = 60.0
 
 
+@final
 @attrs.frozen
 class BatchingConfig:
     """``[batching]``: the dynamic batcher flushes at ``max_batch_size`` or ``max_wait``."""
@@ -124,6 +129,7 @@ _converter = cattrs.Converter(forbid_extra_keys=True)
 _lenient = cattrs.Converter()
 
 
+@final
 @attrs.frozen
 class ServeConfig:
     """The whole service: ``[server]``, ``[batching]`` and ``[[workers]]``."""

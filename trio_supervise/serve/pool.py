@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -56,6 +56,7 @@ class ModelNotFound(BadRequest):
     """No worker serves the requested model."""
 
 
+@final
 @attrs.define(eq=False)
 class Replica:
     """One slot of a model: the worker running in it now (a fresh one after a root restart)."""
@@ -92,6 +93,7 @@ class _Waiting:
     stream: PoolStream
 
 
+@final
 class PoolStream:
     """A request's output through the pool: an async iterator and async context manager, like
     :class:`RequestStream`; an idempotent request that a replica dropped before its first chunk
@@ -184,6 +186,7 @@ class PoolStream:
         return await collect(self)
 
 
+@final
 class WorkerPool:
     """Replicas of each configured model, supervised, routed and batched (see the module
     docstring). ``await nursery.start(pool.run)`` returns once every replica is ready."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import AsyncIterator
+from typing import final
 
 import attrs
 import trio
@@ -23,6 +24,7 @@ __all__ = ["ServerHandle", "serve"]
 logger = logging.getLogger("trio_supervise")
 
 
+@final
 @attrs.define(eq=False)
 class ServerHandle:
     """What ``task_status.started()`` hands back: where the server listens, and ``drain()``."""

@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
-from typing import Any
+from typing import Any, final
 
 import attrs
 import trio
@@ -68,6 +68,7 @@ _FAULT_CAUSED = (
 """Errors that injected faults cause (HungWorker and ChildDied are ContextPoisoned)."""
 
 
+@final
 @attrs.frozen
 class Violation:
     """One broken invariant."""
@@ -85,6 +86,7 @@ class Violation:
         return f"{self.invariant}: {self.message}{ids + more if ids else ''}"
 
 
+@final
 @attrs.frozen
 class ChaosReport:
     """What a chaos run did and whether the worker survived it."""

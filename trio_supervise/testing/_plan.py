@@ -11,7 +11,7 @@ first trigger that fires wins.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, final
 
 import attrs
 
@@ -53,6 +53,7 @@ BATCH_FAULTS = frozenset(Fault) - {Fault.FAIL_LOAD, Fault.FAIL_REBUILD}
 PROCESS_ONLY = frozenset({Fault.EXIT, Fault.KILL})
 
 
+@final
 @attrs.frozen
 class Trigger:
     """One rule of a plan (build them with the ``FaultPlan`` constructors)."""
@@ -78,6 +79,7 @@ def _check_token(token: int) -> None:
         raise ConfigError(f"token must be an int >= 0, got {token!r}")
 
 
+@final
 @attrs.frozen(repr=False)
 class FaultPlan:
     """Where faults fire (see the module docstring).
