@@ -50,6 +50,11 @@ class Backend:
     completions: int = 0
     models_calls: int = 0
     auth_seen: list[str] = attrs.Factory(list)
+    disconnects: int = 0
+    """Stalled completions whose client went away."""
+    disconnected: trio.Event = attrs.Factory(trio.Event)
+    chat: bool = False
+    """Whether the last completion came through the chat endpoint."""
 
     def next_action(self) -> str:
         if self.script:
@@ -91,7 +96,11 @@ class Backend:
             if not message.get("more_body"):
                 break
         self.completions += 1
-        await self.completion(json.loads(body), receive, send)
+        data = json.loads(body)
+        self.chat = scope["path"] == "/v1/chat/completions"
+        if self.chat:  # the chat endpoint: the last message's content is the prompt
+            data["prompt"] = data["messages"][-1]["content"]
+        await self.completion(data, receive, send)
 
     async def completion(self, data: dict[str, Any], receive: Any, send: Any) -> None:
         action = self.next_action()
@@ -118,6 +127,8 @@ class Backend:
         if action == "stall":  # silence until the client gives up
             while (await receive())["type"] != "http.disconnect":
                 pass
+            self.disconnects += 1
+            self.disconnected.set()
             return
         chunks = MockRunner(delay=self.delay).execute(Batch([request], 0))
         async with contextlib.aclosing(chunks):
@@ -141,9 +152,13 @@ class Backend:
                 "choices": [
                     {
                         "index": 0,
-                        "text": chunk.text,
                         "token_ids": list(chunk.token_ids),
                         "finish_reason": finish,
+                        **(
+                            {"delta": {"content": chunk.text}}
+                            if self.chat
+                            else {"text": chunk.text}
+                        ),
                     }
                 ],
             }

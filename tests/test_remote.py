@@ -23,12 +23,14 @@ from remote_backend import Backend, free_port, open_backend, run_backend
 from trio_supervise import (
     Backoff,
     BadRequest,
+    BreakerState,
     ChildStopped,
     CircuitOpen,
     ConfigError,
     ContextPoisoned,
     Directive,
     EventKind,
+    FinishReason,
     NetworkError,
     RateLimited,
     RebuildCause,
@@ -40,6 +42,7 @@ from trio_supervise import (
     SupervisionEvent,
     Unauthorized,
     Unrecoverable,
+    Usage,
     WorkerState,
     open_worker,
 )
@@ -174,6 +177,44 @@ async def test_each_fault_has_its_outcome() -> None:
             # A backend outage is RESUMEd: the same runner goes on, nothing restarted.
             assert worker.generation == 1
             await worker.generate(request("after")).collect()
+
+
+async def test_the_chat_endpoint() -> None:
+    backend = Backend()
+    args = {"base_url": "", "model": "mock", "endpoint": "chat"}
+    with trio.fail_after(30):
+        async with open_backend(backend) as running:
+            args["base_url"] = running.url
+            async with open_worker(REMOTE, runner_args=args) as worker:
+                want = request("c", max_tokens=6)
+                tokens, text, reason, usage = await worker.generate(want).collect()
+                assert backend.chat and list(tokens) == expected_text(want) and text
+                assert reason is FinishReason.LENGTH and usage == Usage(1, 6)
+                ids = Request("ids", (1, 2, 3), SamplingParams(max_tokens=2))
+                with pytest.raises(BadRequest, match="text prompt"):
+                    await worker.generate(ids).collect()
+    with pytest.raises(ConfigError, match="endpoint"):
+        RemoteRunner("http://h", model="m", endpoint="embeddings")
+
+
+async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> None:
+    backend = Backend(default="stall")
+    with trio.fail_after(30):
+        async with (
+            open_backend(backend) as running,
+            open_worker(
+                REMOTE, runner_args={"base_url": running.url, "model": "mock", "read_timeout": 60}
+            ) as worker,
+        ):
+            async with worker.generate(request("left")):
+                await trio.sleep(0.2)  # the backend holds it without a byte
+            # The consumer left: within a poll or two, the connection is closed, long before
+            # read_timeout, and the backend stops.
+            with trio.fail_after(2):
+                await backend.disconnected.wait()
+            assert worker.breaker_state is BreakerState.CLOSED  # not counted as a failure
+            backend.default = "ok"
+            await worker.generate(request("next")).collect()
 
 
 async def test_unauthorized_restarts_and_rereads_the_key_file(tmp_path: Path) -> None:

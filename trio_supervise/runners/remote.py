@@ -2,8 +2,9 @@
 
 How a remote runner works
 -------------------------
-The runner drives ``{base_url}/v1/completions`` (streamed, server-sent events) and
-``{base_url}/v1/models`` with an ``httpx.AsyncClient`` (vLLM, TGI, or another trio-supervise).
+The runner drives ``{base_url}/v1/completions`` (streamed, server-sent events; or
+``/v1/chat/completions`` with ``endpoint="chat"``) and ``{base_url}/v1/models`` with an
+``httpx.AsyncClient`` (vLLM, TGI, or another trio-supervise).
 It needs no device (``needs_device = False``) and runs ``max_connections`` batches at once.
 Inside ``execute`` each request of a batch streams in its own task, in a nursery that lives in
 the context manager :func:`trio.as_safe_channel` makes, never across a ``yield``.
@@ -85,6 +86,7 @@ credentials again (at most 10 restarts in 60 s, then the worker gives up); a han
 5 s, also between ``load``'s attempts."""
 
 _BREAKER_COUNTS = (NetworkError, ServerError, RequestTimeout)
+_PATHS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 _MAX_ERROR_BODY = 4096
 _FINISH = {"length": FinishReason.LENGTH}
 
@@ -166,6 +168,8 @@ class RemoteRunner:
         max_connections: connections to the server, and batches executed at once.
         breaker: a :class:`CircuitBreaker`, or a table ``{"failures": 5, "reset_timeout": 5.0}``;
             ``None`` means those defaults.
+        endpoint: ``"completions"`` (``/v1/completions``) or ``"chat"``
+            (``/v1/chat/completions``, the prompt sent as one user message).
 
     Example (a serve config)::
 
@@ -190,6 +194,7 @@ class RemoteRunner:
         read_timeout: float = 60.0,
         max_connections: int = 64,
         breaker: CircuitBreaker | Mapping[str, Any] | None = None,
+        endpoint: str = "completions",
     ) -> None:
         if not isinstance(base_url, str):
             raise ConfigError(f"RemoteRunner base_url must be a str, got {base_url!r}")
@@ -201,6 +206,10 @@ class RemoteRunner:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(
                 f"RemoteRunner base_url must be http(s)://host[:port], got {base_url!r}"
+            )
+        if endpoint not in _PATHS:
+            raise ConfigError(
+                f"RemoteRunner endpoint must be 'completions' or 'chat', got {endpoint!r}"
             )
         if not isinstance(model, str) or not model:
             raise ConfigError(f"RemoteRunner model must be a non-empty str, got {model!r}")
@@ -232,6 +241,7 @@ class RemoteRunner:
             )
         self.base_url = url
         self.model = model
+        self.endpoint = endpoint
         self.api_key_env = api_key_env
         self.api_key_file = api_key_file
         self.read_timeout = _number("read_timeout", read_timeout)
@@ -419,9 +429,15 @@ class RemoteRunner:
 
     def _body(self, request: Request) -> dict[str, Any]:
         params = request.params
-        body: dict[str, Any] = {
-            "model": self.model,
-            "prompt": request.prompt if isinstance(request.prompt, str) else list(request.prompt),
+        body: dict[str, Any] = {"model": self.model}
+        if self.endpoint == "chat":
+            if not isinstance(request.prompt, str):
+                raise BadRequest("the chat endpoint takes a text prompt, not token ids")
+            body["messages"] = [{"role": "user", "content": request.prompt}]
+        else:
+            prompt = request.prompt
+            body["prompt"] = prompt if isinstance(prompt, str) else list(prompt)
+        body |= {
             "max_tokens": params.max_tokens,
             "temperature": params.temperature,
             "top_p": params.top_p,
@@ -442,11 +458,12 @@ class RemoteRunner:
         send: trio.MemorySendChannel[Chunk],
     ) -> Chunk | None:
         """Stream one completion; return its last chunk (``None`` if its consumer left)."""
-        url = f"{self.base_url}/v1/completions"
+        path = _PATHS[self.endpoint]
+        url = f"{self.base_url}{path}"
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async with client.stream("POST", "/v1/completions", json=self._body(request)) as r:
+            async with client.stream("POST", path, json=self._body(request)) as r:
                 if r.status_code != 200:
                     content = await r.aread()
                     raise error_for_status(
@@ -467,7 +484,7 @@ class RemoteRunner:
                         event = self._event(data, url)
                         usage = _usage(event.get("usage")) or usage
                         for choice in event.get("choices") or ():
-                            text = choice.get("text") or ""
+                            text = _text_of(choice)
                             ids = _token_ids(choice.get("token_ids"))
                             reason = choice.get("finish_reason")
                             if reason is not None:
@@ -537,6 +554,15 @@ def _usage(data: Any) -> Usage | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return Usage(prompt, completion)
     return None
+
+
+def _text_of(choice: dict[str, Any]) -> str:
+    """A streamed choice's new text: ``text`` (completions) or ``delta.content`` (chat)."""
+    text = choice.get("text")
+    if text is None:
+        delta = choice.get("delta")
+        text = delta.get("content") if isinstance(delta, dict) else None
+    return text if isinstance(text, str) else ""
 
 
 def _token_ids(data: Any) -> tuple[int, ...]:
