@@ -124,7 +124,12 @@ API = {
         "cuda_available",
         "open_device",
     },
-    "trio_supervise.runners.remote": {"REMOTE_POLICY", "RemoteRunner", "error_for_status"},
+    "trio_supervise.runners.remote": {
+        "REMOTE_POLICY",
+        "RemoteRunner",
+        "error_for_status",
+        "retry_after_seconds",
+    },
     "trio_supervise.runners.mock": {"MockRecord", "MockRunner"},
     "trio_supervise.runners.charlm": {
         "WEIGHTS_FILE",

@@ -63,7 +63,7 @@ from .._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
 from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
 from ..devices import DeviceContext
 
-__all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status"]
+__all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status", "retry_after_seconds"]
 
 logger = logging.getLogger("trio_supervise")
 
