@@ -412,3 +412,18 @@ async def test_states_after_a_normal_exit_and_after_cancellation(autojump_clock:
     assert cancelled.state.value is WorkerState.STOPPED
     with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is cancelled$"):
         cancelled.generate(req("late"))
+
+
+async def test_one_stream_is_read_by_one_task_at_a_time(autojump_clock: Clock) -> None:
+    record = MockRecord()
+    async with ts.open_worker(MockRunner, **worker_args(record)) as worker:
+        stream = worker.generate(req("shared", max_tokens=3))
+        await stream.__anext__()  # the first token; the next one comes a second later
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.__anext__)
+            await trio.testing.wait_all_tasks_blocked()  # the first reader waits for a chunk
+            with pytest.raises(trio.BusyResourceError, match="'shared'"):
+                await stream.__anext__()
+        # The first reader got its chunk; the stream goes on for whoever reads it next.
+        rest = [chunk async for chunk in stream]
+        assert rest[-1].finish_reason is FinishReason.LENGTH

@@ -50,7 +50,6 @@ class RequestState:
         "cancelled_ids",
         "error",
         "finish_reason",
-        "lot",
         "max_tokens",
         "on_outcome",
         "outcome",
@@ -59,6 +58,7 @@ class RequestState:
         "produced_this_attempt",
         "request",
         "usage",
+        "waiter",
     )
 
     def __init__(self, request: Request, on_outcome: Callable[[RequestState], None]) -> None:
@@ -72,7 +72,7 @@ class RequestState:
         self.usage: Usage | None = None
         self.error: InferenceError | None = None
         self.outcome: str | None = None  # "finished", "failed" or "cancelled"
-        self.lot = trio.lowlevel.ParkingLot()
+        self.waiter: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self.on_outcome = on_outcome
         self.cancelled_ids: set[str] | None = None  # the running batch's, while one runs it
 
@@ -90,8 +90,33 @@ class RequestState:
 
     def _end(self, outcome: str) -> None:
         self.outcome = outcome
-        self.lot.unpark_all()
+        if self.waiter is not None:
+            self._wake()
         self.on_outcome(self)
+
+    def _wake(self) -> None:
+        """Reschedule the waiting consumer (the caller checked there is one)."""
+        task, self.waiter = self.waiter, None
+        assert task is not None
+        trio.lowlevel.reschedule(task)
+
+    async def wait(self) -> None:
+        """Until a chunk or the outcome arrives (one consumer at a time), or cancelled.
+
+        A single waiter rescheduled directly: the consumer's wake-up is the hot path of
+        streaming, and a ParkingLot costs more for what is always one task.
+        """
+        if self.waiter is not None:
+            raise trio.BusyResourceError(
+                f"another task is already reading request {self.id!r}'s stream"
+            )
+        self.waiter = trio.lowlevel.current_task()
+
+        def abort(_: Any) -> trio.lowlevel.Abort:
+            self.waiter = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
 
     def push(self, chunk: Chunk) -> None:
         """Take a chunk from the runner (the caller checked that the request is open).
@@ -118,8 +143,8 @@ class RequestState:
             self.finish_reason = chunk.finish_reason
             self.usage = chunk.usage
             self._end("finished")
-        elif self.lot:  # a consumer waits
-            self.lot.unpark_all()
+        elif self.waiter is not None:  # a consumer waits
+            self._wake()
 
     def fail(self, error: InferenceError) -> None:
         """End the request with ``error`` (its own object), unless it has ended already."""
@@ -202,10 +227,10 @@ class RequestStream:
             deadline = state.request.deadline
             waited = True
             if deadline is None:
-                await state.lot.park()
+                await state.wait()
                 continue
             with trio.move_on_at(deadline):
-                await state.lot.park()
+                await state.wait()
                 continue
             state.fail(
                 RequestTimeout(f"request {state.id!r} passed its deadline before it finished")
