@@ -3,8 +3,10 @@
 An ASGI app served by hypercorn in the test's nursery, on loopback, with the real clock. It
 generates with MockRunner (so ``token_at`` predicts every token) and answers each completion
 with the next action of its script (or ``default``): ``"ok"``, ``"429"`` (with Retry-After),
-``"500"``, ``"401"``, ``"400"``, ``"drop"`` (two events, then the connection is cut), ``"stall"``
-(headers, then silence), ``"error-event"`` (an SSE error event after the first event).
+``"500"``, ``"401"``, ``"400"``, ``"404"``, ``"drop"`` (two events, then the connection is cut),
+``"stall"`` (headers, then silence), ``"hang"`` (silence, no headers), ``"error-event"`` (an SSE
+error event after the first event), ``"malformed"`` (choices that are not objects),
+``"echo-key"`` (a 401 whose message repeats the Authorization header).
 ``open_backend`` runs it; cancelling ``handle.scope`` takes it down (connections refused).
 """
 
@@ -27,7 +29,8 @@ from hypercorn.trio import serve
 from trio_supervise import Batch, FinishReason, Request, SamplingParams
 from trio_supervise.runners.mock import MockRunner
 
-ACTIONS = ("ok", "429", "500", "401", "400", "drop", "stall", "error-event")
+ACTIONS = ("ok", "429", "500", "401", "400", "404", "drop", "stall", "hang", "error-event",
+           "malformed", "echo-key")  # fmt: skip
 
 
 class Dropped(Exception):
@@ -50,6 +53,7 @@ class Backend:
     completions: int = 0
     models_calls: int = 0
     auth_seen: list[str] = attrs.Factory(list)
+    last_auth: str = ""
     disconnects: int = 0
     """Stalled completions whose client went away."""
     disconnected: trio.Event = attrs.Factory(trio.Event)
@@ -74,6 +78,7 @@ class Backend:
         headers = dict(scope["headers"])
         auth = headers.get(b"authorization", b"").decode()
         self.auth_seen.append(auth)
+        self.last_auth = auth
         if self.key is not None and auth != f"Bearer {self.key}":
             await _json(send, 401, {"error": {"message": "bad key", "code": 401}})
             return
@@ -104,6 +109,23 @@ class Backend:
 
     async def completion(self, data: dict[str, Any], receive: Any, send: Any) -> None:
         action = self.next_action()
+        if action == "hang":  # not even the headers, until the client gives up
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            self.disconnects += 1
+            self.disconnected.set()
+            return
+        if action == "404":
+            await _json(send, 404, {"error": {"message": f"no model {data['model']!r}"}})
+            return
+        if action == "echo-key":  # a careless server that repeats the credentials it got
+            await _json(send, 401, {"error": {"message": f"bad key in {self.last_auth!r}"}})
+            return
+        if action == "malformed":  # an event whose choices are not objects
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await _event(send, {"choices": ["oops"]})
+            await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
+            return
         if action in ("429", "500", "401", "400"):
             extra = [(b"retry-after", b"2")] if action == "429" else []
             await _json(send, int(action), {"error": {"message": f"injected {action}"}}, extra)

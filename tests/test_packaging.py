@@ -91,6 +91,7 @@ API = {
         "supervised",
     },
     "trio_supervise.testing": {
+        "REMOTE_FAULT_ERRORS",
         "ChaosReport",
         "Fault",
         "FaultPlan",

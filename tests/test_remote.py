@@ -25,6 +25,7 @@ from trio_supervise import (
     BadRequest,
     BreakerState,
     ChildStopped,
+    CircuitBreaker,
     CircuitOpen,
     ConfigError,
     ContextPoisoned,
@@ -55,7 +56,7 @@ from trio_supervise.runners.remote import (
 )
 from trio_supervise.serve import ServeConfig
 from trio_supervise.serve.server import ServerHandle, serve
-from trio_supervise.testing import Fault, FaultPlan, run_chaos
+from trio_supervise.testing import REMOTE_FAULT_ERRORS, Fault, FaultPlan, run_chaos
 
 REMOTE = "trio_supervise.runners.remote:RemoteRunner"
 VOCAB = 50_000
@@ -167,6 +168,8 @@ async def test_each_fault_has_its_outcome() -> None:
                 "drop": NetworkError,
                 "stall": RequestTimeout,
                 "error-event": ServerError,
+                "malformed": ServerError,
+                "404": Unrecoverable,
             }
             for action, cls in outcomes.items():
                 backend.script.append(action)
@@ -203,7 +206,13 @@ async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> 
         async with (
             open_backend(backend) as running,
             open_worker(
-                REMOTE, runner_args={"base_url": running.url, "model": "mock", "read_timeout": 60}
+                REMOTE,
+                runner_args={
+                    "base_url": running.url,
+                    "model": "mock",
+                    "read_timeout": 60,
+                    "breaker": {"failures": 1},
+                },
             ) as worker,
         ):
             async with worker.generate(request("left")):
@@ -320,7 +329,7 @@ async def test_load_names_a_missing_model_and_a_missing_env_key() -> None:
 async def test_breaker_opens_half_opens_and_closes(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="trio_supervise")
     backend = Backend()
-    args = {"breaker": {"failures": 2, "reset_timeout": 0.3}}
+    args = {"breaker": {"failures": 2, "reset_timeout": 1.5}}
     with trio.fail_after(30):
         async with open_backend(backend) as running, trio.open_nursery() as nursery:
             handle: ServerHandle = await nursery.start(
@@ -340,7 +349,7 @@ async def test_breaker_opens_half_opens_and_closes(caplog: pytest.LogCaptureFixt
                 assert status["breaker"] == "open"
                 metrics = (await client.get("/metrics")).text
                 assert 'trio_supervise_circuit_breaker_state{worker="front#0"} 2.0' in metrics
-                await trio.sleep(0.35)
+                await trio.sleep(1.55)
                 assert (await client.post("/v1/completions", json=body)).status_code == 200
                 status = (await client.get("/v1/workers")).json()["workers"][0]
                 assert status["breaker"] == "closed" and status["generation"] == 1
@@ -559,6 +568,7 @@ async def test_run_chaos_through_a_remote_runner() -> None:
                 expected=expected_text,
                 timeout=50,
                 on_progress=calm_down,
+                fault_errors=REMOTE_FAULT_ERRORS,
             )
     assert report.ok, report.violations
     failed = {k for k in report.outcomes if k.startswith("failed: ")}
@@ -596,3 +606,70 @@ async def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCapture
     for record in caplog.records:
         assert secret not in record.getMessage()
     assert f"Bearer {secret}" in backend.auth_seen
+
+
+async def test_a_probe_that_leaves_or_streams_long_holds_nothing_back() -> None:
+    backend = Backend(delay=0.05)
+    args = {"base_url": "", "model": "mock", "breaker": {"failures": 1, "reset_timeout": 0.2}}
+    with trio.fail_after(30):
+        async with open_backend(backend) as running:
+            args["base_url"] = running.url
+            async with open_worker(REMOTE, runner_args=args) as worker:
+                backend.script.append("500")
+                with pytest.raises(ServerError):
+                    await worker.generate(request("opens")).collect()
+                assert worker.breaker_state is BreakerState.OPEN
+                # A probe whose consumer leaves before the server answers frees its slot.
+                await trio.sleep(0.25)
+                backend.script.append("hang")
+                async with worker.generate(request("probe-left")):
+                    await trio.sleep(0.1)
+                assert worker.breaker_state is BreakerState.HALF_OPEN
+                # The next probe streams a long completion: the 200 closes the breaker at once,
+                # so another request is served meanwhile, not refused.
+                async with worker.generate(request("probe-long", max_tokens=40)) as long:
+                    await long.__anext__()
+                    assert worker.breaker_state is BreakerState.CLOSED
+                    await worker.generate(request("meanwhile")).collect()
+                    rest = [chunk async for chunk in long]
+                assert rest[-1].finish_reason is FinishReason.LENGTH
+
+
+async def test_a_breaker_kept_across_restarts_reports_each_change_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="trio_supervise")
+    breaker = CircuitBreaker(failures=1, reset_timeout=60.0)
+    backend = Backend()
+    with trio.fail_after(30):
+        async with open_backend(backend) as running:
+            args = {"base_url": running.url, "model": "mock", "breaker": breaker}
+            async with open_worker(RemoteRunner, runner_args=args) as worker:
+                for _ in range(2):
+                    await worker.restart()
+                backend.script.append("500")
+                with pytest.raises(ServerError):
+                    await worker.generate(request("opens")).collect()
+    changes = [
+        r.supervision_event  # type: ignore[attr-defined]
+        for r in caplog.records
+        if getattr(r, "supervision_event", None) is not None
+        and r.supervision_event.kind is EventKind.BREAKER_CHANGED  # type: ignore[attr-defined]
+    ]
+    assert [(e.generation, e.reason) for e in changes] == [(3, "circuit breaker closed -> open")]
+
+
+async def test_a_key_the_server_echoes_is_scrubbed(tmp_path: Path) -> None:
+    secret = "sk-echo-0123456789"
+    key_file = tmp_path / "key"
+    key_file.write_text(secret)
+    backend = Backend()
+    args = {"base_url": "", "model": "mock", "api_key_file": str(key_file)}
+    with trio.fail_after(30):
+        async with open_backend(backend) as running:
+            args["base_url"] = running.url
+            async with open_worker(REMOTE, runner_args=args) as worker:
+                backend.script.append("echo-key")
+                with pytest.raises(Unauthorized) as caught:
+                    await worker.generate(request("echo")).collect()
+    assert "Bearer ***" in str(caught.value) and secret not in str(caught.value)

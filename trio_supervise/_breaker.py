@@ -70,10 +70,14 @@ class CircuitBreaker:
         if old is not new and self.on_change is not None:
             self.on_change(old, new)
 
-    def before_call(self, now: float) -> None:
-        """Let a call through, or raise :class:`CircuitOpen` (with ``retry_after``)."""
+    def before_call(self, now: float) -> bool:
+        """Let a call through, or raise :class:`CircuitOpen` (with ``retry_after``).
+
+        Returns whether this call is the half-open probe: a probe that ends with no outcome to
+        count (cancelled) must call :meth:`release`, or no other probe would be let through.
+        """
         if self.state is BreakerState.CLOSED:
-            return
+            return False
         if self.state is BreakerState.OPEN:
             wait = self._opened_at + self.reset_timeout - now
             if wait > 0:
@@ -86,6 +90,7 @@ class CircuitBreaker:
         if self._probing:  # HALF_OPEN: one probe at a time
             raise CircuitOpen("the circuit breaker is probing the backend", retry_after=0.1)
         self._probing = True
+        return True
 
     def record_success(self) -> None:
         """A call succeeded: a probe closes the breaker; in CLOSED the count resets."""
@@ -95,7 +100,7 @@ class CircuitBreaker:
             self._move(BreakerState.CLOSED)
 
     def release(self) -> None:
-        """A call ended with no outcome to count (it was cancelled): a probe's slot is free."""
+        """The probe ended with no outcome to count (it was cancelled): the slot is free."""
         self._probing = False
 
     def record_failure(self, now: float) -> None:

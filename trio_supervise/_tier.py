@@ -156,7 +156,8 @@ class Tier:
         breaker = getattr(self.runner, "breaker", None)
         if not isinstance(breaker, CircuitBreaker):
             return
-        theirs = breaker.on_change
+        # A breaker kept across tiers (passed in runner_args) is wrapped once, not per tier.
+        theirs = getattr(breaker.on_change, "wrapped_by_tier", breaker.on_change)
         worker, generation = self.worker, self.generation
 
         def on_change(old: BreakerState, new: BreakerState) -> None:
@@ -164,6 +165,7 @@ class Tier:
                 theirs(old, new)
             worker._breaker_changed(generation, old, new)
 
+        on_change.wrapped_by_tier = theirs  # type: ignore[attr-defined]
         breaker.on_change = on_change
 
     async def _teardown(self) -> None:

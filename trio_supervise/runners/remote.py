@@ -55,6 +55,7 @@ from .._errors import (
     NetworkError,
     RateLimited,
     RequestTimeout,
+    RunnerError,
     ServerError,
     Unauthorized,
     Unrecoverable,
@@ -141,6 +142,22 @@ def _number(name: str, value: object, *, minimum: float = 0.0) -> float:
     if value <= minimum:
         raise ConfigError(f"RemoteRunner {name} must be > {minimum:g}, got {value!r}")
     return float(value)
+
+
+class _Streams:
+    """The streams of one batch: each request's cancel scope, and whether the batch is halted."""
+
+    __slots__ = ("halted", "scopes")
+
+    def __init__(self) -> None:
+        self.scopes: dict[str, trio.CancelScope] = {}
+        self.halted = False
+
+    def halt(self) -> None:
+        """Stop every stream of the batch, and those that have not started yet."""
+        self.halted = True
+        for scope in self.scopes.values():
+            scope.cancel()
 
 
 class _Session:
@@ -256,6 +273,7 @@ class RemoteRunner:
         self.breaker: CircuitBreaker = breaker
         self._session: _Session | None = None
         self._sessions: set[_Session] = set()
+        self._keys: set[str] = set()  # every key sent, to scrub from what servers echo
 
     def __repr__(self) -> str:
         return f"RemoteRunner({self.base_url!r}, model={self.model!r})"
@@ -282,8 +300,16 @@ class RemoteRunner:
             return key
         return None
 
+    def _scrub(self, text: str) -> str:
+        """``text`` (a server's words) with any key this runner sent replaced by ``***``."""
+        for key in self._keys:
+            text = text.replace(key, "***")
+        return text
+
     def _open_session(self) -> _Session:
         key = self._read_key()
+        if key is not None:
+            self._keys.add(key)
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
         client = httpx.AsyncClient(
             base_url=self.base_url,
@@ -343,11 +369,15 @@ class RemoteRunner:
         except httpx.TransportError as exc:
             raise NetworkError(f"GET {url} failed: {type(exc).__name__}: {exc}") from None
         if response.status_code == 404:
-            raise Unrecoverable(f"{url} answered 404: is {self.base_url} an OpenAI-style server?")
+            raise Unrecoverable(
+                f"{url} answered 404: is {self.base_url} an OpenAI-style server serving model "
+                f"{self.model!r}?"
+            )
         if response.status_code != 200:
             raise error_for_status(
                 response.status_code,
-                f"GET {url} answered {response.status_code}: {_detail(response.content)}",
+                f"GET {url} answered {response.status_code}: "
+                f"{self._scrub(_detail(response.content))}",
                 retry_after_seconds(response.headers.get("retry-after")),
             )
         try:
@@ -370,25 +400,27 @@ class RemoteRunner:
         refused: Unauthorized | None = None
         try:
             send, receive = trio.open_memory_channel[Chunk](max(16, len(batch.requests)))
-            scopes: dict[str, trio.CancelScope] = {}
+            streams = _Streams()
             async with trio.open_nursery() as nursery:
                 async with send:
                     for request in batch.requests:
                         if not batch.is_cancelled(request.id):
                             nursery.start_soon(
-                                self._stream, session.client, request, batch, send.clone(), scopes
+                                self._stream, session.client, request, batch, send.clone(), streams
                             )
-                nursery.start_soon(_watch_cancels, batch, scopes)
+                nursery.start_soon(_watch_cancels, batch, streams.scopes)
                 async with receive:
                     async for chunk in receive:
                         yield chunk
-                        if isinstance(chunk.error, Unauthorized):
+                        if refused is None and isinstance(chunk.error, Unauthorized):
+                            # The session's key is refused: the other streams stop, and what
+                            # they sent already is still delivered before the restart.
                             refused = chunk.error
-                            break
+                            streams.halt()
                 nursery.cancel_scope.cancel()  # every stream has ended: the watcher goes too
         finally:
             await self._release(session)
-        if refused is not None:  # the session's key is refused: restart with a fresh one
+        if refused is not None:  # restart with a fresh session, which reads the key again
             raise Unauthorized(str(refused)) from refused
 
     async def _stream(
@@ -397,35 +429,45 @@ class RemoteRunner:
         request: Request,
         batch: Batch,
         send: trio.MemorySendChannel[Chunk],
-        scopes: dict[str, trio.CancelScope],
+        streams: _Streams,
     ) -> None:
-        """One request's stream; its scope is cancelled when its consumer leaves."""
+        """One request's stream, ending with one chunk (its last, or its error) unless its
+        consumer left or the batch was halted; its scope is cancelled in both cases."""
         async with send:
             try:
-                self.breaker.before_call(trio.current_time())
-            except CircuitOpen as exc:
+                body = self._body(request)
+                probe = self.breaker.before_call(trio.current_time())
+            except InferenceError as exc:  # a prompt the endpoint cannot take; an open breaker
                 await send.send(Chunk(request.id, error=exc))
                 return
+            scope = trio.CancelScope()
+            if streams.halted:
+                scope.cancel()
+            streams.scopes[request.id] = scope
             last: Chunk | None = None
-            with trio.CancelScope() as scopes[request.id]:
-                try:
-                    last = await self._completion(client, request, batch, send)
-                except InferenceError as exc:
-                    if isinstance(exc, _BREAKER_COUNTS):
-                        self.breaker.record_failure(trio.current_time())
-                    else:
-                        self.breaker.record_success()  # the server answered
-                    await send.send(Chunk(request.id, error=exc))
-                    return
-                except BaseException:
-                    self.breaker.release()  # cancelled (or a bug): no outcome to count
-                    raise
-                finally:
-                    del scopes[request.id]
-            if last is None:
-                return  # its consumer left
-            self.breaker.record_success()
-            await send.send(last)
+            try:
+                with scope:
+                    last = await self._completion(client, request, batch, send, body)
+            except InferenceError as exc:
+                if isinstance(exc, _BREAKER_COUNTS):
+                    self.breaker.record_failure(trio.current_time())
+                else:
+                    self.breaker.record_success()  # the server answered
+                await send.send(Chunk(request.id, error=exc))
+                return
+            except Exception as exc:  # a bug: this request fails, the runner goes on
+                logger.exception("%r: request %r failed unexpectedly", self, request.id)
+                if probe:
+                    self.breaker.release()
+                error = RunnerError(f"the remote runner failed on request {request.id!r}: {exc!r}")
+                await send.send(Chunk(request.id, error=error))
+                return
+            finally:
+                del streams.scopes[request.id]
+                if last is None and probe:  # left, halted or cancelled: no outcome to count
+                    self.breaker.release()
+            if last is not None:
+                await send.send(last)
 
     def _body(self, request: Request) -> dict[str, Any]:
         params = request.params
@@ -456,21 +498,28 @@ class RemoteRunner:
         request: Request,
         batch: Batch,
         send: trio.MemorySendChannel[Chunk],
+        body: dict[str, Any],
     ) -> Chunk | None:
-        """Stream one completion; return its last chunk (``None`` if its consumer left)."""
+        """Stream one completion; return its last chunk (``None`` if its consumer left).
+
+        The breaker counts a success as soon as the server answers 200, so a probe that
+        streams a long completion does not hold every other request back meanwhile.
+        """
         path = _PATHS[self.endpoint]
         url = f"{self.base_url}{path}"
         finish: FinishReason | None = None
         usage: Usage | None = None
         try:
-            async with client.stream("POST", path, json=self._body(request)) as r:
+            async with client.stream("POST", path, json=body) as r:
                 if r.status_code != 200:
-                    content = await r.aread()
+                    detail = self._scrub(_detail(await r.aread()))
+                    message = f"POST {url} answered {r.status_code}: {detail}"
+                    if r.status_code == 404:  # the model went away, or the path is wrong
+                        raise Unrecoverable(f"{message} (does it serve model {self.model!r}?)")
                     raise error_for_status(
-                        r.status_code,
-                        f"POST {url} answered {r.status_code}: {_detail(content)}",
-                        retry_after_seconds(r.headers.get("retry-after")),
+                        r.status_code, message, retry_after_seconds(r.headers.get("retry-after"))
                     )
+                self.breaker.record_success()
                 lines = cast(AsyncGenerator[str, None], r.aiter_lines())
                 async with contextlib.aclosing(lines):
                     async for line in lines:
@@ -483,12 +532,12 @@ class RemoteRunner:
                             break
                         event = self._event(data, url)
                         usage = _usage(event.get("usage")) or usage
-                        for choice in event.get("choices") or ():
+                        for choice in _choices(event, url):
                             text = _text_of(choice)
                             ids = _token_ids(choice.get("token_ids"))
                             reason = choice.get("finish_reason")
                             if reason is not None:
-                                finish = _FINISH.get(reason, FinishReason.STOP)
+                                finish = _FINISH.get(str(reason), FinishReason.STOP)
                             if text or ids:
                                 await send.send(Chunk(request.id, ids, text))
                     else:
@@ -496,7 +545,7 @@ class RemoteRunner:
                             raise NetworkError(f"{url}: the stream ended before the completion did")
         except httpx.TimeoutException as exc:
             raise RequestTimeout(f"POST {url} timed out ({type(exc).__name__})") from None
-        except httpx.TransportError as exc:
+        except httpx.RequestError as exc:  # refused, reset, cut halfway, undecodable
             raise NetworkError(f"POST {url} failed: {type(exc).__name__}: {exc}") from None
         return Chunk(request.id, finish_reason=finish or FinishReason.STOP, usage=usage)
 
@@ -554,6 +603,14 @@ def _usage(data: Any) -> Usage | None:
     if isinstance(prompt, int) and isinstance(completion, int):
         return Usage(prompt, completion)
     return None
+
+
+def _choices(event: dict[str, Any], url: str) -> list[dict[str, Any]]:
+    """An event's choices, checked: a list of objects (a malformed one is a ServerError)."""
+    choices = event.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise ServerError(f"{url} sent choices that are not a list of objects: {choices!r:.100}")
+    return choices
 
 
 def _text_of(choice: dict[str, Any]) -> str:

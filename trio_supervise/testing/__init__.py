@@ -6,11 +6,12 @@
 the package) adds the ``ts_mock_runner``, ``ts_fault_plan`` and ``ts_chaos`` fixtures.
 """
 
-from ._chaos import ChaosReport, Violation, assert_survives, run_chaos
+from ._chaos import REMOTE_FAULT_ERRORS, ChaosReport, Violation, assert_survives, run_chaos
 from ._faulty import FaultyRunner, InjectedError
 from ._plan import Fault, FaultPlan, Trigger
 
 __all__ = [
+    "REMOTE_FAULT_ERRORS",
     "ChaosReport",
     "Fault",
     "FaultPlan",

@@ -47,25 +47,29 @@ from .._errors import (
 from .._types import Request, SamplingParams
 from ._plan import FaultPlan
 
-__all__ = ["ChaosReport", "Violation", "assert_survives", "run_chaos"]
+__all__ = ["REMOTE_FAULT_ERRORS", "ChaosReport", "Violation", "assert_survives", "run_chaos"]
 
 LEFTOVER_GRACE = 1.0
 """Seconds the ``no_leftovers`` check waits for tasks that are about to end."""
 
-_FAULT_CAUSED = (
+_FAULT_CAUSED: tuple[type[Exception], ...] = (
     ContextPoisoned,
     OutOfMemory,
     RunnerError,
     Unrecoverable,
     WorkerStopped,
-    # a faulty remote backend's, through a RemoteRunner:
+)
+"""Errors that injected faults cause (HungWorker and ChildDied are ContextPoisoned)."""
+
+REMOTE_FAULT_ERRORS: tuple[type[Exception], ...] = (
     RateLimited,
     ServerError,
     NetworkError,
     CircuitOpen,
     RequestTimeout,
 )
-"""Errors that injected faults cause (HungWorker and ChildDied are ContextPoisoned)."""
+"""What a faulty remote backend causes through a ``RemoteRunner``: pass them as
+``run_chaos(..., fault_errors=REMOTE_FAULT_ERRORS)`` when the backend injects faults too."""
 
 
 @final
@@ -206,6 +210,7 @@ async def run_chaos(
     max_tokens: int = 16,
     expected: Callable[[Request], Sequence[int]] | None = None,
     on_progress: Callable[[], None] | None = None,
+    fault_errors: Sequence[type[Exception]] = (),
 ) -> ChaosReport:
     """Send ``requests`` requests, ``concurrency`` at a time, through the worker that
     ``worker_factory(plan)`` yields, and check the invariants (see the module docstring).
@@ -223,6 +228,9 @@ async def run_chaos(
         expected: ``request -> token ids``, when the runner is deterministic (MockRunner's
             ``token_at``): then chunks are checked token by token.
         on_progress: called each time a request ends (a progress bar).
+        fault_errors: more error classes that this run's faults cause, beyond those of the
+            plan's (e.g. ``REMOTE_FAULT_ERRORS`` when a remote backend injects faults): a
+            request ending with one counts as touched by a fault, not against ``success``.
     """
     for name, value, minimum in (("requests", requests, 1), ("concurrency", concurrency, 1),
                                  ("max_tokens", max_tokens, 1)):  # fmt: skip
@@ -232,6 +240,8 @@ async def run_chaos(
         raise ConfigError(f"min_success must be in [0, 1], got {min_success!r}")
     if not isinstance(plan, FaultPlan):
         raise ConfigError(f"plan must be a FaultPlan, got {plan!r}")
+    if not all(isinstance(c, type) and issubclass(c, Exception) for c in fault_errors):
+        raise ConfigError(f"fault_errors must be exception classes, got {fault_errors!r}")
     rng = random.Random(seed)
     specs = [
         Request(
@@ -416,7 +426,8 @@ async def run_chaos(
         )
     # success: a request that no fault touched (it did not end with an error a fault causes)
     # must finish; one that did not is a bug of the worker (or an error nobody planned)
-    untouched = [r for r in results.values() if r.error is None or not _fault_caused(r.error)]
+    caused = (*_FAULT_CAUSED, *fault_errors)
+    untouched = [r for r in results.values() if r.error is None or not isinstance(r.error, caused)]
     finished = sum(1 for r in untouched if r.end == "finished")
     share = finished / len(untouched) if untouched else 1.0
     if share < min_success:
@@ -437,7 +448,7 @@ async def run_chaos(
         elif result.error is not None:
             name = type(result.error).__name__
             outcomes[f"{result.end}: {name}"] += 1
-            if _fault_caused(result.error):
+            if isinstance(result.error, caused):
                 causes[name] += 1
         else:
             outcomes["open"] += 1
@@ -470,8 +481,3 @@ def _owning(stream: Any) -> AbstractAsyncContextManager[Any]:
     if hasattr(stream, "aclose"):
         return contextlib.aclosing(stream)
     return contextlib.nullcontext(stream)
-
-
-def _fault_caused(error: BaseException) -> bool:
-    """Errors a fault causes (a poisoning, an OOM, a hang, a dead child, a stopped worker...)."""
-    return isinstance(error, _FAULT_CAUSED)
