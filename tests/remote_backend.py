@@ -57,6 +57,8 @@ class Backend:
     disconnects: int = 0
     """Stalled completions whose client went away."""
     disconnected: trio.Event = attrs.Factory(trio.Event)
+    arrived: trio.Event = attrs.Factory(trio.Event)
+    """Set (then replaced) each time a completion request arrives."""
     chat: bool = False
     """Whether the last completion came through the chat endpoint."""
 
@@ -101,6 +103,8 @@ class Backend:
             if not message.get("more_body"):
                 break
         self.completions += 1
+        self.arrived.set()
+        self.arrived = trio.Event()
         data = json.loads(body)
         self.chat = scope["path"] == "/v1/chat/completions"
         if self.chat:  # the chat endpoint: the last message's content is the prompt

@@ -215,8 +215,9 @@ async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> 
                 },
             ) as worker,
         ):
+            arrived = backend.arrived
             async with worker.generate(request("left")):
-                await trio.sleep(0.2)  # the backend holds it without a byte
+                await arrived.wait()  # the backend holds it without a byte
             # The consumer left: within a poll or two, the connection is closed, long before
             # read_timeout, and the backend stops.
             with trio.fail_after(2):
@@ -609,7 +610,7 @@ async def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCapture
 
 
 async def test_a_probe_that_leaves_or_streams_long_holds_nothing_back() -> None:
-    backend = Backend(delay=0.05)
+    backend = Backend(delay=0.01)
     args = {"base_url": "", "model": "mock", "breaker": {"failures": 1, "reset_timeout": 0.2}}
     with trio.fail_after(30):
         async with open_backend(backend) as running:
@@ -622,12 +623,15 @@ async def test_a_probe_that_leaves_or_streams_long_holds_nothing_back() -> None:
                 # A probe whose consumer leaves before the server answers frees its slot.
                 await trio.sleep(0.25)
                 backend.script.append("hang")
+                arrived = backend.arrived
                 async with worker.generate(request("probe-left")):
-                    await trio.sleep(0.1)
+                    await arrived.wait()  # the probe reached the backend, which says nothing
+                await backend.disconnected.wait()  # its stream was cancelled (within 0.1 s)
+                await trio.testing.wait_all_tasks_blocked()
                 assert worker.breaker_state is BreakerState.HALF_OPEN
                 # The next probe streams a long completion: the 200 closes the breaker at once,
                 # so another request is served meanwhile, not refused.
-                async with worker.generate(request("probe-long", max_tokens=40)) as long:
+                async with worker.generate(request("probe-long", max_tokens=30)) as long:
                     await long.__anext__()
                     assert worker.breaker_state is BreakerState.CLOSED
                     await worker.generate(request("meanwhile")).collect()
