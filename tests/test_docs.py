@@ -42,6 +42,22 @@ def test_python_samples_run(path: Path, capsys: pytest.CaptureFixture[str]) -> N
         exec(code, namespace)
 
 
+TOML_FENCE = re.compile(r"^```toml\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_config_samples_are_valid(path: Path) -> None:
+    """Every TOML sample is a valid serve config: its tables and values, and each inline
+    runner's arguments against the runner's signature (``config check`` does the same)."""
+    import tomllib
+
+    from trio_supervise.serve import ServeConfig
+
+    for sample in TOML_FENCE.findall(path.read_text()):
+        config = ServeConfig.from_dict(tomllib.loads(sample))
+        config.check_runners()
+
+
 # --- the request outcomes table in docs/concepts.md ----------------------------------------------
 
 OUTCOME_ROW = re.compile(
