@@ -33,8 +33,8 @@ from benchmarks._common import (
     Measurements,
     describe_environment,
     environment_record,
-    format_target,
     pick_sizes,
+    row_cells,
 )
 
 SizesT = TypeVar("SizesT")
@@ -140,24 +140,8 @@ RIGHT_ALIGNED = (False, True, True, True, False, False)
 
 
 def table_cells(run: SuiteRun) -> list[tuple[str, ...]]:
-    """The cells of one suite's rows: "-" for what does not apply, "no target" where DESIGN.md
-    sets none."""
-    format_value = run.suite.format_value
-
-    def value(number: float | None, unit: str) -> str:
-        return "-" if number is None else format_value(number, unit)
-
-    return [
-        (
-            row.label,
-            value(row.ours, row.unit),
-            value(row.baseline, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
-            format_target(row, format_value),
-            row.verdict,
-        )
-        for row in run.measured.rows
-    ]
+    """The cells of one suite's rows (see :func:`row_cells`)."""
+    return [row_cells(row, run.suite.format_value) for row in run.measured.rows]
 
 
 def markdown_table(runs: Sequence[SuiteRun]) -> str:

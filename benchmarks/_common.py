@@ -221,24 +221,22 @@ def format_target(row: Row, format_value: FormatValue) -> str:
     return f"{'>=' if row.higher_is_better else '<='} {row.target:.1f}"
 
 
+def row_cells(row: Row, format_value: FormatValue) -> tuple[str, ...]:
+    """A row's cells: label, ours, baseline, ratio, target, met ("-" for what does not apply,
+    "no target" where DESIGN.md sets none); numbers written by ``format_value``."""
+
+    def value(number: float | None) -> str:
+        return "-" if number is None else format_value(number, row.unit)
+
+    ratio = "-" if row.ratio is None else f"{row.ratio:.2f}"
+    target = format_target(row, format_value)
+    return (row.label, value(row.ours), value(row.baseline), ratio, target, row.verdict)
+
+
 def format_table(rows: Sequence[Row], format_value: FormatValue) -> str:
     """The rows as an aligned text table, numbers written by ``format_value`` ("-" for none)."""
-
-    def value(number: float | None, unit: str) -> str:
-        return "-" if number is None else format_value(number, unit)
-
     header = ("benchmark", "ours", "baseline", "ratio", "target", "met")
-    lines = [
-        (
-            row.label,
-            value(row.ours, row.unit),
-            value(row.baseline, row.unit),
-            "-" if row.ratio is None else f"{row.ratio:.2f}",
-            format_target(row, format_value),
-            row.verdict,
-        )
-        for row in rows
-    ]
+    lines = [row_cells(row, format_value) for row in rows]
     widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
 
     def render(cells: Sequence[str]) -> str:

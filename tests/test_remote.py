@@ -70,6 +70,13 @@ def expected_text(req: Request) -> list[int]:
     return [token_at(req, i, VOCAB) for i in range(req.params.max_tokens)]
 
 
+def remote_worker(url: str, *, model: str = "mock", **kwargs: Any) -> Any:
+    """``open_worker`` for a RemoteRunner at ``url``: runner arguments and worker options mixed
+    (``on_event`` and ``policy`` go to the worker, the rest to the runner)."""
+    worker = {key: kwargs.pop(key) for key in ("on_event", "policy") if key in kwargs}
+    return open_worker(REMOTE, runner_args={"base_url": url, "model": model, **kwargs}, **worker)
+
+
 def front_config(url: str, **worker: Any) -> ServeConfig:
     args = {"base_url": url, "model": "mock", **worker.pop("runner_args", {})}
     return ServeConfig.from_dict(
@@ -154,9 +161,7 @@ async def test_each_fault_has_its_outcome() -> None:
     with trio.fail_after(30):
         async with (
             open_backend(backend) as running,
-            open_worker(
-                REMOTE, runner_args={"base_url": running.url, "model": "mock", "read_timeout": 0.5}
-            ) as worker,
+            remote_worker(running.url, read_timeout=0.5) as worker,
         ):
             ok = request("ok")
             tokens, _, _, usage = await worker.generate(ok).collect()
@@ -205,15 +210,7 @@ async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> 
     with trio.fail_after(30):
         async with (
             open_backend(backend) as running,
-            open_worker(
-                REMOTE,
-                runner_args={
-                    "base_url": running.url,
-                    "model": "mock",
-                    "read_timeout": 60,
-                    "breaker": {"failures": 1},
-                },
-            ) as worker,
+            remote_worker(running.url, read_timeout=60, breaker={"failures": 1}) as worker,
         ):
             arrived = backend.arrived
             async with worker.generate(request("left")):
@@ -235,14 +232,8 @@ async def test_unauthorized_restarts_and_rereads_the_key_file(tmp_path: Path) ->
     with trio.fail_after(30):
         async with (
             open_backend(backend) as running,
-            open_worker(
-                REMOTE,
-                runner_args={
-                    "base_url": running.url,
-                    "model": "mock",
-                    "api_key_file": str(key_file),
-                },
-                on_event=events.append,
+            remote_worker(
+                running.url, api_key_file=str(key_file), on_event=events.append
             ) as worker,
         ):
             await worker.generate(request("a")).collect()
@@ -266,14 +257,7 @@ async def test_rebuild_session_swaps_the_client_and_old_streams_finish(tmp_path:
     with trio.fail_after(30):
         async with (
             open_backend(backend) as running,
-            open_worker(
-                REMOTE,
-                runner_args={
-                    "base_url": running.url,
-                    "model": "mock",
-                    "api_key_file": str(key_file),
-                },
-            ) as worker,
+            remote_worker(running.url, api_key_file=str(key_file)) as worker,
         ):
             long = request("long", max_tokens=20)
             async with worker.generate(long) as stream:
@@ -311,18 +295,11 @@ async def test_load_names_a_missing_model_and_a_missing_env_key() -> None:
     with trio.fail_after(30):
         async with open_backend(Backend(model="other")) as running:
             with pytest.raises(ChildStopped, match=r"does not serve model 'mock'.*\['other'\]"):
-                async with open_worker(
-                    REMOTE, runner_args={"base_url": running.url, "model": "mock"}
-                ):
+                async with remote_worker(running.url):
                     pass
             with pytest.raises(ChildStopped, match="TS_TEST_NO_SUCH_KEY"):
-                async with open_worker(
-                    REMOTE,
-                    runner_args={
-                        "base_url": running.url,
-                        "model": "other",
-                        "api_key_env": "TS_TEST_NO_SUCH_KEY",
-                    },
+                async with remote_worker(
+                    running.url, model="other", api_key_env="TS_TEST_NO_SUCH_KEY"
                 ):
                     pass
 
@@ -405,9 +382,7 @@ async def test_backend_down_then_back_is_served_without_a_restart() -> None:
         async with trio.open_nursery() as nursery:
             running = await nursery.start(run_backend, backend, port)
             args = {"breaker": {"failures": 100}, "connect_timeout": 1.0}
-            async with open_worker(
-                REMOTE, runner_args={"base_url": running.url, "model": "mock", **args}
-            ) as worker:
+            async with remote_worker(running.url, **args) as worker:
                 await worker.generate(request("before")).collect()
                 running.scope.cancel()  # the backend goes away: connections are refused
                 await trio.sleep(0.1)
@@ -587,14 +562,7 @@ async def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCapture
     with trio.fail_after(30):
         async with (
             open_backend(backend) as running,
-            open_worker(
-                REMOTE,
-                runner_args={
-                    "base_url": running.url,
-                    "model": "mock",
-                    "api_key_file": str(key_file),
-                },
-            ) as worker,
+            remote_worker(running.url, api_key_file=str(key_file)) as worker,
         ):
             await worker.generate(request("a")).collect()
             backend.script.extend(["401", "500"])
