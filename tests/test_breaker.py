@@ -81,3 +81,17 @@ def test_bad_settings_are_config_errors() -> None:
         CircuitBreaker(failures=0)
     with pytest.raises(ts.ConfigError, match=r"^breaker reset_timeout must be a finite number"):
         CircuitBreaker(reset_timeout=float("inf"))
+
+
+def test_only_the_probe_is_told_so_and_a_released_probe_frees_its_slot() -> None:
+    breaker = CircuitBreaker(failures=1, reset_timeout=5.0)
+    assert breaker.before_call(0.0) is False  # closed: no probe
+    breaker.record_failure(0.0)
+    assert breaker.before_call(5.0) is True  # the half-open probe
+    with pytest.raises(ts.CircuitOpen, match="probing"):
+        breaker.before_call(5.1)  # one probe at a time
+    breaker.release()  # the probe was cancelled: nothing to count, the slot is free
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert breaker.before_call(5.2) is True
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED

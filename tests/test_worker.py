@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
@@ -427,3 +429,86 @@ async def test_one_stream_is_read_by_one_task_at_a_time(autojump_clock: Clock) -
         # The first reader got its chunk; the stream goes on for whoever reads it next.
         rest = [chunk async for chunk in stream]
         assert rest[-1].finish_reason is FinishReason.LENGTH
+
+
+async def test_the_worker_moves_only_along_its_transition_table(
+    autojump_clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[WorkerState, WorkerState]] = []
+    move = ts.Worker._move
+
+    def recording(worker: ts.Worker, new: WorkerState) -> None:
+        old = worker.state.value
+        move(worker, new)  # raises on a change the table does not allow
+        seen.append((old, new))
+
+    monkeypatch.setattr(ts.Worker, "_move", recording)
+    faults = {"batch_faults": {0: (0, ts.ContextPoisoned("boom"))}, "delay": 1.0}
+    async with ts.open_worker(FaultRunner, runner_args=faults, device="cpu") as worker:
+        with pytest.raises(ts.ContextPoisoned):  # batch 0 poisons the tier: it restarts
+            await worker.generate(req("a", idempotent=False)).collect()
+        await worker.state.wait_value(WorkerState.READY)
+        await worker.rebuild()
+        await worker.restart()
+    S = WorkerState
+    assert seen == [
+        (S.STARTING, S.STARTING), (S.STARTING, S.READY),  # the first tier
+        (S.READY, S.STARTING), (S.STARTING, S.READY),  # the poisoned tier restarts
+        (S.READY, S.REBUILDING), (S.REBUILDING, S.READY),  # rebuild()
+        (S.READY, S.STARTING), (S.STARTING, S.READY),  # restart()
+        (S.READY, S.STOPPED),  # the end of the block
+    ]  # fmt: skip
+    assert set(seen) <= {(old, new) for old, new, _ in ts.WORKER_TRANSITIONS}
+    monkeypatch.undo()
+    with pytest.raises(AssertionError, match="no transition STOPPED -> READY"):
+        worker._move(WorkerState.READY)
+
+
+async def test_open_chunks_takes_a_generator_or_a_safe_channel(autojump_clock: Clock) -> None:
+    closed: list[str] = []
+
+    async def generator() -> AsyncGenerator[ts.Chunk, None]:
+        try:
+            for i in range(3):
+                yield ts.Chunk("r", (i,))
+        finally:
+            closed.append("generator")
+
+    @trio.as_safe_channel
+    async def concurrent() -> AsyncGenerator[ts.Chunk, None]:
+        send, receive = trio.open_memory_channel[ts.Chunk](10)
+        async with trio.open_nursery() as nursery:  # a nursery, never open across a yield
+            for i in range(3):
+                nursery.start_soon(send.send, ts.Chunk("r", (i,)))
+        send.close()
+        try:
+            async with receive:
+                async for chunk in receive:
+                    yield chunk
+        finally:
+            closed.append("channel")
+
+    for produced in (generator(), concurrent()):
+        async with ts.open_chunks(produced) as chunks:
+            async for chunk in chunks:
+                assert chunk.token_ids[0] in (0, 1, 2)
+                break  # leave early: each is closed in this task, on the way out
+    assert closed == ["generator", "channel"]
+    # And a worker runs a runner whose execute is a safe channel.
+    async with ts.open_worker(SafeChannelRunner, device="cpu") as worker:
+        tokens, *_ = await worker.generate(req("s", max_tokens=3)).collect()
+        assert len(tokens) == 3
+
+
+class SafeChannelRunner(MockRunner):
+    """MockRunner's chunks, through ``trio.as_safe_channel``."""
+
+    def execute(self, batch: ts.Batch) -> Any:  # type: ignore[override]
+        return _safe(super().execute(batch))
+
+
+@trio.as_safe_channel
+async def _safe(chunks: AsyncGenerator[ts.Chunk, None]) -> AsyncGenerator[ts.Chunk, None]:
+    async with contextlib.aclosing(chunks):
+        async for chunk in chunks:
+            yield chunk

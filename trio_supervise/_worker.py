@@ -84,7 +84,7 @@ class WorkerState(enum.Enum):
 _S = WorkerState
 WORKER_TRANSITIONS: tuple[tuple[WorkerState, WorkerState, str], ...] = (
     (_S.STARTING, _S.READY, "the tier loaded its runner"),
-    (_S.STARTING, _S.STARTING, "loading failed: the policy restarts the tier"),
+    (_S.STARTING, _S.STARTING, "a tier starts loading: the first, or one after a failed load"),
     (_S.READY, _S.STARTING, "the tier failed, or restart(): a new tier loads"),
     (_S.READY, _S.REBUILDING, "rebuild(): the runner rebuilds its session"),
     (_S.REBUILDING, _S.READY, "the session is rebuilt"),

@@ -39,7 +39,6 @@ import math
 import os
 import time
 from collections.abc import AsyncGenerator, Mapping
-from pathlib import Path
 from typing import Any, cast
 
 import httpx
@@ -280,7 +279,7 @@ class RemoteRunner:
 
     # --- the session ------------------------------------------------------------------------
 
-    def _read_key(self) -> str | None:
+    async def _read_key(self) -> str | None:
         if self.api_key_env is not None:
             key = os.environ.get(self.api_key_env)
             if not key:
@@ -289,8 +288,8 @@ class RemoteRunner:
                 )
             return key.strip()
         if self.api_key_file is not None:
-            try:
-                key = Path(self.api_key_file).read_text().strip()
+            try:  # a mounted secret may sit on a slow filesystem: not on the event loop
+                key = (await trio.Path(self.api_key_file).read_text()).strip()
             except OSError as exc:
                 raise Unauthorized(
                     f"cannot read api_key_file {self.api_key_file!r}: {exc.strerror}"
@@ -306,8 +305,8 @@ class RemoteRunner:
             text = text.replace(key, "***")
         return text
 
-    def _open_session(self) -> _Session:
-        key = self._read_key()
+    async def _open_session(self) -> _Session:
+        key = await self._read_key()
         if key is not None:
             self._keys.add(key)
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
@@ -345,7 +344,7 @@ class RemoteRunner:
             Unauthorized: the server refuses the key, or ``api_key_file`` cannot be read.
         """
         if self._session is None:
-            self._session = self._open_session()
+            self._session = await self._open_session()
         attempt = 0
         while True:
             try:
@@ -567,7 +566,7 @@ class RemoteRunner:
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Read the credentials again and swap in a new client; streams on the old one finish
         there, and it closes after the last."""
-        new = self._open_session()
+        new = await self._open_session()
         old, self._session = self._session, new
         logger.info("%r: new session (%s)", self, cause.value)
         if old is not None:
