@@ -5,7 +5,9 @@ load: ``concurrency`` clients each sending requests of ``max_tokens`` tokens one
 Ours goes through ``serve`` over loopback HTTP with httpx (streamed, so the time to first token
 is the first SSE event); the baseline calls ``pool.generate`` in the same process. No target is
 set by DESIGN.md: the table reports the cost of HTTP as ratios (requests/s ours/baseline,
-higher is better; time to first token ours/baseline, lower is better).
+higher is better; time to first token ours/baseline, lower is better). A third side puts a
+front in between, whose two replicas are ``RemoteRunner``s in front of the same server (the
+cost of one more hop, all in this one process), compared with the server reached directly.
 
 Run ``python benchmarks/bench_http.py [--quick]``; :func:`main` returns the numbers as a dict,
 :func:`measure` the rows (``python -m benchmarks`` runs it with the other scripts).
@@ -71,35 +73,63 @@ CONFIG = {
 }
 
 
+async def http_load(url: str, sizes: Sizes) -> tuple[float, list[float]]:
+    """Requests/s and times to first token of the streamed load against the server at ``url``."""
+    firsts: list[float] = []
+    limits = httpx.Limits(max_connections=sizes.concurrency)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        remaining = sizes.requests
+        body = {"prompt": "hello", "max_tokens": sizes.max_tokens, "stream": True}
+
+        async def user() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                sent = time.perf_counter()
+                first = True
+                async with client.stream("POST", "/v1/completions", json=body) as response:
+                    async for raw in response.aiter_raw():
+                        if first and raw:
+                            firsts.append(time.perf_counter() - sent)
+                            first = False
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as users:
+            for _ in range(sizes.concurrency):
+                users.start_soon(user)
+        elapsed = time.perf_counter() - start
+    return sizes.requests / elapsed, firsts
+
+
 async def over_http(sizes: Sizes) -> tuple[float, list[float]]:
     """Requests/s and times to first token, streamed through the HTTP server."""
-    firsts: list[float] = []
     async with trio.open_nursery() as nursery:
         handle: ServerHandle = await nursery.start(serve, ServeConfig.from_dict(CONFIG))
-        limits = httpx.Limits(max_connections=sizes.concurrency)
-        async with httpx.AsyncClient(base_url=handle.url, timeout=60, limits=limits) as client:
-            remaining = sizes.requests
-            body = {"prompt": "hello", "max_tokens": sizes.max_tokens, "stream": True}
-
-            async def user() -> None:
-                nonlocal remaining
-                while remaining > 0:
-                    remaining -= 1
-                    sent = time.perf_counter()
-                    first = True
-                    async with client.stream("POST", "/v1/completions", json=body) as response:
-                        async for raw in response.aiter_raw():
-                            if first and raw:
-                                firsts.append(time.perf_counter() - sent)
-                                first = False
-
-            start = time.perf_counter()
-            async with trio.open_nursery() as users:
-                for _ in range(sizes.concurrency):
-                    users.start_soon(user)
-            elapsed = time.perf_counter() - start
+        result = await http_load(handle.url, sizes)
         handle.drain()
-    return sizes.requests / elapsed, firsts
+    return result
+
+
+def front_config(backend_url: str, concurrency: int) -> ServeConfig:
+    """A front whose two replicas are RemoteRunners in front of the backend at the URL."""
+    worker = {
+        "name": "mock",
+        "runner": "trio_supervise.runners.remote:RemoteRunner",
+        "runner_args": {"base_url": backend_url, "model": "mock", "max_connections": concurrency},
+        "replicas": 2,
+    }
+    return ServeConfig.from_dict({**CONFIG, "workers": [worker]})
+
+
+async def through_front(sizes: Sizes) -> tuple[float, list[float]]:
+    """The same load through a front whose runner is a RemoteRunner in front of the server."""
+    async with trio.open_nursery() as nursery:
+        back: ServerHandle = await nursery.start(serve, ServeConfig.from_dict(CONFIG))
+        front: ServerHandle = await nursery.start(serve, front_config(back.url, sizes.concurrency))
+        result = await http_load(front.url, sizes)
+        front.drain()
+        back.drain()
+    return result
 
 
 async def in_process(sizes: Sizes) -> tuple[float, list[float]]:
@@ -143,9 +173,10 @@ def format_value(value: float, unit: str) -> str:
 
 def measure(sizes: Sizes) -> Measurements:
     """Run both sides ``sizes.repeat`` times, interleaved; the best rate and p50 of each."""
-    ours_rates, base_rates = [], []
+    ours_rates, base_rates, front_rates = [], [], []
     ours_firsts: list[list[float]] = []
     base_firsts: list[list[float]] = []
+    front_firsts: list[list[float]] = []
     with quiet_library_logger():
         for _ in range(sizes.repeat):
             rate, firsts = collected_run(over_http, sizes)
@@ -154,6 +185,9 @@ def measure(sizes: Sizes) -> Measurements:
             rate, firsts = collected_run(in_process, sizes)
             base_rates.append(rate)
             base_firsts.append(firsts)
+            rate, firsts = collected_run(through_front, sizes)
+            front_rates.append(rate)
+            front_firsts.append(firsts)
     rows = (
         Row(
             key="requests_per_s",
@@ -170,6 +204,24 @@ def measure(sizes: Sizes) -> Measurements:
             unit="s",
             ours=best_median(ours_firsts),
             baseline=best_median(base_firsts),
+            target=None,
+            higher_is_better=False,
+        ),
+        Row(
+            key="remote_front_requests_per_s",
+            label="HTTP via a RemoteRunner front, requests/s (vs the backend directly)",
+            unit="req/s",
+            ours=max(front_rates),
+            baseline=max(ours_rates),
+            target=None,
+            higher_is_better=True,
+        ),
+        Row(
+            key="remote_front_time_to_first_token_p50_s",
+            label="HTTP via a RemoteRunner front, time to first token p50",
+            unit="s",
+            ours=best_median(front_firsts),
+            baseline=best_median(ours_firsts),
             target=None,
             higher_is_better=False,
         ),

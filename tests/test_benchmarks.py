@@ -72,6 +72,12 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     }
     storm = supervisor["storm_ready_again_s"]
     assert storm["baseline"] > 0 and storm["ratio"] > 0 and storm["target"] is None
+    assert set(written["suites"]["http"]["results"]) == {
+        "requests_per_s",
+        "time_to_first_token_p50_s",
+        "remote_front_requests_per_s",
+        "remote_front_time_to_first_token_p50_s",
+    }
     assert set(written["suites"]["worker"]["results"]["tokens_per_s"]) >= {
         "ours_chunks",
         "baseline_chunks",
