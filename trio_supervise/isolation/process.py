@@ -306,7 +306,11 @@ class ChildProcess:
                     if isinstance(message, frames.Ready | frames.Parked):
                         self._replies.send_nowait(message)
                     elif isinstance(message, frames.Fatal):
-                        if self._awaiting:  # the answer to a request
+                        if self._awaiting:  # the answer to a request, which raises it
+                            # The child exits after a Fatal: its end of file (or exit code)
+                            # must not replace the error it reported as the cause.
+                            if self.dead is None:
+                                self.dead = frames.error_from_data(message.error)
                             self._replies.send_nowait(message)
                         else:
                             self._died(frames.error_from_data(message.error))
