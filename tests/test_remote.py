@@ -547,10 +547,12 @@ async def test_run_chaos_through_a_remote_runner() -> None:
                 fault_errors=REMOTE_FAULT_ERRORS,
             )
     assert report.ok, report.violations
-    failed = {k for k in report.outcomes if k.startswith("failed: ")}
-    assert {"failed: ServerError", "failed: NetworkError"} <= failed  # the backend's faults ...
-    assert report.restarts == 3  # ... and the plan's poisonings were felt,
-    assert report.outcomes["finished"] > 90  # and most requests were served
+    backend_errors = {f"failed: {cls.__name__}" for cls in REMOTE_FAULT_ERRORS}
+    assert len(backend_errors & set(report.outcomes)) >= 3  # the backend's faults ...
+    # ... and the plan's poisonings (batches 40, 80, 120, each after its first chunk: not when
+    # the backend failed that batch first) were felt,
+    assert report.restarts >= 1 and report.outcomes["failed: ContextPoisoned"] >= 1
+    assert report.outcomes["finished"] > 75  # and most requests were served (about 95 here)
 
 
 async def test_the_key_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
