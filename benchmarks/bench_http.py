@@ -172,58 +172,42 @@ def format_value(value: float, unit: str) -> str:
 
 
 def measure(sizes: Sizes) -> Measurements:
-    """Run both sides ``sizes.repeat`` times, interleaved; the best rate and p50 of each."""
-    ours_rates, base_rates, front_rates = [], [], []
-    ours_firsts: list[list[float]] = []
-    base_firsts: list[list[float]] = []
-    front_firsts: list[list[float]] = []
+    """Run every side ``sizes.repeat`` times, interleaved; the best rate and p50 of each."""
+    sides = {"http": over_http, "in_process": in_process, "front": through_front}
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    firsts: dict[str, list[list[float]]] = {name: [] for name in sides}
     with quiet_library_logger():
         for _ in range(sizes.repeat):
-            rate, firsts = collected_run(over_http, sizes)
-            ours_rates.append(rate)
-            ours_firsts.append(firsts)
-            rate, firsts = collected_run(in_process, sizes)
-            base_rates.append(rate)
-            base_firsts.append(firsts)
-            rate, firsts = collected_run(through_front, sizes)
-            front_rates.append(rate)
-            front_firsts.append(firsts)
+            for name, side in sides.items():
+                rate, first = collected_run(side, sizes)
+                rates[name].append(rate)
+                firsts[name].append(first)
+
+    def compared(key: str, label: str, ttft_label: str, ours: str, baseline: str) -> list[Row]:
+        """Requests/s (higher is better) and time to first token (lower) of two sides."""
+        return [
+            Row(key=f"{key}requests_per_s", label=label, unit="req/s",
+                ours=max(rates[ours]), baseline=max(rates[baseline]), target=None,
+                higher_is_better=True),
+            Row(key=f"{key}time_to_first_token_p50_s", label=ttft_label, unit="s",
+                ours=best_median(firsts[ours]), baseline=best_median(firsts[baseline]),
+                target=None, higher_is_better=False),
+        ]  # fmt: skip
+
     rows = (
-        Row(
-            key="requests_per_s",
-            label=f"HTTP requests/s, {sizes.concurrency} clients x {sizes.max_tokens} tokens",
-            unit="req/s",
-            ours=max(ours_rates),
-            baseline=max(base_rates),
-            target=None,
-            higher_is_better=True,
+        *compared(
+            "",
+            f"HTTP requests/s, {sizes.concurrency} clients x {sizes.max_tokens} tokens",
+            "HTTP time to first token, p50",
+            ours="http",
+            baseline="in_process",
         ),
-        Row(
-            key="time_to_first_token_p50_s",
-            label="HTTP time to first token, p50",
-            unit="s",
-            ours=best_median(ours_firsts),
-            baseline=best_median(base_firsts),
-            target=None,
-            higher_is_better=False,
-        ),
-        Row(
-            key="remote_front_requests_per_s",
-            label="HTTP via a RemoteRunner front, requests/s (vs the backend directly)",
-            unit="req/s",
-            ours=max(front_rates),
-            baseline=max(ours_rates),
-            target=None,
-            higher_is_better=True,
-        ),
-        Row(
-            key="remote_front_time_to_first_token_p50_s",
-            label="HTTP via a RemoteRunner front, time to first token p50",
-            unit="s",
-            ours=best_median(front_firsts),
-            baseline=best_median(ours_firsts),
-            target=None,
-            higher_is_better=False,
+        *compared(
+            "remote_front_",
+            "HTTP via a RemoteRunner front, requests/s (vs the backend directly)",
+            "HTTP via a RemoteRunner front, time to first token p50",
+            ours="front",
+            baseline="http",
         ),
     )
     return Measurements(rows=rows)
