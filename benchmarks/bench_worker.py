@@ -379,9 +379,10 @@ async def restarts_ours(n: int, isolation: str = "inline", standby: bool = False
     async with open_worker(
         factory, device="cpu", policy=RESTART_POLICY, isolation=isolation, standby=standby
     ) as worker:
+        children = worker._children
         for i in range(n):
-            while standby and worker._spare is None:
-                await worker._spare_parked.wait()
+            while standby and children is not None and children.spare is None:
+                await children.spare_parked.wait()
             failing = worker.generate(Request(f"f{i}", FAULT_PROMPT, ONE_TOKEN, idempotent=False))
             following = worker.generate(Request(f"n{i}", "hello", ONE_TOKEN))
             async with trio.open_nursery() as nursery:

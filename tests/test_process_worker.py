@@ -30,9 +30,12 @@ def child_pid(worker: ts.Worker) -> int:
 
 
 async def spare_pid(worker: ts.Worker) -> int:
-    while worker._spare is None:
-        await worker._spare_parked.wait()
-    return int(worker._spare.process.pid)
+    children = worker._children
+    assert children is not None
+    while children.spare is None:
+        await children.spare_parked.wait()
+    assert children.spare.process is not None
+    return int(children.spare.process.pid)
 
 
 def assert_gone(pid: int) -> None:

@@ -512,3 +512,21 @@ async def _safe(chunks: AsyncGenerator[ts.Chunk, None]) -> AsyncGenerator[ts.Chu
     async with contextlib.aclosing(chunks):
         async for chunk in chunks:
             yield chunk
+
+
+async def test_a_job_the_tier_got_as_its_gate_closed_is_still_queued(autojump_clock: Clock) -> None:
+    record = MockRecord()
+    async with ts.open_worker(MockRunner, **worker_args(record)) as worker:
+        await trio.sleep(1)  # the tier waits for a job
+        tier = worker._tier
+        assert tier is not None
+        stream = worker.generate(req("late", idempotent=False))  # handed to the waiting tier
+        tier.dispatch_gate.close()  # as a restart begins, before the tier ran
+        await trio.sleep(1)
+        stats = worker.statistics()
+        assert (stats.pending, stats.in_flight, record.executes) == (1, 0, [])
+        tier.fail(ts.ContextPoisoned("illegal address"))
+        # It never ran, so it is no casualty of the restart: not idempotent, it still runs.
+        assert await outcome(stream) == ("ok", expected_text(req("late")))
+        assert worker.generation == 2 and record.executes == [(1, 0, ("late",))]
+        assert worker.statistics().requeued == 0

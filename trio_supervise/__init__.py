@@ -31,6 +31,7 @@ from ._errors import (
     classify_cuda_error,
 )
 from ._events import EventKind, EventSubscription, SupervisionEvent
+from ._open_worker import open_worker
 from ._policy import (
     DEVICE_POLICY,
     Backoff,
@@ -60,7 +61,7 @@ from ._supervisor import (
     SupervisorStatistics,
 )
 from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
-from ._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics, open_worker
+from ._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics
 
 __version__ = "0.1.0.dev0"
 

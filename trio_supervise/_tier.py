@@ -2,25 +2,26 @@
 
 Theory of operation
 -------------------
-An incarnation builds the runner (``factory(**runner_args)``), opens its device, ``load``s it
-within the readiness timeout (past it: :class:`HungWorker`), reports ready, then dispatches
-batches from the worker's queue, up to ``runner.max_concurrency`` at once, each in a task of the
-tier's own nursery.
+An incarnation is built from a :class:`~._port.TierPort` and knows nothing else of its worker.
+It builds the runner (``factory(**runner_args)``), opens its device, ``load``s it within the
+readiness timeout (past it: :class:`HungWorker`), calls ``port.ready()``, then takes jobs from
+``port.jobs`` (a memory channel), up to ``runner.max_concurrency`` at once, each in a task of
+the tier's own nursery. Chunks go straight into each request's buffer (its ``RequestState``).
 
-A batch's failure is decided here, with the worker's policy (``classify_cuda_error``, then
-``policy.decide``): RESUME fails only that batch's unfinished requests and dispatch goes on;
-anything else becomes the tier's one fatal error: the tier's scope is cancelled, the runner
-closed and the device context closed (after a probe: an inline tier whose device fails the probe
-after a poisoning cannot recover in this process, so the error becomes :class:`Unrecoverable`),
-and the error is raised to ``supervised``, which restarts, stops or escalates. The outcomes of
-the requests that were in flight are the worker's business (it sees the decision as an event).
+A batch's failure is decided here, with the port's decider (``classify_cuda_error``, then
+``decide``): RESUME fails only that batch's unfinished requests and dispatch goes on; anything
+else becomes the tier's one fatal error: the tier's scope is cancelled, the runner closed and
+the device context closed (after a probe: an inline tier whose device fails the probe after a
+poisoning cannot recover in this process, so the error becomes :class:`Unrecoverable`), and the
+error is raised to ``supervised``, which restarts, stops or escalates. The jobs left in
+:attr:`Tier.in_flight` are the worker's to settle once it learns that decision.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
@@ -33,15 +34,13 @@ from ._errors import (
     classify_cuda_error,
 )
 from ._policy import Directive
+from ._port import Job, TierPort
 from ._requests import RequestState, error_for_request
 from ._runner import runner_attributes, tell_generation
 from ._types import Batch, Chunk, chunk_problem
 from .devices import CpuDevice, DeviceContext
 
-if TYPE_CHECKING:
-    from ._worker import Worker
-
-__all__ = ["Job", "RestartRequested", "Tier"]
+__all__ = ["Gate", "RestartRequested", "Tier"]
 
 logger = logging.getLogger("trio_supervise")
 
@@ -75,30 +74,13 @@ class Gate:
             await self._lot.park()
 
 
-class Job:
-    """A batch of requests waiting for, or running on, a tier."""
-
-    __slots__ = ("error", "generation", "seq", "states")
-
-    def __init__(self, states: list[RequestState]) -> None:
-        self.states = states
-        self.seq: int | None = None
-        self.generation: int | None = None
-        self.error: BaseException | None = None  # set when its failure ended the tier
-
-    def __repr__(self) -> str:
-        return f"<Job seq={self.seq} {[s.id for s in self.states]}>"
-
-    def open_states(self) -> list[RequestState]:
-        return [s for s in self.states if s.open]
-
-
 class Tier:
     """One incarnation of the child tier (see the module docstring)."""
 
-    def __init__(self, worker: Worker, generation: int) -> None:
-        self.worker = worker
-        self.generation = generation
+    def __init__(self, port: TierPort) -> None:
+        self.port = port
+        self.name = port.name
+        self.generation = port.generation
         self.runner: Any = None
         self.device: DeviceContext | None = None
         self.fatal: BaseException | None = None
@@ -108,6 +90,8 @@ class Tier:
         self.active = 0  # jobs taken from the queue and not yet settled
         self.idle = trio.Event()  # set while active == 0
         self.idle.set()
+        self.in_flight: set[Job] = set()  # taken, and not settled here (the worker settles them)
+        self.held: Job | None = None  # received as the dispatch gate closed: still queued
         self._scope = trio.CancelScope()
         self.nursery: trio.Nursery | None = None
 
@@ -117,15 +101,14 @@ class Tier:
             self.fatal = error
         self._scope.cancel()
 
-    async def run(self, task_status: trio.TaskStatus[Any]) -> None:
-        worker = self.worker
+    async def run(self) -> None:
+        """Load, report ready, run jobs; raise the error that ended this incarnation."""
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery  # for a tier's helper tasks (a child process, ...)
                     await self._load()
-                    worker._tier_ready(self)
-                    task_status.started(worker)
+                    self.port.ready()
                     await self._dispatch(nursery)
         except Exception as exc:  # from load or dispatch; batches report through fail()
             if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
@@ -139,14 +122,14 @@ class Tier:
         raise self.fatal
 
     async def _load(self) -> None:
-        worker = self.worker
-        timeout = worker.readiness_timeout
+        port = self.port
+        timeout = port.readiness_timeout
         with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            self.runner = worker.factory(**worker.runner_args)
+            self.runner = port.factory(**port.runner_args)
             tell_generation(self.runner, self.generation)
             self.concurrency, _, needs_device = runner_attributes(self.runner)
             self._watch_breaker()
-            self.device = worker.open_device() if needs_device else CpuDevice()
+            self.device = port.open_device() if needs_device else CpuDevice()
             await self.runner.load(self.device)
         if scope.cancelled_caught:
             raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
@@ -158,12 +141,12 @@ class Tier:
             return
         # A breaker kept across tiers (passed in runner_args) is wrapped once, not per tier.
         theirs = getattr(breaker.on_change, "wrapped_by_tier", breaker.on_change)
-        worker, generation = self.worker, self.generation
+        report = self.port.breaker_changed
 
         def on_change(old: BreakerState, new: BreakerState) -> None:
             if theirs is not None:
                 theirs(old, new)
-            worker._breaker_changed(generation, old, new)
+            report(old, new)
 
         on_change.wrapped_by_tier = theirs  # type: ignore[attr-defined]
         breaker.on_change = on_change
@@ -177,9 +160,9 @@ class Tier:
                 try:
                     await runner.aclose()
                 except Exception:
-                    logger.exception("%s: runner.aclose() failed", self.worker.name)
+                    logger.exception("%s: runner.aclose() failed", self.name)
             if scope.cancelled_caught:
-                logger.warning("%s: runner.aclose() took over %gs", self.worker.name, CLOSE_TIMEOUT)
+                logger.warning("%s: runner.aclose() took over %gs", self.name, CLOSE_TIMEOUT)
         if device is not None:
             await self._close_device(device)
 
@@ -196,10 +179,10 @@ class Tier:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 await trio.to_thread.run_sync(device.close, abandon_on_cancel=True)
             if scope.cancelled_caught:
-                logger.warning("%s: closing %s took over %gs", self.worker.name, device.name,
+                logger.warning("%s: closing %s took over %gs", self.name, device.name,
                                CLOSE_TIMEOUT)  # fmt: skip
         except Exception:
-            logger.exception("%s: closing device %s failed", self.worker.name, device.name)
+            logger.exception("%s: closing device %s failed", self.name, device.name)
 
     async def _probe(self, device: DeviceContext, error: BaseException) -> None:
         """After a poisoning: can this process still use the device? If not, say the cure."""
@@ -227,7 +210,7 @@ class Tier:
         slots = trio.Semaphore(self.concurrency)
         while True:
             await slots.acquire()
-            job = await self.worker._next_job(self)
+            job = await self._take_job()
             self.active += 1
             if self.active == 1:
                 self.idle = trio.Event()
@@ -235,6 +218,31 @@ class Tier:
                 await self._run_batch(job, slots)
             else:
                 nursery.start_soon(self._run_batch, job, slots)
+
+    async def _take_job(self) -> Job:
+        """The next job with an open request, from the port's channel (waits while there is
+        none, or while the dispatch gate is closed)."""
+        jobs, gate = self.port.jobs, self.dispatch_gate
+        while True:
+            await gate.wait_open()  # no checkpoint between this and taking a waiting job
+            try:
+                job = jobs.receive_nowait()  # one waits: take it now (receive() would yield)
+            except trio.WouldBlock:
+                job = await jobs.receive()
+            if not gate.is_open:
+                # Handed over as the gate closed (a rebuild or restart began): it has not left
+                # the queue yet. Held at its head, it goes back there if this tier ends first.
+                self.held = job
+                await gate.wait_open()
+                self.held = None
+            if not job.open_states():
+                continue  # every consumer left, or every deadline passed, while it waited
+            job.states = job.open_states()
+            counts = self.port.counts
+            job.seq, counts.batches = counts.batches, counts.batches + 1
+            job.generation = self.generation
+            self.in_flight.add(job)
+            return job
 
     async def _run_batch(self, job: Job, slots: trio.Semaphore) -> None:
         try:
@@ -248,7 +256,7 @@ class Tier:
             # Settled (finished, or resumed). A batch cancelled because the tier ended is not:
             # the worker settles it when it learns what the supervisor decided.
             if job.error is None:
-                self.worker._job_done(job)
+                self.in_flight.discard(job)
         finally:
             slots.release()
             self.active -= 1
@@ -266,7 +274,7 @@ class Tier:
         by_id = {state.id: state for state in job.states}
         assert job.seq is not None
         batch = Batch(tuple(s.request for s in job.states), job.seq, cancelled=cancelled)
-        hang = self.worker.hang_timeout
+        hang = self.port.hang_timeout
         if hang is None:
             await self._stream(batch, by_id, None)
             return
@@ -298,7 +306,7 @@ class Tier:
         by_id: dict[str, RequestState],
         watchdog: trio.CancelScope | None,
     ) -> None:
-        hang = self.worker.hang_timeout
+        hang = self.port.hang_timeout
         get = by_id.get
         tokens = 0
         try:
@@ -318,7 +326,7 @@ class Tier:
                 else:
                     self._route(by_id, chunk, batch)
         finally:
-            self.worker.tokens += tokens
+            self.port.counts.tokens += tokens
             # Close an unfinished async generator here, in this task, even when cancelled.
             if getattr(chunks, "ag_frame", None) is not None:
                 with trio.CancelScope(shield=True):
@@ -336,7 +344,7 @@ class Tier:
             )
         if state.open:
             state.push(chunk)
-            self.worker.tokens += len(chunk.token_ids)
+            self.port.counts.tokens += len(chunk.token_ids)
         elif state.outcome == "finished":
             raise RunnerError(
                 f"batch {batch.seq}: the runner sent a chunk for request {state.id!r} "
@@ -347,15 +355,14 @@ class Tier:
     def _batch_failed(self, job: Job, exc: Exception) -> None:
         """Decide a batch's failure here: RESUME fails only its requests, else the tier ends."""
         error = classify_cuda_error(exc)
-        worker = self.worker
-        if worker.policy.decide(error) is Directive.RESUME:  # type: ignore[arg-type]
+        if self.port.decide(error) is Directive.RESUME:  # type: ignore[arg-type]
             retry_after = getattr(error, "retry_after", None)
             for state in job.open_states():
                 own = error_for_request(error)
                 if own.retry_after is None and retry_after is not None:
                     own.retry_after = retry_after
                 state.fail(own)
-            worker._batch_resumed(job, error)
+            self.port.counts.resumed += 1
             return
         job.error = error
         if self.fatal is None:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy
 import trio
 
 from .._errors import ContextPoisoned
-
-if TYPE_CHECKING:
-    from . import MemoryInfo
+from ._context import MemoryInfo
 
 T = TypeVar("T")
 
@@ -56,8 +54,6 @@ class CpuDevice:
 
     def memory_info(self) -> MemoryInfo:
         """Host memory, from ``os.sysconf`` where available."""
-        from . import MemoryInfo
-
         total: int | None
         free: int | None
         try:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import Any, TypeVar, final
 
 import trio
 
 from .._errors import ContextPoisoned, Unrecoverable, classify_cuda_error
-
-if TYPE_CHECKING:
-    from . import MemoryInfo
+from ._context import MemoryInfo
 
 T = TypeVar("T")
 
@@ -104,8 +102,6 @@ class CupyDevice:
 
     def memory_info(self) -> MemoryInfo:
         """Pool usage and the device's free/total memory."""
-        from . import MemoryInfo
-
         with self._device:
             free, total = self.xp.cuda.runtime.memGetInfo()
         return MemoryInfo(used=int(self.pool.used_bytes()), free=int(free), total=int(total))

@@ -86,7 +86,7 @@ def worker_factory(args: argparse.Namespace) -> Any:
     The policy is DEVICE_POLICY with an intensity that allows the restarts the fault rate
     implies (the run tests survival; giving up has tests of its own), and a short backoff.
     """
-    from .._worker import open_worker
+    from .._open_worker import open_worker
 
     expected_restarts = args.requests * args.fault_rate
     policy = attrs.evolve(

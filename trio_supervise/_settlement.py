@@ -1,0 +1,59 @@
+"""Settlement: the outcome of every request that was on a tier when the supervisor decided.
+
+A tier that ends leaves its unsettled jobs in ``tier.in_flight`` (and at most one job it took as
+its dispatch gate closed, ``tier.held``, which never left the queue in spirit). Once the worker
+learns the decision from the supervision events, it settles them here:
+
+* RESTART (or an operator restart, resumed): an idempotent request that got no chunk on its
+  last run and has attempts left runs again, ahead of everything queued; any other gets a
+  ``ContextPoisoned`` of its own (a copy of the error when it was one, else a new one chained
+  to it).
+* STOP, ESCALATE, give-up: the failing batch's requests get their own copy of its error; every
+  other open request ``WorkerStopped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ._errors import ContextPoisoned, WorkerStopped
+from ._port import Job
+from ._requests import RequestState, error_for_request
+
+__all__ = ["settle_restart", "settle_stop"]
+
+
+def settle_restart(
+    in_flight: Iterable[Job], error: BaseException | None, max_attempts: int
+) -> list[RequestState]:
+    """Fail what may not run again; return what may, in batch order, to be queued first."""
+    again: list[RequestState] = []
+    for job in sorted(in_flight, key=lambda j: j.seq or 0):
+        for state in job.open_states():
+            if (
+                state.request.idempotent
+                and not state.produced_this_attempt
+                and state.attempts < max_attempts
+            ):
+                again.append(state)
+            elif isinstance(error, ContextPoisoned):
+                state.fail(error_for_request(error))
+            else:
+                poisoned = ContextPoisoned(
+                    f"the worker restarted while request {state.id!r} was running"
+                )
+                poisoned.__cause__ = error
+                state.fail(poisoned)
+    return again
+
+
+def settle_stop(
+    in_flight: Iterable[Job], open_states: Iterable[RequestState], name: str, reason: str
+) -> None:
+    """The failing batch's requests get their own error; every other open one WorkerStopped."""
+    for job in in_flight:
+        if job.error is not None:
+            for state in job.open_states():
+                state.fail(error_for_request(job.error))
+    for state in list(open_states):
+        state.fail(WorkerStopped(f"worker {name!r} {reason} before request {state.id!r} finished"))
