@@ -9,9 +9,12 @@ Runs the scripts' ``measure`` functions one after another (``bench_supervisor``,
   per benchmark with our number, the baseline's, the ratio, the DESIGN.md target and whether
   it is met; a missed target says by how much, e.g. ``MISSED by 4%`` (see ``Row.shortfall``).
 
-Progress goes to stderr, so stdout holds the table alone. The full run takes about a minute on
-a 2-core machine; ``--quick`` (small sizes, a few seconds) is for smoke tests and its numbers
+Progress goes to stderr, so stdout holds the table alone. The full run takes about two minutes
+on a 2-core machine; ``--quick`` (small sizes, a few seconds) is for smoke tests and its numbers
 mean little. ``--repeat N`` overrides every script's repetitions; ``--only NAME`` runs a subset.
+``--busy N`` keeps N other processes busy (``while True: pass``) for the whole run, as on a
+loaded machine; ``--idle-and-busy`` runs everything twice, idle and then with one busy process
+per CPU, and prints one table with both columns (the JSON then holds ``{"idle", "busy"}``).
 ``trio-supervise bench [ARGS]`` runs this from a checkout. The exit status is 0 whether targets
 are met or not: the table is the verdict.
 """
@@ -19,11 +22,14 @@ are met or not: the table is the verdict.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
+import os
+import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -112,10 +118,39 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--markdown", type=Path, default=None, metavar="PATH", help="also write the table here"
     )
+    parser.add_argument(
+        "--busy",
+        type=int,
+        default=0,
+        metavar="N",
+        help="keep N other processes busy during the run, as on a loaded machine (default: 0)",
+    )
+    parser.add_argument(
+        "--idle-and-busy",
+        action="store_true",
+        help="run twice, idle and with one busy process per CPU; one table with both columns",
+    )
     args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
         parser.error("--repeat must be >= 1")
+    if args.busy < 0:
+        parser.error("--busy must be >= 0")
+    if args.busy and args.idle_and_busy:
+        parser.error("--busy and --idle-and-busy exclude each other")
     return args
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """``count`` processes that keep a CPU busy each, for the body; killed and reaped after."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield hogs
+    finally:
+        for hog in hogs:
+            hog.kill()
+        for hog in hogs:
+            hog.wait()
 
 
 def run_suites(args: argparse.Namespace) -> list[SuiteRun]:
@@ -170,7 +205,8 @@ def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
     summary = (
         f"{describe_environment(record['environment'])}; "
         f"{'--quick sizes' if record['quick'] else 'full sizes'}, best of "
-        f"{'/'.join(str(r) for r in repeats)}; {record['wall_s']:.0f} s in all. "
+        f"{'/'.join(str(r) for r in repeats)}; "
+        f"{busy_words(record.get('busy', 0))}; {record['wall_s']:.0f} s in all. "
         f"Ratios are ours / baseline, measured in the same run."
     )
     missed = record["missed"]
@@ -186,16 +222,20 @@ def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
 # --- the JSON record --------------------------------------------------------------------------
 
 
-def json_record(runs: Sequence[SuiteRun], *, quick: bool, wall_s: float) -> dict[str, Any]:
+def json_record(
+    runs: Sequence[SuiteRun], *, quick: bool, wall_s: float, busy: int = 0
+) -> dict[str, Any]:
     """The run as JSON-able values.
 
     Returns:
-        ``{"quick", "wall_s", "environment", "suites", "missed"}``: ``suites`` maps each suite's
+        ``{"quick", "busy", "wall_s", "environment", "suites", "missed"}``: ``busy`` is the
+        number of busy processes beside the run, ``suites`` maps each suite's
         name to ``{"sizes", "wall_s", "results", "notes"}`` (``results`` as the script's
         ``main`` returns them), ``missed`` lists ``"suite.key"`` for every missed target.
     """
     return {
         "quick": quick,
+        "busy": busy,
         "wall_s": wall_s,
         "environment": environment_record(),
         "suites": {
@@ -216,14 +256,62 @@ def json_record(runs: Sequence[SuiteRun], *, quick: bool, wall_s: float) -> dict
     }
 
 
+def busy_words(busy: int) -> str:
+    """How loaded the machine was kept, in words."""
+    if not busy:
+        return "no busy processes beside it"
+    return f"{busy} busy process{'es' if busy > 1 else ''} beside it"
+
+
+def run_once(args: argparse.Namespace, busy: int) -> tuple[list[SuiteRun], dict[str, Any]]:
+    """Every chosen suite, with ``busy`` busy processes beside them: the runs and the record."""
+    with busy_processes(busy):
+        start = time.perf_counter()
+        runs = run_suites(args)
+        wall_s = time.perf_counter() - start
+    return runs, json_record(runs, quick=args.quick, wall_s=wall_s, busy=busy)
+
+
+def idle_and_busy_table(idle: Sequence[SuiteRun], busy: Sequence[SuiteRun], cpus: int) -> str:
+    """One markdown table: each row's target, then ours, ratio and verdict idle and busy."""
+    header = ("benchmark", "target (DESIGN.md)", "idle: ours", "ratio", "met",
+              f"{cpus} CPUs busy: ours", "ratio", "met")  # fmt: skip
+    lines = []
+    for idle_run, busy_run in zip(idle, busy, strict=True):
+        for quiet, loaded in zip(table_cells(idle_run), table_cells(busy_run), strict=True):
+            label, ours, _, ratio, target, met = quiet
+            lines.append((label, target, ours, ratio, met, loaded[1], loaded[3], loaded[5]))
+    widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+    right = (False, False, True, True, False, True, True, False)
+
+    def render(cells: Sequence[str]) -> str:
+        padded = [
+            c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right, strict=True)
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2)
+                          for w, r in zip(widths, right, strict=True)) + "|"  # fmt: skip
+    return "\n".join([render(header), rule, *(render(line) for line in lines)])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the suites, write the JSON (and the markdown), print the markdown; return the JSON
-    record (see :func:`json_record`)."""
+    record (see :func:`json_record`; with ``--idle-and-busy``, ``{"idle": ..., "busy": ...}``)."""
     args = parse_args(argv)
-    start = time.perf_counter()
-    runs = run_suites(args)
-    record = json_record(runs, quick=args.quick, wall_s=time.perf_counter() - start)
-    text = markdown_report(runs, record)
+    if args.idle_and_busy:
+        cpus = os.cpu_count() or 1
+        idle_runs, idle = run_once(args, 0)
+        busy_runs, busy = run_once(args, cpus)
+        record: dict[str, Any] = {"idle": idle, "busy": busy}
+        text = (
+            f"{describe_environment(idle['environment'])}; idle: {idle['wall_s']:.0f} s, with "
+            f"{busy_words(cpus)}: {busy['wall_s']:.0f} s. Ratios are ours / baseline, measured "
+            "in the same run.\n\n" + idle_and_busy_table(idle_runs, busy_runs, cpus) + "\n"
+        )
+    else:
+        runs, record = run_once(args, args.busy)
+        text = markdown_report(runs, record)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2) + "\n")
     if args.markdown is not None:

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -52,8 +53,8 @@ def quick_suite(tmp_path_factory: pytest.TempPathFactory) -> QuickSuite:
 def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: QuickSuite) -> None:
     written = json.loads(quick_suite.json_path.read_text())
     assert written == json.loads(json.dumps(quick_suite.record))
-    assert set(written) == {"quick", "wall_s", "environment", "suites", "missed"}
-    assert written["quick"] is True
+    assert set(written) == {"quick", "busy", "wall_s", "environment", "suites", "missed"}
+    assert written["quick"] is True and written["busy"] == 0
     assert set(written["suites"]) == {"supervisor", "worker", "http"}
     for entry in written["suites"].values():
         assert set(entry) == {"sizes", "wall_s", "results", "notes"}
@@ -107,6 +108,30 @@ def test_the_quick_suite_prints_and_writes_a_markdown_table(quick_suite: QuickSu
     for line in table[2:]:
         met = line.strip("|").split("|")[-1].strip()
         assert re.fullmatch(r"yes|-|MISSED by (<0\.1|\d+(\.\d)?)%", met)
+
+
+def test_busy_processes_run_for_the_body_and_are_reaped() -> None:
+    with suite.busy_processes(2) as hogs:
+        assert len(hogs) == 2 and all(hog.poll() is None for hog in hogs)
+    assert all(hog.returncode is not None for hog in hogs)
+    for hog in hogs:  # reaped: no such process any more
+        with pytest.raises(ProcessLookupError):
+            os.kill(hog.pid, 0)
+
+
+def test_the_idle_and_busy_table_has_both_columns_per_row() -> None:
+    def run(ours: float) -> suite.SuiteRun:
+        rows = Measurements([Row("r", "round trip", "s", ours, 1e-5, 2.0, False)])
+        return suite.SuiteRun(suite.SUITES[1], bench_worker.QUICK, rows, 1.0)
+
+    table = suite.idle_and_busy_table([run(1.5e-5)], [run(2.5e-5)], 2).splitlines()
+    cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in table]
+    assert cells[0] == [
+        "benchmark", "target (DESIGN.md)", "idle: ours", "ratio", "met",
+        "2 CPUs busy: ours", "ratio", "met",
+    ]  # fmt: skip
+    assert cells[2] == ["round trip", "<= 2.0", "15.0 us", "1.50", "yes", "25.0 us", "2.50",
+                        "MISSED by 25%"]  # fmt: skip
 
 
 def test_a_missed_target_says_by_how_much() -> None:

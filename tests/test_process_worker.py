@@ -114,9 +114,7 @@ async def test_a_child_killed_from_outside_is_replaced(tmp_path: Path) -> None:
 
 async def test_a_child_blocked_in_a_call_is_hung_and_killed(tmp_path: Path) -> None:
     with trio.fail_after(30):
-        async with ts.open_worker(
-            RUNNERS, hang_timeout=1.0, heartbeat_timeout=2.0, **args(tmp_path, "hang")
-        ) as worker:
+        async with ts.open_worker(RUNNERS, hang_timeout=1.0, **args(tmp_path, "hang")) as worker:
             first = child_pid(worker)
             _kind, error = await outcome(worker.generate(req("a", 6)))
             assert isinstance(error, ts.ContextPoisoned)  # HungWorker or ChildDied: both poisoned
@@ -160,11 +158,14 @@ async def test_cancelling_the_parent_while_the_child_is_busy_leaves_nothing(
     tmp_path: Path,
 ) -> None:
     with trio.fail_after(30):
-        with trio.move_on_after(1.0):
+        with trio.CancelScope() as parent:
             async with ts.open_worker(RUNNERS, **args(tmp_path, "none", delay=0.5)) as worker:
                 pid = child_pid(worker)
                 stream = worker.generate(req("a", 100))
+                await stream.__anext__()  # the child is streaming: busy for 50 s more
+                parent.cancel()
                 await outcome(stream)
+        assert parent.cancelled_caught
         assert_gone(pid)
 
 

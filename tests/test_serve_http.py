@@ -139,9 +139,13 @@ async def test_readyz_while_loading_and_draining_and_drain_finishes_in_flight() 
 
                 async with trio.open_nursery() as requests:
                     requests.start_soon(in_flight)
-                    await trio.sleep(0.3)
+                    worker = handle.pool.replicas["mock"][0].worker
+                    assert worker is not None
+                    while worker.statistics().in_flight == 0:  # noqa: ASYNC110 - no event
+                        await trio.sleep(0.01)
                     handle.drain()
-                    await trio.sleep(0.05)
+                    while not handle.pool.draining:  # noqa: ASYNC110 - a flag, no event
+                        await trio.sleep(0.01)
                     ready = await client.get("/readyz")
                     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
                     late = await client.post("/v1/completions", json={"prompt": "x"})
@@ -361,7 +365,10 @@ async def test_readyz_is_503_while_a_replica_restarts() -> None:
                 body = {"prompt": "x", "stream": True}
                 async with trio.open_nursery() as requests:
                     requests.start_soon(lambda: client.post("/v1/completions", json=body))
-                    await trio.sleep(0.3)  # the first tier failed; the next one is loading
+                    worker = handle.pool.replicas["mock"][0].worker
+                    assert worker is not None
+                    # The first tier failed on the request; the next one loads for a second.
+                    await worker.state.wait_value(lambda s: s is not ts.WorkerState.READY)
                     restarting = await client.get("/readyz")
                     assert restarting.status_code == 503
                     assert restarting.json() == {"status": "loading"}
