@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -374,3 +375,28 @@ async def test_readyz_is_503_while_a_replica_restarts() -> None:
                     assert restarting.json() == {"status": "loading"}
                 assert (await client.get("/readyz")).status_code == 200
             handle.drain()
+
+
+async def test_two_servers_share_one_port_with_reuse_port() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            first = await start(nursery, config(server={"reuse_port": True}))
+            port = first.address[1]
+            second = await start(nursery, config(server={"reuse_port": True, "port": port}))
+            assert second.address[1] == port
+            # Without SO_REUSEPORT, the port is taken.
+            with socket.socket() as plain, pytest.raises(OSError, match="in use"):
+                plain.bind(("127.0.0.1", port))
+            async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+                for _ in range(8):  # each connection goes to one of the two
+                    async with httpx.AsyncClient(base_url=first.url, timeout=10) as one:
+                        reply = await one.post("/v1/completions", json={"prompt": "x"})
+                        assert reply.status_code == 200
+                served = [
+                    h.pool.replicas["mock"][0].worker.statistics().finished  # type: ignore[union-attr]
+                    for h in (first, second)
+                ]
+                assert sum(served) == 8
+                assert (await client.get("/healthz")).status_code == 200
+            first.drain()
+            second.drain()

@@ -74,6 +74,29 @@ async def test_the_batcher_flushes_when_full_or_after_max_wait(autojump_clock: C
         nursery.cancel_scope.cancel()
 
 
+async def test_a_lone_request_waits_for_nothing_and_load_makes_batches(
+    autojump_clock: Clock,
+) -> None:
+    record = MockRecord()
+    async with trio.open_nursery() as nursery:
+        pool = await nursery.start(WorkerPool(config(record)).run)
+        start = trio.current_time()
+        alone = pool.generate(req("alone"))  # the replica is idle: sent at once, no max_wait
+        await trio.testing.wait_all_tasks_blocked()
+        assert record.executes == [(0, 0, ("alone",))] and trio.current_time() == start
+        # The replica is busy now (3 tokens, 0.1 s each): later ones wait up to max_wait (0.5 s)
+        # for company, and go as one batch.
+        await trio.sleep(0.05)
+        first = pool.generate(req("b0"))
+        await trio.sleep(0.2)
+        second = pool.generate(req("b1"))
+        for stream in (alone, first, second):
+            await stream.collect()
+        assert [ids for _, _, ids in record.executes] == [("alone",), ("b0", "b1")]
+        assert record.executes[1][1] == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_router_spreads_load_over_replicas(autojump_clock: Clock) -> None:
     record = MockRecord()
     async with trio.open_nursery() as nursery:

@@ -114,6 +114,9 @@ class ServerConfig:
     request_timeout: float = 60.0
     max_worker_restarts: int = 10
     within: float = 60.0
+    reuse_port: bool = False
+    """Bind with ``SO_REUSEPORT``, so that several ``serve`` processes share one port and the
+    kernel spreads connections over them (one process is bound by one core)."""
 
 
 @final

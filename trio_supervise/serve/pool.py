@@ -10,8 +10,10 @@ and the workers' business: the pool only routes.
 
 ``pool.generate(request, model)`` admits the request into its model's bounded queue (full:
 :class:`Backpressure` with a retry-after hint), and returns a :class:`PoolStream` at once. A
-batcher per model flushes the queue as one batch when it holds ``max_batch_size`` requests or
-``max_wait`` seconds after the first one arrived, to the least-loaded READY replica. A request
+batcher per model sends what is waiting (up to ``max_batch_size`` requests) as one batch to the
+least-loaded READY replica: at once when that replica is idle, so a lone request waits for
+nothing; while every replica is busy, it holds the batch open for up to ``max_wait`` seconds
+after the first request arrived, or until it is full, so that load makes batches bigger. A request
 whose replica stops or fails before producing a chunk is sent again, to another replica, when
 it is idempotent; so is one whose remote backend failed (rate limited, a server or network
 error, an open breaker), to each other ready replica at most once; otherwise its error is the
@@ -368,12 +370,16 @@ class WorkerPool:
             while not queue:
                 await self._wake[model].wait()
                 self._wake[model] = trio.Event()
-            # The first request opens the window: flush when full, or when max_wait is up.
-            with trio.move_on_after(batching.max_wait):
-                while len(queue) < batching.max_batch_size:
-                    await self._wake[model].wait()
-                    self._wake[model] = trio.Event()
+            await trio.lowlevel.checkpoint()  # what arrives in this same tick joins the batch
             replica = self._least_loaded(model)
+            if replica is None or replica.load > 0:
+                # Every replica is busy: the first request opens a window of max_wait for more
+                # to join (a batch sent now would only wait on the replica), or until full.
+                with trio.move_on_after(batching.max_wait):
+                    while len(queue) < batching.max_batch_size:
+                        await self._wake[model].wait()
+                        self._wake[model] = trio.Event()
+                replica = self._least_loaded(model)
             while replica is None:
                 if all(_stopped(r) for r in self.replicas[model]):
                     error = WorkerStopped(f"every replica of {model!r} has stopped")

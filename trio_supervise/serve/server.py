@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from typing import final
 
@@ -22,6 +23,10 @@ from .pool import WorkerPool
 __all__ = ["ServerHandle", "serve"]
 
 logger = logging.getLogger("trio_supervise")
+
+BACKLOG = 1024
+"""Connections the kernel queues before ``accept`` (hypercorn's default, 100, is below what a
+burst of a few hundred clients opens at once)."""
 
 
 @final
@@ -76,9 +81,12 @@ async def serve(
     pool = WorkerPool(config)
     app = App(pool, Metrics())
     hypercorn_config = HypercornConfig()
-    hypercorn_config.bind = [f"{config.server.host}:{config.server.port}"]
+    hypercorn_config.bind = [
+        _bind(config.server.host, config.server.port, config.server.reuse_port)
+    ]
     hypercorn_config.graceful_timeout = config.server.drain_timeout
     hypercorn_config.accesslog = None
+    hypercorn_config.backlog = BACKLOG
     shutdown = trio.Event()
     fatal: list[BaseException] = []  # why the server must end once drained
     signals: AsyncIterator[int] | None = None
@@ -116,6 +124,24 @@ async def serve(
                 receiver.__exit__(None, None, None)
     if fatal:
         raise fatal[0]
+
+
+def _bind(host: str, port: int, reuse_port: bool) -> str:
+    """Hypercorn's bind for ``host:port``; with ``reuse_port``, a socket of our own with
+    ``SO_REUSEPORT`` (hypercorn sets it only for its own worker processes), handed over by fd."""
+    if not reuse_port:
+        return f"{host}:{port}"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind((host.strip("[]"), port))
+    except OSError:
+        sock.close()
+        raise
+    return f"fd://{sock.detach()}"  # hypercorn owns (and closes) it from here
 
 
 async def _watch_models(pool: WorkerPool, handle: ServerHandle, fatal: list[BaseException]) -> None:
