@@ -216,7 +216,8 @@ def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
         else "Every DESIGN.md target measured here is met."
     )
     notes = [f"- {run.suite.name}: {note}" for run in runs for note in run.measured.notes]
-    return "\n".join([summary, "", markdown_table(runs), "", verdict, "", *notes]) + "\n"
+    tables = [f"\n{table}" for run in runs for table in run.measured.tables]
+    return "\n".join([summary, "", markdown_table(runs), "", verdict, "", *notes, *tables]) + "\n"
 
 
 # --- the JSON record --------------------------------------------------------------------------
@@ -244,6 +245,7 @@ def json_record(
                 "wall_s": run.wall_s,
                 "results": run.measured.results(),
                 "notes": list(run.measured.notes),
+                "tables": list(run.measured.tables),
             }
             for run in runs
         },

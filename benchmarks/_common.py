@@ -120,6 +120,8 @@ class Measurements:
     """Keyed by a row's key: numbers added to that row's dict in :meth:`results`."""
     notes: tuple[str, ...] = ()
     """Sentences about the run (chunk counts, tails, where the time went)."""
+    tables: tuple[str, ...] = ()
+    """Markdown tables printed after the notes (a grid that is no row of ratios)."""
 
     def results(self) -> dict[str, dict[str, Any]]:
         """Each row's key mapped to :meth:`Row.as_dict`, with the row's extras added."""
@@ -274,6 +276,9 @@ def report(
     print(format_table(measured.rows, format_value))
     for note in measured.notes:
         print(note)
+    for table in measured.tables:
+        print()
+        print(table)
     return {
         "quick": quick,
         "sizes": sizes_record,

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -30,27 +31,34 @@ def _environment() -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_server(kind: str, *args: str) -> Iterator[tuple[int, subprocess.Popen[str]]]:
-    """A server process of ``kind`` (see :mod:`benchmarks.http_servers`): ``(port, process)``."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.http_servers", kind, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env=_environment(),
-    )
-    try:
-        assert process.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        line = ""
-        while not line.startswith("listening "):
-            line = process.stdout.readline()
-            if (not line and process.poll() is not None) or time.monotonic() > deadline:
-                _, err = process.communicate(timeout=5) if process.poll() is not None else ("", "")
-                raise RuntimeError(f"the {kind} server did not start: {err[-2000:]}")
-        yield int(line.split()[1]), process
-    finally:
-        stop(process)
+    """A server process of ``kind`` (see :mod:`benchmarks.http_servers`): ``(port, process)``.
+
+    Its stderr goes to a temporary file (a pipe nobody reads could fill and stall it), whose
+    end is raised with the error when it fails to start."""
+    with tempfile.TemporaryFile("w+") as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.http_servers", kind, *args],
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            cwd=ROOT,
+            env=_environment(),
+        )
+        try:
+            assert process.stdout is not None
+            deadline = time.monotonic() + START_TIMEOUT_S
+            line = ""
+            while not line.startswith("listening "):
+                line = process.stdout.readline()
+                if (not line and process.poll() is not None) or time.monotonic() > deadline:
+                    stop(process)
+                    errors.seek(0)
+                    raise RuntimeError(f"the {kind} server did not start: {errors.read()[-2000:]}")
+            yield int(line.split()[1]), process
+        finally:
+            stop(process)
+            if process.stdout is not None:
+                process.stdout.close()
 
 
 def stop(process: subprocess.Popen[Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import itertools
 import json
 import os
 import re
@@ -57,7 +58,7 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     assert written["quick"] is True and written["busy"] == 0
     assert set(written["suites"]) == {"supervisor", "worker", "http"}
     for entry in written["suites"].values():
-        assert set(entry) == {"sizes", "wall_s", "results", "notes"}
+        assert set(entry) == {"sizes", "wall_s", "results", "notes", "tables"}
         assert entry["sizes"]["repeat"] == 1
         for row in entry["results"].values():
             assert set(row) >= ROW_KEYS
@@ -73,12 +74,28 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     }
     storm = supervisor["storm_ready_again_s"]
     assert storm["baseline"] > 0 and storm["ratio"] > 0 and storm["target"] is None
-    assert set(written["suites"]["http"]["results"]) == {
-        "requests_per_s",
-        "time_to_first_token_p50_s",
+    http = written["suites"]["http"]
+    assert set(http["results"]) == {
+        "stream_requests_per_s",
+        "stream_ttft_p50_s",
+        "stream_ttft_p50_one_client_s",
+        "whole_requests_per_s",
+        "whole_latency_p50_s",
+        "whole_latency_p50_one_client_s",
+        "uvicorn_stream_requests_per_s",
+        "uvicorn_stream_ttft_p50_s",
+        "uvicorn_whole_requests_per_s",
         "remote_front_requests_per_s",
-        "remote_front_time_to_first_token_p50_s",
+        "remote_front_ttft_p50_s",
+        "two_processes_requests_per_s",
     }
+    for key in ("stream_requests_per_s", "stream_ttft_p50_s", "whole_requests_per_s"):
+        assert http["results"][key]["target"] is not None
+    # The grid: a row per (replicas, clients), and nothing bad under any of them.
+    grid = http["tables"][0].splitlines()
+    assert grid[2].startswith("| replicas | clients |")
+    assert len(grid) == 4 + 2  # QUICK: 1 replica count x 2 client counts
+    assert all(line.rstrip().endswith("| 0 |") for line in grid[4:])
     assert set(written["suites"]["worker"]["results"]["tokens_per_s"]) >= {
         "ours_chunks",
         "baseline_chunks",
@@ -96,7 +113,8 @@ def test_the_quick_suite_prints_and_writes_a_markdown_table(quick_suite: QuickSu
     text = quick_suite.md_path.read_text()
     assert quick_suite.out == text
     lines = text.splitlines()
-    table = [line for line in lines if line.startswith("|")]
+    first = next(i for i, line in enumerate(lines) if line.startswith("|"))
+    table = list(itertools.takewhile(lambda line: line.startswith("|"), lines[first:]))
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header == ["benchmark", "ours", "baseline", "ratio", "target (DESIGN.md)", "met"]
     assert re.fullmatch(r"\|(-+:?\|)+", table[1])

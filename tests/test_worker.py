@@ -530,3 +530,24 @@ async def test_a_job_the_tier_got_as_its_gate_closed_is_still_queued(autojump_cl
         assert await outcome(stream) == ("ok", expected_text(req("late")))
         assert worker.generation == 2 and record.executes == [(1, 0, ("late",))]
         assert worker.statistics().requeued == 0
+
+
+async def test_collect_wakes_its_reader_once_at_the_end(
+    autojump_clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from trio_supervise._requests import RequestState
+
+    wakes: list[str] = []
+    wake = RequestState._wake
+
+    def counted(state: RequestState) -> None:
+        wakes.append(state.id)
+        wake(state)
+
+    monkeypatch.setattr(RequestState, "_wake", counted)
+    async with ts.open_worker(MockRunner, runner_args={"delay": 1.0}, device="cpu") as worker:
+        streamed = [chunk async for chunk in worker.generate(req("chunks", 4))]
+        assert len(streamed) == 4 and wakes.count("chunks") == 4  # one wake per chunk
+        tokens, text, reason, _ = await worker.generate(req("whole", 4)).collect()
+        assert (len(tokens), text, reason) == (4, expected_text(req("whole")), FinishReason.LENGTH)
+        assert wakes.count("whole") == 1  # woken once, at the end

@@ -59,6 +59,7 @@ class RequestState:
         "request",
         "usage",
         "waiter",
+        "wake_each_chunk",
     )
 
     def __init__(self, request: Request, on_outcome: Callable[[RequestState], None]) -> None:
@@ -75,6 +76,7 @@ class RequestState:
         self.waiter: trio.lowlevel.Task | None = None  # the consumer, while it waits
         self.on_outcome = on_outcome
         self.cancelled_ids: set[str] | None = None  # the running batch's, while one runs it
+        self.wake_each_chunk = True  # False: a reader that wants the whole answer, at the end
 
     def __repr__(self) -> str:
         return f"<RequestState {self.request.id!r} {self.outcome or 'open'}>"
@@ -143,7 +145,7 @@ class RequestState:
             self.finish_reason = chunk.finish_reason
             self.usage = chunk.usage
             self._end("finished")
-        elif self.waiter is not None:  # a consumer waits
+        elif self.waiter is not None and self.wake_each_chunk:  # a consumer waits for chunks
             self._wake()
 
     def fail(self, error: InferenceError) -> None:
@@ -256,7 +258,13 @@ class RequestStream:
 
     async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
+        self.wake_at_the_end_only()
         return await collect(self)
+
+    def wake_at_the_end_only(self) -> None:
+        """From now on, a waiting reader is woken when the request ends, not at each chunk (its
+        output coalesces meanwhile): what :meth:`collect` does, saving a task switch a chunk."""
+        self._state.wake_each_chunk = False
 
 
 Collected = tuple[tuple[int, ...], str, FinishReason | None, Usage | None]

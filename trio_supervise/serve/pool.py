@@ -112,10 +112,13 @@ class PoolStream:
         self._replica: Replica | None = None
         self._tried: set[Replica] = set()
         self._closed = False
+        self._whole = False  # collect(): the reader wants the answer at the end only
 
     def _assign(self, inner: RequestStream | None, replica: Replica | None,
                 error: InferenceError | None = None) -> None:  # fmt: skip
         self._inner, self._replica, self._error = inner, replica, error
+        if inner is not None and self._whole:
+            inner.wake_at_the_end_only()
         self._assigned.set()
 
     def __aiter__(self) -> PoolStream:
@@ -185,6 +188,9 @@ class PoolStream:
 
     async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
+        self._whole = True
+        if self._inner is not None:
+            self._inner.wake_at_the_end_only()
         return await collect(self)
 
 
