@@ -3,7 +3,11 @@
 The runner here is the library's deterministic MockRunner with one fault injected: the third
 batch it executes dies with ``ContextPoisoned`` (what a sticky CUDA error becomes). The worker's
 tier is torn down and rebuilt; requests that had produced nothing run again on the new runner,
-the one caught mid-stream gets a retryable error, and the app retries it.
+and the one caught mid-stream is continued: the runner is deterministic, so the worker replays
+it from its prompt with its seed, checks that the replay gives the two tokens already delivered,
+drops them and streams the rest. The app sees one unbroken completion. (With
+``continuation="off"`` that request would end with a retryable ``ContextPoisoned``: the app
+below retries such errors once.)
 
 Run it: ``python examples/embed_worker.py``.
 """
@@ -62,9 +66,15 @@ async def main() -> dict[str, object]:
         print(line)
     print(
         f"generation {stats.generation}, requests {stats.accepted}: {stats.finished} finished, "
-        f"{stats.failed} failed, {stats.requeued} re-run after the restart"
+        f"{stats.failed} failed, {stats.requeued} re-run after the restart, "
+        f"{stats.continued} continued mid-stream"
     )
-    return {"log": log, "generation": stats.generation, "finished": stats.finished}
+    return {
+        "log": log,
+        "generation": stats.generation,
+        "finished": stats.finished,
+        "continued": stats.continued,
+    }
 
 
 if __name__ == "__main__":

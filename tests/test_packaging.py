@@ -39,6 +39,7 @@ API = {
         "CircuitOpen",
         "ConfigError",
         "ContextPoisoned",
+        "ContinuationMismatch",
         "Decider",
         "Decision",
         "Directive",

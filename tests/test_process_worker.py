@@ -116,7 +116,8 @@ async def test_a_child_blocked_in_a_call_is_hung_and_killed(tmp_path: Path) -> N
     with trio.fail_after(30):
         async with ts.open_worker(RUNNERS, hang_timeout=1.0, **args(tmp_path, "hang")) as worker:
             first = child_pid(worker)
-            _kind, error = await outcome(worker.generate(req("a", 6)))
+            stream = worker.generate(req("a", 6, continuation="off"))
+            _kind, error = await outcome(stream)
             assert isinstance(error, ts.ContextPoisoned)  # HungWorker or ChildDied: both poisoned
             assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))
             assert worker.generation == 2

@@ -58,7 +58,8 @@ def alone(**changes: Any) -> Alone:
     send, receive = trio.open_memory_channel[Job](4)
     reports, counts, record = Reports(), TierCounts(), MockRecord()
 
-    def ready() -> None:
+    def ready(deterministic: bool) -> None:
+        assert deterministic  # a MockRunner says so
         reports.ready += 1
         reports.is_ready.set()
 

@@ -61,13 +61,19 @@ async def test_poison_restarts_the_tier_and_reruns_what_produced_nothing(
     args = worker_args(record, batch_faults=faults, max_concurrency=2)
     async with ts.open_worker(FaultRunner, **args) as worker:
         handle = worker
-        first = worker.submit(ts.Batch([req("a"), req("b"), req("c", idempotent=False)]))
+        # Continuation off: the rule for a request caught mid-stream that may not be continued
+        # (test_continuation.py has the continued ones).
+        off = {"continuation": "off"}
+        first = worker.submit(
+            ts.Batch([req("a", **off), req("b", **off), req("c", idempotent=False)])
+        )
         queued = worker.generate(req("d"))
         results = [await outcome(s) for s in (*first, queued)]
         assert worker is handle and worker.generation == 2
         assert record.instances == 2 and record.closes == 1
         if after == 0:  # nothing was produced: the idempotent ones run again, at the head
             assert results[:2] == [("ok", expected_text(req("a"))), ("ok", expected_text(req("b")))]
+            assert worker.statistics().continued == 0
             # Re-run at the head: before d (or with it, when d was dispatched beside them on
             # the first runner and cancelled before it produced).
             reruns = [ids for instance, _, ids in record.executes if instance == 1]
@@ -88,7 +94,7 @@ async def test_chunks_already_delivered_come_before_the_error(autojump_clock: Cl
     record = MockRecord()
     args = worker_args(record, batch_faults={0: (3, ts.ContextPoisoned("sticky"))})
     async with ts.open_worker(FaultRunner, **args) as worker:
-        stream = worker.generate(req("a", max_tokens=10))
+        stream = worker.generate(req("a", max_tokens=10, continuation="off"))
         got = []
         with pytest.raises(ts.ContextPoisoned):
             async for chunk in stream:
@@ -117,7 +123,7 @@ async def test_the_fourth_poisoning_within_a_minute_gives_up(autojump_clock: Clo
             FaultRunner, **worker_args(record, batch_faults=poison)
         ) as worker:
             for n in range(4):
-                streams.append(worker.generate(req(f"r{n}")))
+                streams.append(worker.generate(req(f"r{n}", continuation="off")))
                 outcomes.append(await outcome(streams[-1]))
             await trio.sleep_forever()
     assert str(info.value.__cause__) == "p3"
@@ -216,7 +222,7 @@ async def test_a_batch_without_progress_is_a_hung_worker(autojump_clock: Clock) 
     record = MockRecord()
     args = worker_args(record, batch_faults={0: (2, "hang")})
     async with ts.open_worker(FaultRunner, hang_timeout=5, **args) as worker:
-        _kind, error = await outcome(worker.generate(req("a")))
+        _kind, error = await outcome(worker.generate(req("a", continuation="off")))
         assert isinstance(error, ts.HungWorker) and isinstance(error, ts.ContextPoisoned)
         assert trio.current_time() == 1.0 + 5.0  # last chunk at 1, then 5 s of silence
         assert worker.generation == 2

@@ -11,9 +11,11 @@ until its one outcome.
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 
 import trio
 
+from ._continuation import Continuation, check_continuation
 from ._errors import Backpressure, BadRequest, WorkerStopped
 from ._port import Job
 from ._requests import RequestState, RequestStream
@@ -73,8 +75,10 @@ class JobQueue:
 class Admission:
     """The requests a worker accepted and that have not ended yet, and the queue of their jobs."""
 
-    def __init__(self, name: str, max_pending: int) -> None:
+    def __init__(self, name: str, max_pending: int, max_attempts: int) -> None:
         self.name = name
+        self.max_attempts = max_attempts
+        self.deterministic: bool | None = None  # the runner's promise, once a tier has loaded
         self.queue = JobQueue(max_pending)
         self.open: dict[str, RequestState] = {}
         self.counts = collections.Counter[str]()  # accepted, finished, failed, cancelled, ...
@@ -88,14 +92,32 @@ class Admission:
         if not self.accepting:
             raise WorkerStopped(f"worker {self.name!r} is {self.stopped_reason or 'stopped'}")
 
-    def submit(self, requests: tuple[Request, ...]) -> tuple[RequestStream, ...]:
-        """Accept these requests as one batch, or none of them (see the module docstring)."""
+    def submit(
+        self,
+        requests: tuple[Request, ...],
+        continuing: Mapping[str, Continuation] | None = None,
+    ) -> tuple[RequestStream, ...]:
+        """Accept these requests as one batch, or none of them (see the module docstring).
+
+        ``continuing``: for a request whose stream began on another worker, what it delivered
+        there; its first run here continues it.
+        """
         self.check_accepting()
         open_ = self.open
         for request in requests:
             if request.id in open_:
                 raise BadRequest(f"request id {request.id!r} is already in flight on {self.name!r}")
-        states = [RequestState(request, self._ended) for request in requests]
+            check_continuation(request, self.deterministic, f"the runner of {self.name!r}")
+        continuing = continuing or {}
+        states = [
+            RequestState(request, self._ended, continuing.get(request.id)) for request in requests
+        ]
+        for state in states:
+            here = state.id in continuing
+            if here and not state.run_again(self.deterministic, self.max_attempts):
+                raise BadRequest(f"request {state.id!r} cannot be continued on {self.name!r}")
+            if state.continuation is not None and self.deterministic is not None:
+                state.continuation.deterministic = self.deterministic
         try:
             self.queue.put(Job(states))
         except trio.WouldBlock:
@@ -105,6 +127,7 @@ class Admission:
         for state in states:
             open_[state.id] = state
         self.counts["accepted"] += len(states)
+        self.counts["continued"] += len(continuing)
         if self.idle.is_set():
             self.idle = trio.Event()
         return tuple(RequestStream(state) for state in states)

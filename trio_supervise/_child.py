@@ -27,7 +27,13 @@ from typing import Any
 import trio
 
 from ._errors import ConfigError, classify_cuda_error, is_sticky_cuda_error
-from ._runner import open_chunks, resolve_factory, runner_attributes, tell_generation
+from ._runner import (
+    open_chunks,
+    resolve_factory,
+    runner_attributes,
+    runner_deterministic,
+    tell_generation,
+)
 from ._types import Batch, RebuildCause
 from .devices import CpuDevice, open_device
 from .isolation import _frames as frames
@@ -65,6 +71,7 @@ class _Child:
         self.runner: Any = None
         self.device: Any = None
         self.concurrency = 1
+        self.deterministic = False
         self.loaded = False
         self.cancelled: dict[int, set[str]] = {}
 
@@ -109,7 +116,7 @@ class _Child:
                 return
         elif not (await self._construct(init) and await self._load()):
             return
-        await self.send(frames.Ready(os.getpid(), self.concurrency))
+        await self.send(frames.Ready(os.getpid(), self.concurrency, None, self.deterministic))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._heartbeats)
             nursery.start_soon(self._on_sigterm, nursery.cancel_scope)
@@ -148,6 +155,7 @@ class _Child:
                 self.runner = factory(**init.runner_args)
                 tell_generation(self.runner, init.generation)
                 self.concurrency, _, needs_device = runner_attributes(self.runner)
+                self.deterministic = runner_deterministic(self.runner)
             except ConfigError:
                 raise
             except Exception as exc:

@@ -23,6 +23,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "ContextPoisoned",
+    "ContinuationMismatch",
     "HungWorker",
     "InferenceError",
     "InvalidPolicy",
@@ -138,6 +139,16 @@ class ChildDied(ContextPoisoned):
     """The child process of a process-isolated worker ended, went silent, or broke protocol.
 
     A :class:`ContextPoisoned`: the default policy restarts it with a fresh process. Retryable.
+    """
+
+
+class ContinuationMismatch(InferenceError):
+    """A request replayed after its tier failed did not reproduce what it had delivered.
+
+    The re-run (same prompt, same seed) produced other tokens or text than the consumer already
+    got, so its continuation would be a spliced, wrong stream: the request ends here instead,
+    after the output it delivered. The runner is not as deterministic as it says. Not retryable
+    as a continuation (a fresh request may still succeed).
     """
 
 

@@ -10,8 +10,9 @@ imports nothing from the parent's modules.
   head).
 * Up, per request: the tier pushes each chunk into that request's own ``RequestState``, the
   consumer's buffer, so the runner never waits for a consumer and a chunk costs no channel hop.
-* Up, once per event: the port's callbacks (the tier is ready, a runner's breaker changed, a
-  batch was resumed) and the :class:`TierCounts` that every incarnation adds to.
+* Up, once per event: the port's callbacks (the tier is ready, and whether its runner is
+  deterministic; a runner's breaker changed) and the :class:`TierCounts` that every
+  incarnation adds to.
 * What the worker reads of a tier after it ended: which jobs were in flight on it
   (``tier.in_flight``) and the batch whose failure ended it (``job.error``), to settle them.
 """
@@ -87,7 +88,8 @@ class TierPort:
     """The worker's decider, for a batch's failure (RESUME fails only that batch)."""
     counts: TierCounts
     """Shared with every incarnation of this worker."""
-    ready: Callable[[], None]
-    """Called once, when the runner has loaded: the worker is READY."""
+    ready: Callable[[bool], None]
+    """Called once, when the runner has loaded, with whether it is ``deterministic``: the worker
+    is READY."""
     breaker_changed: Callable[[BreakerState, BreakerState], None]
     """Called with ``(old, new)`` when the runner's circuit breaker changes state."""

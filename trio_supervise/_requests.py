@@ -19,7 +19,8 @@ from typing import Any, final
 
 import trio
 
-from ._errors import InferenceError, RequestTimeout, RunnerError
+from ._continuation import Continuation, continuation_mode, may_continue
+from ._errors import ContinuationMismatch, InferenceError, RequestTimeout, RunnerError
 from ._types import Chunk, FinishReason, Request, Usage
 
 __all__ = ["RequestState", "RequestStream", "error_for_request"]
@@ -48,6 +49,10 @@ class RequestState:
     __slots__ = (
         "attempts",
         "cancelled_ids",
+        "continuation",
+        "continuing",
+        "delivered",
+        "delivered_text",
         "error",
         "finish_reason",
         "max_tokens",
@@ -57,13 +62,20 @@ class RequestState:
         "produced",
         "produced_this_attempt",
         "request",
+        "run_request",
         "usage",
         "waiter",
         "wake_each_chunk",
     )
 
-    def __init__(self, request: Request, on_outcome: Callable[[RequestState], None]) -> None:
+    def __init__(
+        self,
+        request: Request,
+        on_outcome: Callable[[RequestState], None],
+        continuing: Continuation | None = None,
+    ) -> None:
         self.request = request
+        self.run_request = request  # what the runner gets: a resumed run's prompt is longer
         self.max_tokens = request.params.max_tokens
         self.pending: list[Chunk] = []  # from the runner, not yet taken by the consumer
         self.produced = 0
@@ -77,6 +89,15 @@ class RequestState:
         self.on_outcome = on_outcome
         self.cancelled_ids: set[str] | None = None  # the running batch's, while one runs it
         self.wake_each_chunk = True  # False: a reader that wants the whole answer, at the end
+        # What was delivered, while the request could be continued after a tier failure.
+        self.continuation = Continuation() if may_continue(request) else None
+        if continuing is not None:  # its stream began on another worker: it goes on here
+            self.continuation = continuing
+            self.attempts = continuing.attempts
+            self.produced = len(continuing.tokens)
+        self.delivered = None if self.continuation is None else self.continuation.tokens
+        self.delivered_text = [] if self.continuation is None else self.continuation.texts
+        self.continuing = False  # True while a continued run's chunks need _continue
 
     def __repr__(self) -> str:
         return f"<RequestState {self.request.id!r} {self.outcome or 'open'}>"
@@ -120,13 +141,25 @@ class RequestState:
 
         await trio.lowlevel.wait_task_rescheduled(abort)
 
-    def push(self, chunk: Chunk) -> None:
-        """Take a chunk from the runner (the caller checked that the request is open).
+    def push(self, chunk: Chunk) -> int:
+        """Take a chunk from the runner (the caller checked that the request is open); return
+        how many of its tokens were delivered (a replay drops those delivered already).
 
         Raises:
             RunnerError: the chunk would exceed the request's ``max_tokens``.
         """
         self.produced_this_attempt = True
+        delivered = self.delivered
+        if delivered is not None:  # it may be continued: record what its consumer gets
+            if self.continuing:  # a replay's prefix to drop, or a resumed run's usage to fix
+                continued = self._continue(chunk)
+                if continued is None:
+                    return 0
+                chunk = continued
+            tokens = chunk.token_ids
+            if tokens:
+                delivered.extend(tokens)
+            self.delivered_text.append(chunk.text)
         tokens = chunk.token_ids
         if tokens:
             self.produced += len(tokens)
@@ -139,7 +172,7 @@ class RequestState:
             if tokens or chunk.text:  # its output still reaches the consumer, then the error
                 self.pending.append(Chunk(self.id, tokens, chunk.text))
             self.fail(error_for_request(chunk.error))
-            return
+            return len(tokens)
         self.pending.append(chunk)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
@@ -147,6 +180,60 @@ class RequestState:
             self._end("finished")
         elif self.waiter is not None and self.wake_each_chunk:  # a consumer waits for chunks
             self._wake()
+        return len(tokens)
+
+    def _continue(self, chunk: Chunk) -> Chunk | None:
+        """A continued run's chunk as its consumer gets it (None: nothing new in it)."""
+        continuation = self.continuation
+        assert continuation is not None
+        if continuation.skipping:  # a replay: drop (and check) what was delivered already
+            try:
+                skipped = continuation.skip(chunk)
+            except ContinuationMismatch as exc:
+                self.fail(exc)
+                if self.cancelled_ids is not None:
+                    self.cancelled_ids.add(self.id)  # the runner may stop working on it
+                return None
+            if skipped is None:
+                return None
+            chunk = skipped
+        if chunk.usage is not None and continuation.carried:
+            chunk = Chunk(chunk.request_id, chunk.token_ids, chunk.text, chunk.finish_reason,
+                          continuation.usage(chunk.usage), chunk.error)  # fmt: skip
+        self.continuing = continuation.skipping or bool(continuation.carried)
+        return chunk
+
+    def run_again(self, deterministic: bool | None, max_attempts: int) -> str | None:
+        """After its tier failed: ``"continued"`` or ``"again"`` if it runs again (prepared to),
+        else None.
+
+        Not after ``max_attempts`` runs. One that delivered nothing runs again when idempotent
+        (or continuable); one that delivered output only as a continuation (``replay`` on a
+        deterministic runner, or ``resume``), which its next run continues.
+        """
+        if self.attempts >= max_attempts:
+            return None
+        continuation = self.continuation
+        if continuation is not None:
+            mode = continuation_mode(self.request, deterministic)
+            if mode is not None and continuation.delivered:
+                run = continuation.rerun(self.request, mode)
+                if run is None:
+                    return None
+                self.run_request = run
+                self.continuing = continuation.skipping or bool(continuation.carried)
+                return "continued"
+            if mode is not None:
+                return "again"
+        return "again" if self.request.idempotent and not self.produced_this_attempt else None
+
+    def carry(self) -> Continuation | None:
+        """What another worker needs to continue this request's stream (a pool moving it):
+        None unless it may be continued."""
+        continuation = self.continuation
+        if continuation is not None:
+            continuation.attempts = self.attempts
+        return continuation
 
     def fail(self, error: InferenceError) -> None:
         """End the request with ``error`` (its own object), unless it has ended already."""
@@ -255,6 +342,17 @@ class RequestStream:
         """Synchronous :meth:`aclose`."""
         self._done = True
         self._state.cancel()
+
+    @property
+    def attempts(self) -> int:
+        """Runs of the request so far (on this worker, and before it came here)."""
+        return self._state.attempts
+
+    def carry(self) -> Continuation | None:
+        """What another worker needs to continue this stream after it failed here
+        (``worker.submit(batch, continuing={id: stream.carry()})``): None unless the request
+        may be continued."""
+        return self._state.carry()
 
     async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""

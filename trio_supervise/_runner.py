@@ -27,6 +27,7 @@ __all__ = [
     "open_chunks",
     "resolve_factory",
     "runner_attributes",
+    "runner_deterministic",
     "tell_generation",
 ]
 
@@ -38,7 +39,9 @@ class ModelRunner(Protocol):
     Optional attributes: ``max_concurrency`` (int, default 1: how many batches may execute at
     once), ``default_policy`` (a :class:`Policy` used when the worker is given none),
     ``needs_device`` (bool, default True; False means the runner gets a ``CpuDevice`` and never
-    opens a GPU, as a remote runner does).
+    opens a GPU, as a remote runner does), ``deterministic`` (bool, default False; True promises
+    that a request gives the same output whatever its batch and whenever it runs, given its
+    seed, so a stream cut by a failure can be replayed and continued: see ``Request.continuation``).
     """
 
     async def load(self, device: DeviceContext) -> None:
@@ -109,6 +112,14 @@ def runner_attributes(runner_or_factory: Any) -> tuple[int, Policy | None, bool]
     if not isinstance(needs_device, bool):
         raise ConfigError(f"runner.needs_device must be a bool, got {needs_device!r}")
     return concurrency, policy, needs_device
+
+
+def runner_deterministic(runner: Any) -> bool:
+    """``runner.deterministic`` (default False), checked."""
+    deterministic = getattr(runner, "deterministic", False)
+    if not isinstance(deterministic, bool):
+        raise ConfigError(f"runner.deterministic must be a bool, got {deterministic!r}")
+    return deterministic
 
 
 def tell_generation(runner: Any, generation: int) -> None:

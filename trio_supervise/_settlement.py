@@ -4,10 +4,11 @@ A tier that ends leaves its unsettled jobs in ``tier.in_flight`` (and at most on
 its dispatch gate closed, ``tier.held``, which never left the queue in spirit). Once the worker
 learns the decision from the supervision events, it settles them here:
 
-* RESTART (or an operator restart, resumed): an idempotent request that got no chunk on its
-  last run and has attempts left runs again, ahead of everything queued; any other gets a
-  ``ContextPoisoned`` of its own (a copy of the error when it was one, else a new one chained
-  to it).
+* RESTART (or an operator restart, resumed): a request with attempts left runs again, ahead of
+  everything queued, when it is idempotent and got no chunk on its last run, or when it is
+  continued (:mod:`._continuation`: it delivered output, and its next run goes on from there);
+  any other gets a ``ContextPoisoned`` of its own (a copy of the error when it was one, else a
+  new one chained to it).
 * STOP, ESCALATE, give-up: the failing batch's requests get their own copy of its error; every
   other open request ``WorkerStopped``.
 """
@@ -24,18 +25,21 @@ __all__ = ["settle_restart", "settle_stop"]
 
 
 def settle_restart(
-    in_flight: Iterable[Job], error: BaseException | None, max_attempts: int
-) -> list[RequestState]:
-    """Fail what may not run again; return what may, in batch order, to be queued first."""
+    in_flight: Iterable[Job],
+    error: BaseException | None,
+    max_attempts: int,
+    deterministic: bool | None,
+) -> tuple[list[RequestState], int]:
+    """Fail what may not run again; return what may, in batch order, to be queued first, and
+    how many of them are continued (they delivered output already)."""
     again: list[RequestState] = []
+    continued = 0
     for job in sorted(in_flight, key=lambda j: j.seq or 0):
         for state in job.open_states():
-            if (
-                state.request.idempotent
-                and not state.produced_this_attempt
-                and state.attempts < max_attempts
-            ):
+            run = state.run_again(deterministic, max_attempts)
+            if run is not None:
                 again.append(state)
+                continued += run == "continued"
             elif isinstance(error, ContextPoisoned):
                 state.fail(error_for_request(error))
             else:
@@ -44,7 +48,7 @@ def settle_restart(
                 )
                 poisoned.__cause__ = error
                 state.fail(poisoned)
-    return again
+    return again, continued
 
 
 def settle_stop(

@@ -4,9 +4,10 @@ Theory of operation
 -------------------
 An incarnation is built from a :class:`~._port.TierPort` and knows nothing else of its worker.
 It builds the runner (``factory(**runner_args)``), opens its device, ``load``s it within the
-readiness timeout (past it: :class:`HungWorker`), calls ``port.ready()``, then takes jobs from
-``port.jobs`` (a memory channel), up to ``runner.max_concurrency`` at once, each in a task of
-the tier's own nursery. Chunks go straight into each request's buffer (its ``RequestState``).
+readiness timeout (past it: :class:`HungWorker`), calls ``port.ready(deterministic)``, then
+takes jobs from ``port.jobs`` (a memory channel), up to ``runner.max_concurrency`` at once, each
+in a task of the tier's own nursery. Chunks go straight into each request's buffer (its
+``RequestState``), which drops what a replayed run delivered already.
 
 A batch's failure is decided here, with the port's decider (``classify_cuda_error``, then
 ``decide``): RESUME fails only that batch's unfinished requests and dispatch goes on; anything
@@ -36,7 +37,7 @@ from ._errors import (
 from ._policy import Directive
 from ._port import Job, TierPort
 from ._requests import RequestState, error_for_request
-from ._runner import runner_attributes, tell_generation
+from ._runner import runner_attributes, runner_deterministic, tell_generation
 from ._types import Batch, Chunk, chunk_problem
 from .devices import CpuDevice, DeviceContext
 
@@ -82,6 +83,7 @@ class Tier:
         self.name = port.name
         self.generation = port.generation
         self.runner: Any = None
+        self.deterministic = False  # the runner's promise, once loaded (runner_deterministic)
         self.device: DeviceContext | None = None
         self.fatal: BaseException | None = None
         self.failed_job: Job | None = None  # the batch whose failure ended this incarnation
@@ -108,7 +110,7 @@ class Tier:
                 async with trio.open_nursery() as nursery:
                     self.nursery = nursery  # for a tier's helper tasks (a child process, ...)
                     await self._load()
-                    self.port.ready()
+                    self.port.ready(self.deterministic)
                     await self._dispatch(nursery)
         except Exception as exc:  # from load or dispatch; batches report through fail()
             if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
@@ -128,6 +130,7 @@ class Tier:
             self.runner = port.factory(**port.runner_args)
             tell_generation(self.runner, self.generation)
             self.concurrency, _, needs_device = runner_attributes(self.runner)
+            self.deterministic = runner_deterministic(self.runner)
             self._watch_breaker()
             self.device = port.open_device() if needs_device else CpuDevice()
             await self.runner.load(self.device)
@@ -273,7 +276,7 @@ class Tier:
                 cancelled.add(state.id)
         by_id = {state.id: state for state in job.states}
         assert job.seq is not None
-        batch = Batch(tuple(s.request for s in job.states), job.seq, cancelled=cancelled)
+        batch = Batch(tuple(s.run_request for s in job.states), job.seq, cancelled=cancelled)
         hang = self.port.hang_timeout
         if hang is None:
             await self._stream(batch, by_id, None)
@@ -321,8 +324,7 @@ class Tier:
                     and chunk.error is None
                     and type(chunk.token_ids) is tuple
                 ):
-                    state.push(chunk)
-                    tokens += len(chunk.token_ids)
+                    tokens += state.push(chunk)
                 else:
                     self._route(by_id, chunk, batch)
         finally:
@@ -343,8 +345,7 @@ class Tier:
                 "which is not in the batch"
             )
         if state.open:
-            state.push(chunk)
-            self.port.counts.tokens += len(chunk.token_ids)
+            self.port.counts.tokens += state.push(chunk)
         elif state.outcome == "finished":
             raise RunnerError(
                 f"batch {batch.seq}: the runner sent a chunk for request {state.id!r} "

@@ -119,8 +119,19 @@ class Request:
     """Whether it may be run again after a restart if no output was produced yet."""
     deadline: float | None = None
     """An absolute ``trio.current_time()`` after which it fails with ``RequestTimeout``."""
+    continuation: str = "auto"
+    """What happens when its tier fails after it streamed: ``"replay"`` (run it again from the
+    prompt with the same seed, drop what was delivered: needs a ``deterministic`` runner),
+    ``"resume"`` (run the prompt plus what was delivered, for the tokens left: any runner, other
+    sampling), ``"off"`` (end with ``ContextPoisoned``), or ``"auto"``: ``"replay"`` where the
+    runner is deterministic and the request idempotent, else ``"off"``."""
 
     def __attrs_post_init__(self) -> None:
+        if self.continuation not in ("auto", "replay", "resume", "off"):
+            raise _bad(
+                "continuation must be 'auto', 'replay', 'resume' or 'off', "
+                f"got {self.continuation!r}"
+            )
         if not isinstance(self.id, str) or not self.id:
             raise _bad(f"id must be a non-empty str, got {self.id!r}")
         prompt = self.prompt

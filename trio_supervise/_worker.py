@@ -27,6 +27,7 @@ from trio_util import AsyncValue
 
 from ._admission import Admission
 from ._breaker import BreakerState
+from ._continuation import Continuation
 from ._errors import BadRequest, classify_cuda_error
 from ._events import Emitter, EventKind, SupervisionEvent
 from ._policy import Decider, Directive, Policy, decide
@@ -112,12 +113,14 @@ class Worker:
         self._on_event_callbacks = callbacks(on_event)
         self._emitter = Emitter(self.name, self._on_event_callbacks)  # events of its own
         self.generation = 0
-        self._admission = Admission(self.name, o.max_pending)
+        self._admission = Admission(self.name, o.max_pending, o.max_attempts)
         self._counts = TierCounts()  # batches, tokens, resumed: added to by every tier
         self._tier: Tier | None = None
         self._children: ChildProcesses | None = None  # with isolation="process"
         self._rebuild_lock = trio.Lock()
         self._running = False
+        self.deterministic: bool | None = None
+        """Whether the runner says it is ``deterministic`` (None until a tier has loaded)."""
         self.restart_causes = collections.Counter[str]()
         """Counted restarts of the tier, by the class of the error that caused them."""
 
@@ -146,14 +149,19 @@ class Worker:
             raise BadRequest(f"generate takes a Request, got {request!r}")
         return self._admission.submit((request,))[0]
 
-    def submit(self, batch: Batch) -> tuple[RequestStream, ...]:
+    def submit(
+        self, batch: Batch, *, continuing: Mapping[str, Continuation] | None = None
+    ) -> tuple[RequestStream, ...]:
         """Submit exactly this batch; one stream per request, in order.
 
-        The worker stamps its own ``seq`` on the batch when it dispatches it.
+        The worker stamps its own ``seq`` on the batch when it dispatches it. ``continuing``
+        maps a request id to what its stream delivered on another worker
+        (:meth:`RequestStream.carry`, after that stream failed): its stream here goes on from
+        there (what a pool does when a replica stops mid-stream).
         """
         if not isinstance(batch, Batch):
             raise BadRequest(f"submit takes a Batch, got {batch!r}")
-        return self._admission.submit(batch.requests)
+        return self._admission.submit(batch.requests, continuing)
 
     # --- the tier and its supervision -----------------------------------------------------------
 
@@ -225,7 +233,8 @@ class Worker:
         generation = self.generation
         self._move(WorkerState.STARTING)
 
-        def ready() -> None:
+        def ready(deterministic: bool) -> None:
+            self.deterministic = self._admission.deterministic = deterministic
             self._move(WorkerState.READY)
             task_status.started(self)
 
@@ -265,7 +274,9 @@ class Worker:
         tier = self._tier
         if tier is None:
             return
-        again = settle_restart(tier.in_flight, error, self.max_attempts)
+        again, continued = settle_restart(
+            tier.in_flight, error, self.max_attempts, self.deterministic
+        )
         first = [Job(again)] if again else []
         if tier.held is not None:  # never left the queue: it goes back right behind them
             first.append(tier.held)
@@ -273,6 +284,7 @@ class Worker:
         tier.held = None
         if again:
             self._admission.counts["requeued"] += len(again)
+            self._admission.counts["continued"] += continued
         if first:
             self._admission.queue.put_first(first)
 
@@ -367,6 +379,7 @@ class Worker:
             failed=counts["failed"],
             cancelled=counts["cancelled"],
             requeued=counts["requeued"],
+            continued=counts["continued"],
             batches=self._counts.batches,
             tokens=self._counts.tokens,
             breaker=self.breaker_state,

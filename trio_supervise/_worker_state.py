@@ -76,6 +76,8 @@ class WorkerStatistics:
     """Batches dispatched."""
     tokens: int
     """Tokens delivered to request buffers."""
+    continued: int = 0
+    """Request runs that continue a stream cut by a failure (here, or on another worker)."""
     breaker: BreakerState | None = None
     """The circuit breaker of the current runner (a remote one), or ``None`` without one."""
 

@@ -168,6 +168,7 @@ class Ready(_Message):
     pid: int
     max_concurrency: int
     policy: PolicyData | None = None
+    deterministic: bool = False
 
 
 class ChunkFrame(_Message):

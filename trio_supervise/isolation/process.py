@@ -244,6 +244,7 @@ class ProcessTier(Tier):
             reply = await child.request(spec.init(self.generation), timeout)
         assert isinstance(reply, frames.Ready)
         self.concurrency = reply.max_concurrency
+        self.deterministic = reply.deterministic
         runner = self.runner = ChildRunner(self, reply.max_concurrency)
         child.on_frame = runner.deliver
         assert self.nursery is not None

@@ -288,6 +288,7 @@ class CharLM:
 
     default_policy = None
     needs_device = True
+    deterministic = True  # one generator per request, from its seed: the batch does not matter
 
     def __init__(self, *, weights: str | None = None, max_concurrency: int = 1) -> None:
         self.weights = weights

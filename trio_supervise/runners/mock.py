@@ -71,6 +71,7 @@ class MockRunner:
 
     default_policy = None
     needs_device = True
+    deterministic = True  # tokens depend on prompt, seed and position only: a replay matches
 
     def __init__(
         self,

@@ -112,6 +112,11 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
         raise BadRequest(f"stream must be a boolean, got {stream!r}")
+    continuation = data.get("continuation", "auto")
+    if continuation not in ("auto", "replay", "resume", "off"):
+        raise BadRequest(
+            f"continuation must be 'auto', 'replay', 'resume' or 'off', got {continuation!r}"
+        )
     params = SamplingParams(
         max_tokens=data.get("max_tokens", 16),
         temperature=data.get("temperature", 1.0),
@@ -119,7 +124,12 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
         seed=data.get("seed"),
         stop=tuple(stop),
     )
-    return {"prompt": prompt, "model": model, "stream": stream}, params
+    return {
+        "prompt": prompt,
+        "model": model,
+        "stream": stream,
+        "continuation": continuation,
+    }, params
 
 
 @final
@@ -207,7 +217,10 @@ class App:
             model = self.pool.model_for(fields["model"])
             if self.pool.draining:
                 raise WorkerStopped("the server is draining", retry_after=1.0)
-            request = Request(f"cmpl-{uuid.uuid4().hex[:24]}", fields["prompt"], params)
+            request = Request(
+                f"cmpl-{uuid.uuid4().hex[:24]}", fields["prompt"], params,
+                continuation=fields["continuation"],
+            )  # fmt: skip
             stream = self.pool.generate(request, model)
         except InferenceError as exc:
             await self._error(send, exc, model)

@@ -16,8 +16,10 @@ nothing; while every replica is busy, it holds the batch open for up to ``max_wa
 after the first request arrived, or until it is full, so that load makes batches bigger. A request
 whose replica stops or fails before producing a chunk is sent again, to another replica, when
 it is idempotent; so is one whose remote backend failed (rate limited, a server or network
-error, an open breaker), to each other ready replica at most once; otherwise its error is the
-worker's.
+error, an open breaker), to each other ready replica at most once; one that had streamed
+already goes on on another replica when it may be continued (``Request.continuation``, within
+``max_attempts`` runs in all), its consumer seeing one unbroken stream; otherwise its error is
+the worker's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any, final
 import attrs
 import trio
 
+from .._continuation import Continuation, continuation_mode
 from .._errors import (
     Backpressure,
     BadRequest,
@@ -93,13 +96,15 @@ class Replica:
 class _Waiting:
     request: Request
     stream: PoolStream
+    continuing: Continuation | None = None
 
 
 @final
 class PoolStream:
     """A request's output through the pool: an async iterator and async context manager, like
     :class:`RequestStream`; an idempotent request that a replica dropped before its first chunk
-    is sent again, to another replica."""
+    is sent again, to another replica, and one that streamed already goes on there when it may
+    be continued."""
 
     def __init__(self, pool: WorkerPool, model: str, request: Request) -> None:
         self._pool = pool
@@ -136,15 +141,17 @@ class PoolStream:
             except InferenceError as exc:
                 moved = isinstance(exc, WorkerStopped) or self._replica_ended()
                 backend = isinstance(exc, _BACKEND_ERRORS) and self._another_ready()
-                if not ((moved or backend) and self._may_move()):
+                may, continuing = self._may_move()
+                if not ((moved or backend) and may):
                     self._closed = True
                     raise
-                # Its replica stopped, or its backend failed, before it produced anything:
-                # another replica may serve it (each replica is tried once for a backend error).
+                # Its replica stopped, or its backend failed, before it produced anything (or it
+                # may be continued): another replica may serve it (each replica is tried once
+                # for a backend error).
                 if self._replica is not None:
                     self._tried.add(self._replica)
                 self._assigned = trio.Event()
-                self._pool._resubmit(self, avoid=self._tried)
+                self._pool._resubmit(self, avoid=self._tried, continuing=continuing)
                 continue
             self._got_chunk = True
             return chunk
@@ -161,15 +168,21 @@ class PoolStream:
             for r in self._pool.replicas[self._model]
         )
 
-    def _may_move(self) -> bool:
+    def _may_move(self) -> tuple[bool, Continuation | None]:
+        """Whether it may go to another replica, and what continues it there (after output)."""
         replicas = self._pool.replicas[self._model]
-        return (
-            self.request.idempotent
-            and not self._got_chunk
-            and not self._closed
-            and not self._pool.draining
-            and not all(_stopped(r) for r in replicas)
-        )
+        if self._closed or self._pool.draining or all(_stopped(r) for r in replicas):
+            return False, None
+        if not self._got_chunk:
+            return self.request.idempotent, None
+        inner, replica = self._inner, self._replica
+        carried = None if inner is None else inner.carry()
+        if carried is None or replica is None:
+            return False, None
+        mode = continuation_mode(self.request, carried.deterministic)
+        if mode is None or carried.attempts >= replica.config.max_attempts:
+            return False, None
+        return True, carried
 
     async def __aenter__(self) -> PoolStream:
         return self
@@ -342,14 +355,17 @@ class WorkerPool:
                 queue.remove(waiting)
                 break
 
-    def _resubmit(self, stream: PoolStream, avoid: set[Replica]) -> None:
+    def _resubmit(
+        self, stream: PoolStream, avoid: set[Replica], continuing: Continuation | None
+    ) -> None:
         """Send a request again, alone, to another ready replica (or queue it)."""
+        waiting = _Waiting(stream.request, stream, continuing)
         replica = self._least_loaded(stream._model, avoid=avoid)
         if replica is None:
-            self._queues[stream._model].appendleft(_Waiting(stream.request, stream))
+            self._queues[stream._model].appendleft(waiting)
             self._wake[stream._model].set()
             return
-        self._submit(replica, [_Waiting(stream.request, stream)])
+        self._submit(replica, [waiting])
 
     def _least_loaded(self, model: str, avoid: set[Replica] | None = None) -> Replica | None:
         ready = [r for r in self.replicas[model] if r.ready and r not in (avoid or ())]
@@ -361,7 +377,10 @@ class WorkerPool:
         assert replica.worker is not None
         replica.dispatched += 1
         try:
-            streams = replica.worker.submit(Batch([w.request for w in group]))
+            continuing = {w.request.id: w.continuing for w in group if w.continuing is not None}
+            streams = replica.worker.submit(
+                Batch([w.request for w in group]), continuing=continuing or None
+            )
         except InferenceError as exc:
             for waiting in group:
                 waiting.stream._assign(None, replica, _copy(exc))

@@ -66,6 +66,7 @@ class FaultyRunner:
         self.max_concurrency = getattr(inner, "max_concurrency", 1)
         self.default_policy = getattr(inner, "default_policy", None)
         self.needs_device = getattr(inner, "needs_device", True)
+        self.deterministic = getattr(inner, "deterministic", False)  # faults change no output
 
     def __repr__(self) -> str:
         return f"FaultyRunner({self.inner!r}, {self.plan!r})"
