@@ -172,6 +172,8 @@ class BrokenWorker:
     def __init__(self, how: str) -> None:
         self.how = how
         self.served = 0
+        if how in ("splice", "none"):
+            self.deterministic = True  # the checker compares with a run without faults
 
     def generate(self, request: ts.Request) -> AsyncIterator[ts.Chunk]:
         return self._stream(request)
@@ -188,7 +190,8 @@ class BrokenWorker:
         if self.how == "reorder":
             tokens = tokens[::-1]
         for i, token in enumerate(tokens):
-            yield ts.Chunk(request.id, (token,), "x")
+            spliced = self.how == "splice" and self.served == 3 and i == 0
+            yield ts.Chunk(request.id, (token,), "y" if spliced else "x")
             if self.how == "duplicate" and i == 0:
                 yield ts.Chunk(request.id, (token,), "x")
             await trio.lowlevel.checkpoint()
@@ -205,14 +208,19 @@ class BrokenWorker:
         ("untyped", "typed_errors"),
         ("leak", "no_leftovers"),
         ("dead_handle", "stable_handle"),
+        ("splice", "same_text"),
     ],
 )
 async def test_the_checker_reports_broken_workers(how: str, invariant: str) -> None:
+    runs = 0
+
     @contextlib.asynccontextmanager
     async def factory(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        nonlocal runs
+        runs += 1
         if how == "leak":  # a task that nobody owns any more
             trio.lowlevel.spawn_system_task(trio.sleep_forever)
-        yield BrokenWorker(how)
+        yield BrokenWorker(how if runs == 1 else "none")  # the run without faults is healthy
 
     report = await run_chaos(
         factory, requests=20, concurrency=4, plan=FaultPlan.none(), expected=expected, timeout=10
@@ -232,6 +240,7 @@ async def test_a_healthy_worker_passes_the_checker() -> None:
     )
     assert report.ok, report.summary()
     assert report.outcomes == {"finished": 50}
+    assert report.compared == 50  # it says it is deterministic: compared with a second run
 
 
 # --- chaos at scale ---------------------------------------------------------------------------
@@ -250,13 +259,16 @@ async def test_two_thousand_requests_with_poison_and_oom_survive() -> None:
     assert_survives(report)
     assert report.restarts >= 5 and report.outcomes["finished"] >= 1900
     assert report.outcomes.get("failed: OutOfMemory", 0) >= 10
+    # MockRunner is deterministic: streams cut by a poisoning went on, with the fault-free text
+    assert report.continued >= 1 and report.compared == 2000
 
 
 def test_the_cli_inline_and_with_process_isolation(capsys: pytest.CaptureFixture[str]) -> None:
     from trio_supervise._cli import main
 
     assert main(["chaos", "--requests", "300", "--seed", "3"]) == 0
-    assert "all invariants hold" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "all invariants hold" in out and "300 requests compared" in out
     assert main(["chaos", "--requests", "60", "--isolation", "process", "--fault-rate", "0.1"]) == 0
     assert "all invariants hold" in capsys.readouterr().out
     assert main(["chaos", "--faults", "nonsense=1"]) == 2

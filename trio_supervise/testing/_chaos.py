@@ -12,6 +12,10 @@ The invariants (each violation is reported with the request ids involved):
   its policy stopped it), and the worker did not fail out of its context.
 * ``no_leftovers``: no task and no child process is left once the worker's context has exited.
 * ``success``: at least ``min_success`` of the requests that no fault touched succeed.
+* ``same_text``: for a deterministic runner (``worker.deterministic``, or ``fault_free=True``),
+  the text each request gets under faults is the text it gets in a run with no faults (same
+  requests, same seeds): in full when it finished, a prefix of it when it failed. A stream
+  continued after a fault (``Request.continuation``) must read exactly as if nothing happened.
 """
 
 from __future__ import annotations
@@ -121,6 +125,10 @@ class ChaosReport:
     """The seed of the request mix."""
     violations: tuple[Violation, ...]
     """Every broken invariant."""
+    continued: int = 0
+    """Runs that continued a stream cut by a fault (``WorkerStatistics.continued``)."""
+    compared: int = 0
+    """Requests whose text was compared with a fault-free run (0: no such run)."""
 
     @property
     def ok(self) -> bool:
@@ -134,7 +142,8 @@ class ChaosReport:
             f"({self.tokens_per_s:,.0f} tokens/s, latency p50 {self.latency_p50 * 1e3:.1f} ms, "
             f"p99 {self.latency_p99 * 1e3:.1f} ms), {self.restarts} restarts",
             "outcomes: " + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
-            f"untouched by a fault and served: {self.succeeded_untouched:.2%}",
+            f"untouched by a fault and served: {self.succeeded_untouched:.2%}; "
+            f"streams continued after a fault: {self.continued}",
             f"plan: {self.plan}; seed {self.seed}",
         ]
         lines += [f"VIOLATION {v}" for v in self.violations] or ["all invariants hold"]
@@ -156,6 +165,7 @@ class _Result:
     request: Request
     submitted: float
     tokens: list[int] = attrs.Factory(list)
+    text: list[str] = attrs.Factory(list)
     finals: int = 0
     after_end: int = 0
     usage_tokens: int | None = None
@@ -211,6 +221,7 @@ async def run_chaos(
     expected: Callable[[Request], Sequence[int]] | None = None,
     on_progress: Callable[[], None] | None = None,
     fault_errors: Sequence[type[Exception]] = (),
+    fault_free: bool | None = None,
 ) -> ChaosReport:
     """Send ``requests`` requests, ``concurrency`` at a time, through the worker that
     ``worker_factory(plan)`` yields, and check the invariants (see the module docstring).
@@ -231,6 +242,9 @@ async def run_chaos(
         fault_errors: more error classes that this run's faults cause, beyond those of the
             plan's (e.g. ``REMOTE_FAULT_ERRORS`` when a remote backend injects faults): a
             request ending with one counts as touched by a fault, not against ``success``.
+        fault_free: run the same requests again through ``worker_factory(FaultPlan.none())``
+            and check ``same_text``; None (the default): when the worker says its runner is
+            ``deterministic``.
     """
     for name, value, minimum in (("requests", requests, 1), ("concurrency", concurrency, 1),
                                  ("max_tokens", max_tokens, 1)):  # fmt: skip
@@ -276,6 +290,7 @@ async def run_chaos(
                     if result.end is not None:
                         result.after_end += 1
                     result.tokens.extend(chunk.token_ids)
+                    result.text.append(chunk.text)
                     if chunk.finish_reason is not None:
                         result.finals += 1
                         if chunk.usage is not None:
@@ -299,10 +314,18 @@ async def run_chaos(
                 last = generation
 
     generations = 0
+    deterministic: bool | None = None
+    continued = 0
+
+    def continued_now(worker: Any) -> int:
+        statistics = getattr(worker, "statistics", None)
+        return int(getattr(statistics(), "continued", 0)) if callable(statistics) else 0
 
     async def drive(worker: Any) -> bool:
         """Run the load; then whether the same handle still serves (None: stopped on purpose)."""
-        nonlocal generations, policy_repr, intensity
+        nonlocal generations, policy_repr, intensity, deterministic, continued
+        deterministic = getattr(worker, "deterministic", None)
+        continued_before = continued_now(worker)
         policy = getattr(worker, "policy", None)
         policy_repr = repr(policy) if policy is not None else "?"
         intensity = getattr(policy, "intensity", None)
@@ -321,6 +344,7 @@ async def run_chaos(
                 for request in specs:
                     nursery.start_soon(bounded, request)
             watchers.cancel_scope.cancel()
+        continued = continued_now(worker) - continued_before
         generations = getattr(worker, "generation", first_generation) - first_generation
         state = getattr(worker, "state", None)
         if state is not None and getattr(state.value, "name", "") in ("STOPPED", "FAILED"):
@@ -424,6 +448,32 @@ async def run_chaos(
         violations.append(
             Violation("no_leftovers", f"child processes left behind: {sorted(leftover_children)}")
         )
+    # the same text as without faults (a deterministic runner)
+    compared = 0
+    if fault_free or (fault_free is None and deterministic is True):
+        reference: dict[str, str] = {}
+        clean_failed: list[str] = []
+        with trio.move_on_after(timeout) as scope:
+            await _fault_free_texts(worker_factory, specs, concurrency, reference, clean_failed)
+        if scope.cancelled_caught:
+            problem = f"the run without faults passed its timeout of {timeout:g}s"
+            violations.append(Violation("same_text", problem))
+        if clean_failed:
+            problem = "requests failed in the run without faults"
+            violations.append(Violation("same_text", problem, tuple(clean_failed)))
+        differ = []
+        for result in results.values():
+            clean = reference.get(result.request.id)
+            if clean is None:
+                continue
+            compared += 1
+            text = "".join(result.text)
+            if text != clean if result.end == "finished" else not clean.startswith(text):
+                differ.append(result.request.id)
+        if differ:
+            violations.append(
+                Violation("same_text", "text differs from the run without faults", tuple(differ))
+            )
     # success: a request that no fault touched (it did not end with an error a fault causes)
     # must finish; one that did not is a bug of the worker (or an error nobody planned)
     caused = (*_FAULT_CAUSED, *fault_errors)
@@ -470,7 +520,37 @@ async def run_chaos(
         plan=repr(plan),
         seed=seed,
         violations=tuple(violations),
+        continued=continued,
+        compared=compared,
     )
+
+
+async def _fault_free_texts(
+    worker_factory: Callable[[FaultPlan], AbstractAsyncContextManager[Any]],
+    specs: Sequence[Request],
+    concurrency: int,
+    texts: dict[str, str],
+    failed: list[str],
+) -> None:
+    """Each request's text through ``worker_factory(FaultPlan.none())`` into ``texts`` (the ids
+    of those that failed into ``failed``)."""
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(worker: Any, request: Request) -> None:
+        async with limiter:
+            pieces: list[str] = []
+            try:
+                async with _owning(stream := worker.generate(request)):
+                    async for chunk in stream:
+                        pieces.append(chunk.text)
+            except InferenceError:
+                failed.append(request.id)
+                return
+            texts[request.id] = "".join(pieces)
+
+    async with worker_factory(FaultPlan.none()) as worker, trio.open_nursery() as nursery:
+        for request in specs:
+            nursery.start_soon(one, worker, request)
 
 
 def _owning(stream: Any) -> AbstractAsyncContextManager[Any]:

@@ -28,7 +28,9 @@ def add_chaos_parser(commands: Any) -> None:
         description=(
             "Drive requests through a worker while injected faults fire, and check that every "
             "request ends once, chunks arrive in order, errors are typed, restarts stay within "
-            "the policy, and nothing is left behind. Exit code 1 when an invariant fails."
+            "the policy, nothing is left behind, and (for a deterministic runner) every request "
+            "reads the text it reads with no faults, its stream continued after a fault. Exit "
+            "code 1 when an invariant fails."
         ),
     )
     chaos.add_argument("--requests", type=int, default=2000, help="requests in all (2000)")
@@ -125,6 +127,13 @@ def render(report: ChaosReport) -> Any:
     for outcome, count in sorted(report.outcomes.items()):
         table.add_row(f"  {outcome}", str(count))
     table.add_row("served, untouched by faults", f"{report.succeeded_untouched:.2%}")
+    table.add_row("streams continued after a fault", str(report.continued))
+    compared = (
+        f"{report.compared} requests compared with a run without faults"
+        if report.compared
+        else "not compared (the runner does not say it is deterministic)"
+    )
+    table.add_row("same text as without faults", compared)
     table.add_row("plan", report.plan)
     table.add_row("policy", report.policy)
     verdict = "all invariants hold" if report.ok else "\n".join(map(str, report.violations))
