@@ -4,6 +4,7 @@ The public API lives here; modules with a leading underscore are private.
 """
 
 from ._breaker import BreakerState, CircuitBreaker
+from ._continuation import Continuation
 from ._errors import (
     Backpressure,
     BadRequest,
@@ -84,6 +85,7 @@ __all__ = [
     "CircuitOpen",
     "ConfigError",
     "ContextPoisoned",
+    "Continuation",
     "ContinuationMismatch",
     "Decider",
     "Decision",

@@ -22,7 +22,7 @@ a replay, filters the re-run. It is plain data, so a pool hands it to another wo
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, final
 
 import attrs
 
@@ -67,9 +67,15 @@ def check_continuation(request: Request, deterministic: bool | None, runner: str
         )
 
 
+@final
 @attrs.define(eq=False)
 class Continuation:
-    """What one request delivered so far, and how its next run goes on from there."""
+    """What one request delivered so far, and how its next run goes on from there.
+
+    The worker keeps one per request that may be continued; ``RequestStream.carry()`` hands it
+    out after the stream failed, for ``Worker.submit(batch, continuing={id: it})`` on another
+    worker (what a pool does).
+    """
 
     tokens: list[int] = attrs.Factory(list)
     """The token ids handed to the consumer's buffer, in order (never what a replay dropped)."""
