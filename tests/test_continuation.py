@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any, ClassVar
 
 import httpx
@@ -101,6 +100,14 @@ def test_a_replay_drops_the_delivered_prefix_whatever_the_chunk_boundaries() -> 
     assert c.skip(ts.Chunk("r", (1, 2), "ab")) is None  # all delivered already
     rest = c.skip(ts.Chunk("r", (3, 4), "cd"))  # straddles the end of the prefix
     assert rest == ts.Chunk("r", (4,), "d") and not c.skipping
+
+
+def test_a_replay_whose_request_fails_before_it_caught_up_keeps_that_error() -> None:
+    c = Continuation(tokens=[1, 2, 3], texts=["a", "b", "c"])
+    c.rerun(req("r"), "replay")
+    error = ts.BadRequest("a bad token id")
+    assert c.skip(ts.Chunk("r", (1,), "a", error=error)) == ts.Chunk("r", error=error)
+    assert not c.skipping
 
 
 def test_a_replay_that_differs_or_ends_early_is_a_mismatch() -> None:
@@ -268,20 +275,24 @@ async def test_resume_continues_any_runner_from_the_prompt_plus_what_was_deliver
 # --- process isolation ----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fault", [Fault.KILL, Fault.EXIT])
-async def test_a_child_killed_mid_stream_leaves_every_stream_as_without_faults(
-    fault: Fault, tmp_path: Path
+@pytest.mark.parametrize(
+    ("fault", "cause"),
+    [(Fault.KILL, "ChildDied"), (Fault.EXIT, "ChildDied"), (Fault.HANG, "HungWorker")],
+)
+async def test_a_child_killed_or_hung_mid_stream_leaves_every_stream_as_without_faults(
+    fault: Fault, cause: str
 ) -> None:
     plan = FaultPlan.at(fault=fault, batch=0, token=3)
     requests = [req("a", 5), req("b", 4)]
     with trio.fail_after(30):
         async with ts.open_worker(
-            FAULTY, runner_args=faulty(plan, delay=0.01), device="cpu", isolation="process"
-        ) as worker:
+            FAULTY, runner_args=faulty(plan, delay=0.01), device="cpu", isolation="process",
+            hang_timeout=2.0 if fault is Fault.HANG else None,
+        ) as worker:  # fmt: skip
             streams = worker.submit(ts.Batch(requests))
             results = await read_all(streams)
             assert worker.deterministic is True  # said by the child, from the runner
-            assert worker.restart_causes["ChildDied"] == 1
+            assert worker.restart_causes[cause] == 1
             assert worker.statistics().continued == 2
     assert_fault_free(requests, results)
 

@@ -129,6 +129,9 @@ class Continuation:
         Raises:
             ContinuationMismatch: the re-run differs from the delivered prefix, or ended first.
         """
+        if chunk.error is not None:  # the re-run failed the request before it caught up
+            self.skipping = False
+            return Chunk(chunk.request_id, error=chunk.error)
         tokens, text = chunk.token_ids, chunk.text
         t, c = self._at_token, self._at_char
         n_tokens = min(len(tokens), len(self._want_tokens) - t)
