@@ -115,3 +115,21 @@ class ScriptedRunner(FaultRunner):
             }[kind]
             built[int(seq)] = (after, what)
         super().__init__(batch_faults=built, **kwargs)
+
+
+class StickyOnceRunner(MockRunner):
+    """MockRunner whose first batch (the first time, by marker) fails with a sticky CUDA error,
+    an illegal address: only a fresh process can use the device again."""
+
+    def __init__(self, *, marker: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.marker = marker
+
+    async def execute(self, batch: ts.Batch) -> AsyncIterator[ts.Chunk]:
+        async with contextlib.aclosing(super().execute(batch)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+                if _first_time(self.marker):
+                    from cupy_backends.cuda.api.runtime import CUDARuntimeError
+
+                    raise CUDARuntimeError(700)  # cudaErrorIllegalAddress

@@ -37,6 +37,8 @@ CHILD_SIDE = [
     "trio_supervise._child",
     "trio_supervise.isolation.process",
     "trio_supervise.isolation._child_process",
+    "trio_supervise.isolation.ray",
+    "trio_supervise.isolation._ray_actor",
     "trio_supervise.isolation._frames",
     "trio_supervise.devices",
     "trio_supervise.runners.mock",

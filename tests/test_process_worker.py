@@ -175,7 +175,7 @@ def test_process_isolation_refuses_what_cannot_cross() -> None:
         ts.Worker(ts.runners.mock.MockRunner, isolation="process")  # type: ignore[attr-defined]
     with pytest.raises(ts.ConfigError, match=r"^runner_args must be plain data that msgspec"):
         ts.Worker(RUNNERS, runner_args={"x": object()}, isolation="process")
-    with pytest.raises(ts.ConfigError, match=r"^isolation must be 'inline' or 'process'"):
+    with pytest.raises(ts.ConfigError, match=r"^isolation must be 'inline', 'process' or 'ray'"):
         ts.Worker(RUNNERS, isolation="thread")
 
 
@@ -220,7 +220,7 @@ async def test_a_standby_process_takes_over_and_the_next_one_parks(
 
 def test_standby_needs_process_isolation() -> None:
     with pytest.raises(
-        ts.ConfigError, match=r"^standby and standby_load need isolation='process'$"
+        ts.ConfigError, match=r"^standby and standby_load need isolation='process' or 'ray'$"
     ):
         ts.Worker(RUNNERS, standby=True)
 

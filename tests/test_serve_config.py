@@ -51,7 +51,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "workers[1].runner: must be an import path 'module:factory', got 'bad'",
         "workers[1].device: must be 'auto', 'cpu' or 'cuda:N', got 'gpu'",
         "workers[1].replicas: must be >= 1, got 0",
-        "workers[1].standby: needs isolation = 'process', got True",
+        "workers[1].standby: needs isolation = 'process' or 'ray', got True",
         "workers[2].policy.backoff: initial must be <= maximum, got initial=5.0 > maximum=1.0",
     )
     assert str(info.value).startswith("invalid config (10 problems):\nserver.port: must be")

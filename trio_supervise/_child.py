@@ -63,7 +63,10 @@ def _die_with_parent() -> None:
 
 
 class _Child:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    """The runner's side of the frames (the Ray actor of :mod:`.isolation._ray_actor` reuses it
+    with another ``send``)."""
+
+    def __init__(self, stream: trio.SocketStream | None) -> None:
         self.stream = stream
         self.send_lock = trio.Lock()
         self.progress = 0
@@ -76,10 +79,12 @@ class _Child:
         self.cancelled: dict[int, set[str]] = {}
 
     async def send(self, message: Any) -> None:
+        assert self.stream is not None
         async with self.send_lock:
             await self.stream.send_all(frames.encode(message))
 
     async def serve(self) -> None:
+        assert self.stream is not None
         reader = frames.FrameReader(from_child=False)
         messages: list[Any] = []
         init = None
@@ -202,12 +207,16 @@ class _Child:
             sticky = is_sticky_cuda_error(error)  # CupyDevice.run_sync classified it already
             await self.send(frames.BatchFailed(seq, frames.error_to_data(error), sticky))
             if sticky:  # the context is poisoned for this whole process
-                os._exit(STICKY_EXIT_CODE)
+                self._poisoned()
         else:
             await self.send(frames.BatchEnd(seq))
         finally:
             self.busy -= 1
             self.cancelled.pop(seq, None)
+
+    def _poisoned(self) -> None:
+        """After a sticky CUDA error: nothing in this process can use the device again."""
+        os._exit(STICKY_EXIT_CODE)
 
     async def _rebuild(self, message: frames.Rebuild) -> None:
         try:

@@ -33,6 +33,8 @@ async def open_worker(
     heartbeat_timeout: float = 10.0,
     standby: bool = False,
     standby_load: bool = False,
+    ray_options: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
     on_event: EventCallback | Sequence[EventCallback] | None = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker for the body of an ``async with``; yields it once its first tier is ready.
@@ -49,14 +51,22 @@ async def open_worker(
         readiness_timeout: seconds a tier may take to build and load before ``HungWorker``.
         drain_timeout: on a normal exit, seconds in-flight work gets to finish.
         name: for events and errors (default: the factory's name).
-        isolation: ``"inline"`` (this process) or ``"process"`` (a child process that a fresh
-            one replaces on every restart: the cure for a poisoned CUDA context). The factory
-            must then be an import path and ``runner_args`` plain data.
+        isolation: ``"inline"`` (this process), ``"process"`` (a child process that a fresh
+            one replaces on every restart: the cure for a poisoned CUDA context) or ``"ray"``
+            (a Ray actor, placed by Ray on any node of a cluster; a fresh actor on every
+            restart). With ``"process"`` and ``"ray"`` the factory must be an import path and
+            ``runner_args`` plain data.
         heartbeat_timeout: with ``isolation="process"``, seconds without any frame from the
             child before it is taken for dead.
-        standby: with ``isolation="process"``, keep one spare process parked (runner built,
+        standby: with ``isolation="process"`` or ``"ray"``, keep one spare process (or actor)
+            parked (runner built,
             device opened): a restart probes it and swaps it in, then parks the next one.
         standby_load: also load the runner in the spare (faster swaps, more device memory).
+        ray_options: with ``isolation="ray"``, the actor's Ray options (``num_gpus``,
+            ``num_cpus`` (default 0), ``resources``, ``runtime_env``, ``scheduling_strategy``,
+            ``name``, ``namespace``, ...); Ray's own restarts and retries stay off.
+        ray_address: with ``isolation="ray"``, the cluster to join; ``None``: the Ray this
+            process joined already, else ``RAY_ADDRESS``, else a local Ray on loopback.
         on_event: a callable (or several) given every :class:`SupervisionEvent` of the worker:
             its tier's starts, failures and restarts, and BREAKER_CHANGED from a runner with a
             circuit breaker.
@@ -90,6 +100,8 @@ async def open_worker(
         heartbeat_timeout=heartbeat_timeout,
         standby=standby,
         standby_load=standby_load,
+        ray_options=ray_options,
+        ray_address=ray_address,
         on_event=on_event,
     )
     plain: BaseException | None = None

@@ -17,6 +17,7 @@ counted: the worker's decider answers RESUME for :class:`RestartRequested`.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
@@ -43,6 +44,7 @@ from .devices import DeviceContext, open_device
 
 if TYPE_CHECKING:
     from .isolation.process import ChildProcesses, ProcessSpec
+    from .isolation.ray import RayActors
 
 __all__ = ["WORKER_TRANSITIONS", "Worker", "WorkerState", "WorkerStatistics"]
 
@@ -95,6 +97,8 @@ class Worker:
         heartbeat_timeout: float = 10.0,
         standby: bool = False,
         standby_load: bool = False,
+        ray_options: Mapping[str, Any] | None = None,
+        ray_address: str | None = None,
         on_event: EventCallback | Sequence[EventCallback] | None = None,
     ) -> None:
         o = self._options = check_options(
@@ -102,7 +106,7 @@ class Worker:
             max_pending=max_pending, max_attempts=max_attempts, hang_timeout=hang_timeout,
             readiness_timeout=readiness_timeout, drain_timeout=drain_timeout, name=name,
             isolation=isolation, heartbeat_timeout=heartbeat_timeout, standby=standby,
-            standby_load=standby_load,
+            standby_load=standby_load, ray_options=ray_options, ray_address=ray_address,
         )  # fmt: skip
         self.name, self.isolation, self.factory = o.name, o.isolation, o.factory
         self.runner_args, self.max_attempts = o.runner_args, o.max_attempts
@@ -116,7 +120,7 @@ class Worker:
         self._admission = Admission(self.name, o.max_pending, o.max_attempts)
         self._counts = TierCounts()  # batches, tokens, resumed: added to by every tier
         self._tier: Tier | None = None
-        self._children: ChildProcesses | None = None  # with isolation="process"
+        self._children: ChildProcesses | RayActors | None = None  # process or ray isolation
         self._rebuild_lock = trio.Lock()
         self._running = False
         self.deterministic: bool | None = None
@@ -204,14 +208,24 @@ class Worker:
         await run_tiers(task_status=task_status)
 
     async def _supervise_processes(self, task_status: trio.TaskStatus[Worker]) -> None:
-        """As _supervise, with a place for child processes that outlives each tier."""
+        """As _supervise, with a place for child processes (or Ray actors) that outlives each
+        tier."""
         from .isolation import _frames
-        from .isolation.process import ChildProcesses, probe_runner
 
-        async with ChildProcesses.open(self._process_spec()) as children:
+        home: contextlib.AbstractAsyncContextManager[ChildProcesses | RayActors]
+        if self.isolation == "ray":
+            from .isolation.ray import RayActors, RaySpec
+
+            o = self._options
+            home = RayActors.open(RaySpec(self._process_spec(), o.ray_options, o.ray_address))
+        else:
+            from .isolation.process import ChildProcesses
+
+            home = ChildProcesses.open(self._process_spec())
+        async with home as children:
             self._children = children
             if self._options.probe_policy:
-                ready = await probe_runner(children)
+                ready = await children.probe()
                 if ready.policy is not None:
                     self._use_policy(_frames.policy_from_data(ready.policy))
             children.replenish_spare()
@@ -249,12 +263,7 @@ class Worker:
             self.runner_args, self.open_device, self.readiness_timeout, self.hang_timeout,
             self.policy.decide, self._counts, ready, breaker_changed,
         )  # fmt: skip
-        if self._children is not None:
-            from .isolation.process import ProcessTier  # the inline path never imports it
-
-            tier: Tier = ProcessTier(port, self._children)
-        else:
-            tier = Tier(port)
+        tier = Tier(port) if self._children is None else self._children.tier(port)
         self._tier = tier
         await tier.run()
 

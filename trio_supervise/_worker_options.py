@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,6 +58,50 @@ class WorkerOptions:
     heartbeat_timeout: float
     standby: bool
     standby_load: bool
+    ray_options: dict[str, Any] = attrs.field(factory=dict)
+    """With ``isolation="ray"``: the actor's options for ``.options()``."""
+    ray_address: str | None = None
+    """With ``isolation="ray"``: the cluster to join (None: ``RAY_ADDRESS``, else local)."""
+
+
+RAY_OPTIONS = frozenset(
+    {"num_gpus", "num_cpus", "memory", "resources", "accelerator_type", "runtime_env",
+     "scheduling_strategy", "name", "namespace", "label_selector"}
+)  # fmt: skip
+"""The keys of ``ray_options``; restarts, retries and the actor's concurrency are the worker's."""
+
+
+def check_ray(ray_options: Mapping[str, Any] | None, ray_address: str | None) -> dict[str, Any]:
+    """Check ``ray_options`` and ``ray_address``, and that Ray is installed (not imported).
+
+    Raises:
+        ConfigError: Ray is not installed (naming the extra), or a bad option.
+    """
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            "isolation='ray' needs Ray, which is not installed: pip install 'trio-supervise[ray]'"
+        )
+    if ray_options is not None and not isinstance(ray_options, Mapping):
+        raise ConfigError(f"ray_options must be a mapping, got {ray_options!r}")
+    options = dict(ray_options or {})
+    unknown = sorted(set(options) - RAY_OPTIONS)
+    if unknown:
+        raise ConfigError(
+            f"ray_options takes {', '.join(sorted(RAY_OPTIONS))}; got {', '.join(unknown)}"
+            " (Ray's restarts and retries are off: the worker's policy decides)"
+        )
+    for key in ("num_gpus", "num_cpus", "memory"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not value >= 0):  # fmt: skip
+            raise ConfigError(f"ray_options.{key} must be a number >= 0, got {value!r}")
+    for key in ("name", "namespace"):
+        value = options.get(key)
+        if value is not None and not (isinstance(value, str) and value):
+            raise ConfigError(f"ray_options.{key} must be a non-empty str, got {value!r}")
+    if ray_address is not None and not (isinstance(ray_address, str) and ray_address):
+        raise ConfigError(f"ray_address must be a non-empty str or None, got {ray_address!r}")
+    return options
 
 
 def check_options(
@@ -75,23 +120,32 @@ def check_options(
     heartbeat_timeout: float,
     standby: bool,
     standby_load: bool,
+    ray_options: Mapping[str, Any] | None = None,
+    ray_address: str | None = None,
 ) -> WorkerOptions:
     """Check every argument of a worker.
 
     Raises:
         ConfigError: the first bad argument, with what was expected and what was got.
     """
-    if isolation not in ("inline", "process"):
-        raise ConfigError(f"isolation must be 'inline' or 'process', got {isolation!r}")
-    if isolation == "process":
+    if isolation not in ("inline", "process", "ray"):
+        raise ConfigError(f"isolation must be 'inline', 'process' or 'ray', got {isolation!r}")
+    isolated = isolation != "inline"
+    if isolation == "ray":
+        checked_ray = check_ray(ray_options, ray_address)
+    elif ray_options or ray_address is not None:
+        raise ConfigError(f"ray_options and ray_address need isolation='ray', got {isolation!r}")
+    else:
+        checked_ray = {}
+    if isolated:
         if not isinstance(runner_factory, str):
             raise ConfigError(
-                "isolation='process' takes the runner factory as an import path "
+                f"isolation={isolation!r} takes the runner factory as an import path "
                 "'module:factory' (the parent never imports the runner), "
                 f"got {runner_factory!r}"
             )
         if not isinstance(device, str):
-            raise ConfigError(f"isolation='process' takes the device as a str, got {device!r}")
+            raise ConfigError(f"isolation={isolation!r} takes the device as a str, got {device!r}")
         factory_path = runner_factory
         factory: Callable[..., Any] = _unavailable_in_parent
     else:
@@ -102,7 +156,7 @@ def check_options(
             f"runner_args must be a mapping of keyword arguments, got {runner_args!r}"
         )
     args = dict(runner_args or {})
-    if isolation == "process":
+    if isolated:
         try:
             msgspec.msgpack.encode(args)
         except (TypeError, msgspec.EncodeError) as exc:
@@ -128,8 +182,8 @@ def check_options(
     drain = _positive("drain_timeout", drain_timeout, allow_none=False)
     heartbeat = _positive("heartbeat_timeout", heartbeat_timeout, allow_none=False)
     assert drain is not None and heartbeat is not None
-    if (standby or standby_load) and isolation != "process":
-        raise ConfigError("standby and standby_load need isolation='process'")
+    if (standby or standby_load) and not isolated:
+        raise ConfigError("standby and standby_load need isolation='process' or 'ray'")
     default_name = runner_factory.rpartition(":")[2] if isinstance(runner_factory, str) else ""
     return WorkerOptions(
         name=name or default_name or str(getattr(factory, "__name__", "worker")),
@@ -140,7 +194,7 @@ def check_options(
         device=device,
         policy=chosen,
         # A process-isolated runner's own default_policy is learnt from a probe child in run().
-        probe_policy=isolation == "process" and policy is None,
+        probe_policy=isolated and policy is None,
         max_pending=max_pending,
         max_attempts=max_attempts,
         hang_timeout=hang,
@@ -149,4 +203,6 @@ def check_options(
         heartbeat_timeout=heartbeat,
         standby=bool(standby or standby_load),
         standby_load=bool(standby_load),
+        ray_options=checked_ray,
+        ray_address=ray_address,
     )

@@ -21,7 +21,7 @@ import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import attrs
 import trio
@@ -32,7 +32,14 @@ from .._types import Batch, Chunk, RebuildCause
 from . import _frames as frames
 from ._child_process import ChildProcess
 
-__all__ = ["ChildProcesses", "ChildRunner", "ProcessSpec", "ProcessTier", "probe_runner"]
+__all__ = [
+    "ChildProcesses",
+    "ChildRunner",
+    "FrameSender",
+    "ProcessSpec",
+    "ProcessTier",
+    "probe_runner",
+]
 
 logger = logging.getLogger("trio_supervise")
 
@@ -134,6 +141,22 @@ class ChildProcesses:
         finally:
             self._parking = False
 
+    async def probe(self) -> frames.Ready:
+        """The runner's class-level attributes, from a short-lived child (see probe_runner)."""
+        return await probe_runner(self)
+
+    def tier(self, port: TierPort) -> ProcessTier:
+        """A tier incarnation whose runner runs in one of these processes."""
+        return ProcessTier(port, self)
+
+
+class FrameSender(Protocol):
+    """Where a :class:`ChildRunner` sends its frames: a process tier, or a Ray tier."""
+
+    async def send(self, message: Any) -> None: ...
+
+    async def send_quietly(self, message: Any) -> None: ...
+
 
 class ChildRunner:
     """What the tier sees as its runner: batches and rebuilds travel to the child as frames."""
@@ -141,7 +164,7 @@ class ChildRunner:
     needs_device = False
     default_policy = None
 
-    def __init__(self, tier: ProcessTier, max_concurrency: int) -> None:
+    def __init__(self, tier: FrameSender, max_concurrency: int) -> None:
         self.tier = tier
         self.max_concurrency = max_concurrency
         self._batches: dict[int, trio.MemorySendChannel[Any]] = {}

@@ -22,6 +22,7 @@ import cattrs
 from .._errors import ConfigError
 from .._policy import Backoff, Policy, RestartIntensity
 from .._runner import resolve_factory
+from .._worker_options import check_ray
 
 __all__ = [
     "BackoffConfig",
@@ -84,8 +85,14 @@ class WorkerConfig:
     """Per-replica runner arguments, merged over ``runner_args`` (a backend per replica); when
     given, there is one replica per entry."""
     isolation: str = "inline"
+    """``"inline"``, ``"process"`` or ``"ray"`` (an actor on a Ray cluster)."""
     standby: bool = False
     standby_load: bool = False
+    ray_options: dict[str, Any] = attrs.Factory(dict)
+    """With ``isolation = "ray"``: the actor's options (``num_gpus``, ``resources``, ...)."""
+    ray_address: str | None = None
+    """With ``isolation = "ray"``: the cluster to join (default: ``RAY_ADDRESS``, else a local
+    Ray); one per server."""
     max_pending: int = 1024
     max_attempts: int = 2
     readiness_timeout: float | None = None
@@ -201,6 +208,7 @@ class ServeConfig:
         need(_non_negative(b.max_wait), "batching.max_wait", "must be >= 0", b.max_wait)
         need(bool(self.workers), "workers", "must name at least one worker", list(self.workers))
         names: set[str] = set()
+        addresses: set[str | None] = set()  # of the Ray workers: one Ray per process
         for i, w in enumerate(self.workers):
             at = f"workers[{i}]"
             need(bool(w.name), f"{at}.name", "must be a non-empty name", w.name)
@@ -215,10 +223,19 @@ class ServeConfig:
             need(not w.replica_args or w.replicas in (1, len(w.replica_args)), f"{at}.replicas",
                  f"must be left out or {len(w.replica_args)} (one per replica_args entry)",
                  w.replicas)  # fmt: skip
-            need(w.isolation in ("inline", "process"), f"{at}.isolation",
-                 "must be 'inline' or 'process'", w.isolation)  # fmt: skip
-            need(not (w.standby or w.standby_load) or w.isolation == "process", f"{at}.standby",
-                 "needs isolation = 'process'", w.standby)  # fmt: skip
+            need(w.isolation in ("inline", "process", "ray"), f"{at}.isolation",
+                 "must be 'inline', 'process' or 'ray'", w.isolation)  # fmt: skip
+            need(not (w.standby or w.standby_load) or w.isolation in ("process", "ray"),
+                 f"{at}.standby", "needs isolation = 'process' or 'ray'", w.standby)  # fmt: skip
+            if w.isolation == "ray":
+                try:
+                    check_ray(w.ray_options, w.ray_address)
+                except ConfigError as exc:
+                    problems.append(f"{at}: {exc}")
+                addresses.add(w.ray_address)
+            else:
+                need(not w.ray_options and w.ray_address is None, f"{at}.ray_options",
+                     "needs isolation = 'ray'", w.ray_options or w.ray_address)  # fmt: skip
             need(w.max_pending >= 1, f"{at}.max_pending", "must be >= 1", w.max_pending)
             need(w.max_attempts >= 1, f"{at}.max_attempts", "must be >= 1", w.max_attempts)
             for key in ("readiness_timeout", "hang_timeout"):
@@ -237,6 +254,8 @@ class ServeConfig:
                                 p.backoff.jitter)  # fmt: skip
                     except ValueError as exc:  # InvalidPolicy says what was wrong
                         problems.append(f"{at}.policy.backoff: {exc}")
+        need(len(addresses) <= 1, "workers.ray_address", "must be the same for every Ray worker",
+             sorted(map(str, addresses)))  # fmt: skip
         if problems:
             raise _config_error(tuple(problems))
 

@@ -257,6 +257,8 @@ class WorkerPool:
                 isolation=w.isolation,
                 standby=w.standby,
                 standby_load=w.standby_load,
+                ray_options=w.ray_options or None,
+                ray_address=w.ray_address,
             )
             replica.worker = worker
             self._notify_ready()
@@ -437,6 +439,7 @@ class WorkerPool:
                 stats = worker.statistics() if worker is not None else None
                 tier = getattr(worker, "_tier", None)
                 process = getattr(tier, "process", None)
+                where = getattr(tier, "where", {})  # a Ray tier's actor: id, node, pid
                 out.append(
                     {
                         "name": replica.name,
@@ -448,7 +451,11 @@ class WorkerPool:
                         "pending": stats.pending if stats else 0,
                         "in_flight": stats.in_flight if stats else 0,
                         "isolation": replica.config.isolation,
-                        "pid": getattr(process, "pid", None),
+                        "pid": getattr(process, "pid", where.get("pid")),
+                        "actor_id": where.get("actor_id"),
+                        "actor_name": where.get("name"),
+                        "node_id": where.get("node_id"),
+                        "node_ip": where.get("node_ip"),
                         "breaker": stats.breaker.value if stats and stats.breaker else None,
                     }
                 )

@@ -44,7 +44,7 @@ def add_chaos_parser(commands: Any) -> None:
     )
     chaos.add_argument("--faults", default="", help="extra faults, KIND=RATE,... (any kind)")
     chaos.add_argument("--seed", type=int, default=0, help="seeds the faults and the requests")
-    chaos.add_argument("--isolation", choices=("inline", "process"), default="inline")
+    chaos.add_argument("--isolation", choices=("inline", "process", "ray"), default="inline")
     chaos.add_argument("--runner", default=MOCK, help=f"the runner's import path ({MOCK})")
     chaos.add_argument("--timeout", type=float, default=120.0, help="seconds for the run (120)")
 
@@ -72,7 +72,7 @@ def build_plan(args: argparse.Namespace) -> FaultPlan:
     if not 0 <= args.fault_rate <= 1:
         raise ConfigError(f"--fault-rate must be in [0, 1], got {args.fault_rate!r}")
     kinds = [Fault.POISON, Fault.OOM]
-    if args.isolation == "process":
+    if args.isolation != "inline":
         kinds += [Fault.HANG, Fault.EXIT, Fault.KILL]
     rates = {kind: args.fault_rate / len(kinds) for kind in kinds}
     for kind, rate in parse_faults(args.faults).items():
@@ -105,7 +105,7 @@ def worker_factory(args: argparse.Namespace) -> Any:
             device="cpu",
             policy=policy,
             isolation=args.isolation,
-            hang_timeout=0.5 if args.isolation == "process" else 5.0,
+            hang_timeout={"process": 0.5, "ray": 2.0}.get(args.isolation, 5.0),
             heartbeat_timeout=2.0,
             max_pending=args.requests + 1,
         )

@@ -1,0 +1,237 @@
+"""The Ray tier against the process tier, in one run: tokens/s, round trip, restart latency.
+
+Every row puts a worker with ``isolation="ray"`` (its runner in a Ray actor, on a local Ray
+with two CPUs, on loopback) beside the same worker with ``isolation="process"`` (its runner in a
+child process, frames on a socketpair), the baseline, measured in the same run, side by side:
+
+1. **tokens/s**: ``batches`` batches of 64 requests of 256 tokens (MockRunner, no delay),
+   submitted at once, read to the end. The actor streams back as many frames per Ray item as
+   were waiting, so a Ray object carries many tokens.
+2. **round trip**: one request of one token, submitted and read, ``round_trips`` times (median).
+3. **restart latency, cold**: a fault, then the next request's first chunk, served by a fresh
+   actor (the process side: a fresh process); p50 of ``restarts``.
+4. **restart latency, standby**: the same with a parked spare swapped in.
+5. **the bridge**: one call of a trivial actor method from Trio through the worker's bridge
+   (:class:`~trio_supervise.isolation.ray.Bridge`: an asyncio loop in one thread, results back
+   by ``run_sync_soon``) against ``trio.to_thread.run_sync(ray.get, ref)``, the obvious other
+   way (one thread hop per call), ``round_trips`` times each (median).
+
+No targets: the rows say what Ray costs next to a child process on one machine (its own
+scheduler, object store and RPC), which buys placement on any node of a cluster. Run it:
+``python benchmarks/bench_ray.py [--quick] [--repeat N]`` (needs ``trio-supervise[ray]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file: make the checkout importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+from benchmarks._common import (
+    Measurements,
+    Row,
+    best_median,
+    collected_run,
+    parse_args,
+    pick_sizes,
+    quiet_library_logger,
+    report,
+)
+from benchmarks.bench_worker import (
+    BATCH_SIZE,
+    MAX_TOKENS,
+    ONE_TOKEN,
+    batches_of_requests,
+    restarts_ours,
+)
+from trio_supervise import Request, open_worker
+from trio_supervise.isolation.ray import LOOPBACK_ENV
+
+MOCK = "trio_supervise.runners.mock:MockRunner"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sizes:
+    """How much work each benchmark does."""
+
+    batches: int
+    round_trips: int
+    restarts: int
+    repeat: int
+
+
+FULL = Sizes(batches=2, round_trips=300, restarts=5, repeat=2)
+QUICK = Sizes(batches=1, round_trips=20, restarts=2, repeat=1)
+
+
+async def tokens_per_s(isolation: str, batches: int) -> float:
+    """Tokens per second through a worker of this isolation, batches submitted at once."""
+    async with open_worker(MOCK, runner_args={"delay": 0.0}, device="cpu",
+                           isolation=isolation) as worker:  # fmt: skip
+        received = 0
+
+        async def read(stream: Any) -> None:
+            nonlocal received
+            async for chunk in stream:
+                received += len(chunk.token_ids)
+
+        start = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for requests in batches_of_requests(batches):
+                for request in requests:
+                    nursery.start_soon(read, worker.generate(request))
+        elapsed = time.perf_counter() - start
+    assert received == batches * BATCH_SIZE * MAX_TOKENS, received
+    return received / elapsed
+
+
+async def round_trips(isolation: str, n: int) -> list[float]:
+    """Seconds for one one-token request, ``n`` times."""
+    async with open_worker(MOCK, device="cpu", isolation=isolation) as worker:
+        latencies = []
+        for i in range(n):
+            start = time.perf_counter()
+            async for _ in worker.generate(Request(f"r{i}", "hello", ONE_TOKEN)):
+                pass
+            latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+class Echo:
+    """A trivial actor: what a call costs in Ray itself."""
+
+    async def echo(self, value: int) -> int:
+        return value
+
+
+async def bridge_calls(how: str, n: int) -> list[float]:
+    """Seconds per call of ``Echo.echo`` from Trio, through the bridge or a thread."""
+    import ray
+
+    from trio_supervise.isolation.ray import Bridge
+
+    actor = ray.remote(Echo).options(num_cpus=0).remote()
+    bridge = Bridge()
+    try:
+        await bridge.get(actor.echo.remote(0))  # placed and started
+        latencies = []
+        for i in range(n):
+            start = time.perf_counter()
+            if how == "bridge":
+                assert await bridge.get(actor.echo.remote(i)) == i
+            else:
+                assert await trio.to_thread.run_sync(ray.get, actor.echo.remote(i)) == i
+            latencies.append(time.perf_counter() - start)
+    finally:
+        await bridge.aclose()
+        ray.kill(actor)
+    return latencies
+
+
+def measure(sizes: Sizes) -> Measurements:
+    """Both tiers, every benchmark, interleaved run by run."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:  # one local Ray for the whole run (a worker would start and stop its own)
+        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False)  # fmt: skip
+    try:
+        with quiet_library_logger():
+            rows = _measure(sizes)
+    finally:
+        if started:
+            ray.shutdown()
+    return Measurements(
+        rows=rows,
+        notes=(
+            "baseline: the same worker with isolation='process' (a child process, frames on a "
+            "socketpair), in the same run; the Ray side runs on a local Ray with 2 CPUs; the "
+            "bridge row's baseline is trio.to_thread.run_sync(ray.get, ref)",
+        ),
+    )
+
+
+def _measure(sizes: Sizes) -> tuple[Row, ...]:
+    speed: dict[str, list[float]] = {"ray": [], "process": []}
+    trips: dict[str, list[list[float]]] = {"ray": [], "process": []}
+    cold: dict[str, list[list[float]]] = {"ray": [], "process": []}
+    warm: dict[str, list[list[float]]] = {"ray": [], "process": []}
+    calls: dict[str, list[list[float]]] = {"bridge": [], "thread": []}
+    for _ in range(sizes.repeat):
+        for how in ("bridge", "thread"):
+            calls[how].append(collected_run(bridge_calls, how, sizes.round_trips))
+        for side in ("ray", "process"):
+            speed[side].append(collected_run(tokens_per_s, side, sizes.batches))
+            trips[side].append(collected_run(round_trips, side, sizes.round_trips))
+            cold[side].append(collected_run(restarts_ours, sizes.restarts, side))
+            warm[side].append(collected_run(restarts_ours, sizes.restarts, side, True))
+    tokens = Row(
+        key="ray_tokens_per_s",
+        label=f"Ray tier tokens/s ({sizes.batches} x {BATCH_SIZE} requests x {MAX_TOKENS})",
+        unit="tok/s",
+        ours=max(speed["ray"]),
+        baseline=max(speed["process"]),
+        target=None,
+        higher_is_better=True,
+    )
+    trip = Row(
+        key="ray_round_trip_s",
+        label=f"Ray tier round trip, 1 token (median of {sizes.round_trips})",
+        unit="s",
+        ours=best_median(trips["ray"]),
+        baseline=best_median(trips["process"]),
+        target=None,
+        higher_is_better=False,
+    )
+    restart_cold = dataclasses.replace(
+        trip,
+        key="ray_restart_cold_p50_s",
+        label=f"Ray tier restart, cold, p50 ({sizes.restarts} restarts)",
+        ours=best_median(cold["ray"]),
+        baseline=best_median(cold["process"]),
+    )
+    restart_standby = dataclasses.replace(
+        trip,
+        key="ray_restart_standby_p50_s",
+        label=f"Ray tier restart, standby, p50 ({sizes.restarts} restarts)",
+        ours=best_median(warm["ray"]),
+        baseline=best_median(warm["process"]),
+    )
+    bridge = dataclasses.replace(
+        trip,
+        key="ray_bridge_call_s",
+        label=f"Ray call from Trio: bridge vs to_thread(ray.get) (median of {sizes.round_trips})",
+        ours=best_median(calls["bridge"]),
+        baseline=best_median(calls["thread"]),
+    )
+    return tokens, trip, restart_cold, restart_standby, bridge
+
+
+def format_value(value: float, unit: str) -> str:
+    """A number with its unit, at a readable precision."""
+    if unit == "s":
+        return f"{value * 1e6:,.1f} us" if value < 1e-3 else f"{value * 1e3:,.2f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmarks, print the table, and return the numbers (as bench_worker's)."""
+    args = parse_args(argv, prog="bench_ray", doc=__doc__)
+    sizes = pick_sizes(args, full=FULL, quick=QUICK)
+    return report(measure(sizes), sizes=sizes, quick=args.quick, format_value=format_value)
+
+
+os.environ.setdefault(LOOPBACK_ENV, "0")  # before Ray is imported: a local Ray on loopback
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,232 @@
+"""The actor of a Ray-isolated worker: the runner's side, in a Ray worker process.
+
+The parent (:mod:`.ray`) makes one :class:`RayChildActor` per tier incarnation (and one per
+standby spare). It is an *async* actor: Ray runs its methods on an asyncio loop. The runner is a
+Trio runner, so the actor runs a Trio loop of its own in one thread, and the runner lives there,
+built, loaded and driven by the same code as a child process's (:class:`~.._child._Child`):
+the frames that a child writes to its socket are handed to this actor's asyncio side instead.
+
+* ``start(init)`` builds and loads the runner (or parks it, for a spare) and returns the reply
+  frame (``Ready``, ``Parked`` or ``Fatal``, encoded) with where the actor runs;
+* ``execute(frame)`` is a streaming generator: each item is one or more encoded frames, every
+  chunk that was waiting when Ray asked for the next item (one item per chunk would cost one Ray
+  object per token), ending with ``BatchEnd`` or ``BatchFailed``;
+* ``cancel``, ``rebuild``, ``activate`` and ``stop`` are the other frames, as calls;
+* ``watch()`` never returns: the parent learns of the actor's death, busy or idle, from it.
+
+After a sticky CUDA error the actor refuses every batch (the parent kills it and makes a fresh
+one: a new process, a new CUDA context). Ray's own restarts and retries are off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
+from typing import Any
+
+import trio
+
+from .._child import CHILD_ENV, _Child
+from .._errors import ContextPoisoned, classify_cuda_error
+from .._runner import tell_generation
+from . import _frames as frames
+
+__all__ = ["RayChildActor", "probe_task"]
+
+
+class _ActorChild(_Child):
+    """A child whose frames go to a callable instead of a socket."""
+
+    def __init__(self, deliver: Callable[[Any], None]) -> None:
+        super().__init__(None)
+        self._deliver = deliver
+        self.poisoned = False
+
+    async def send(self, message: Any) -> None:
+        self._deliver(message)
+
+    def _poisoned(self) -> None:
+        self.poisoned = True  # the parent kills this actor; until then, no batch runs here
+
+
+def _decode(data: bytes) -> Any:
+    (message,) = frames.FrameReader(from_child=False).feed(data)
+    return message
+
+
+class RayChildActor:
+    """One incarnation's runner, in a Ray actor (see the module docstring)."""
+
+    def __init__(self) -> None:
+        os.environ[CHILD_ENV] = "1"  # a process of our own: faults that kill it are allowed
+        self._child = _ActorChild(self._from_trio)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+        self._thread: threading.Thread | None = None
+        self._streams: dict[int, asyncio.Queue[Any]] = {}
+        self._rebuilds: dict[int, asyncio.Future[Any]] = {}
+        self._control: asyncio.Future[Any] | None = None
+
+    # --- the Trio side ----------------------------------------------------------------------
+
+    async def _ensure_trio(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        started: Future[None] = Future()
+        self._thread = threading.Thread(
+            target=trio.run, args=(self._trio_main, started), name="trio-supervise-runner",
+            daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        await asyncio.wrap_future(started)
+
+    async def _trio_main(self, started: Future[None]) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            self._token = trio.lowlevel.current_trio_token()
+            started.set_result(None)
+            await trio.sleep_forever()  # until stop() cancels it
+
+    def _from_trio(self, message: Any) -> None:
+        """A frame from the runner's side (in the Trio thread): to the asyncio side."""
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._route, message)
+
+    def _route(self, message: Any) -> None:
+        if isinstance(message, frames.ChunkFrame | frames.BatchEnd | frames.BatchFailed):
+            queue = self._streams.get(message.seq)
+            if queue is not None:
+                queue.put_nowait(message)
+        elif isinstance(message, frames.RebuildDone):
+            future = self._rebuilds.pop(message.token, None)
+            if future is not None and not future.done():
+                future.set_result(message)
+        elif self._control is not None and not self._control.done():
+            self._control.set_result(message)  # Ready, Parked or Fatal
+
+    def _soon(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._token is not None
+        self._token.run_sync_soon(fn, *args)
+
+    async def _control_call(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bytes:
+        """Run ``fn`` in the Trio thread; return the control frame it sent, encoded."""
+        await self._ensure_trio()
+        assert self._loop is not None and self._nursery is not None
+        self._control = self._loop.create_future()
+        self._soon(self._nursery.start_soon, fn, *args)
+        return frames.encode(await self._control)
+
+    # --- the calls the parent makes ---------------------------------------------------------
+
+    async def start(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        """Build and load (or park) the runner from an ``Init``; the reply and where we run."""
+        reply = await self._control_call(self._start, _decode(data))
+        return reply, _identity()
+
+    async def _start(self, init: frames.Init) -> None:
+        child = self._child
+        if init.park:  # a standby spare: build now (and load, with preload), take over later
+            if await child._construct(init) and (not init.preload or await child._load()):
+                await child.send(frames.Parked(os.getpid()))
+        elif await child._construct(init) and await child._load():
+            await child.send(frames.Ready(os.getpid(), child.concurrency, None,
+                                          child.deterministic))  # fmt: skip
+
+    async def activate(self, generation: int) -> bytes:
+        """A parked spare takes over: probe its device, load if it has not, say Ready."""
+        return await self._control_call(self._activate, generation)
+
+    async def _activate(self, generation: int) -> None:
+        child = self._child
+        tell_generation(child.runner, generation)
+        try:
+            await child.device.probe()
+        except Exception as exc:
+            await child.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
+            return
+        if child.loaded or await child._load():
+            await child.send(frames.Ready(os.getpid(), child.concurrency, None,
+                                          child.deterministic))  # fmt: skip
+
+    async def execute(self, data: bytes) -> AsyncIterator[bytes]:
+        """Run one ``Execute``; stream its frames back, as many as are waiting per item."""
+        message: frames.Execute = _decode(data)
+        seq = message.seq
+        if self._child.poisoned or self._nursery is None:
+            error = ContextPoisoned("this actor's device context is poisoned by a sticky error")
+            yield frames.encode(frames.BatchFailed(seq, frames.error_to_data(error), True))
+            return
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._streams[seq] = queue
+        try:
+            self._soon(self._child._handle, message, self._nursery)
+            while True:
+                items = [await queue.get()]
+                while not queue.empty():
+                    items.append(queue.get_nowait())
+                yield b"".join(map(frames.encode, items))
+                if isinstance(items[-1], frames.BatchEnd | frames.BatchFailed):
+                    return
+        finally:
+            self._streams.pop(seq, None)
+
+    async def cancel(self, seq: int, request_id: str) -> None:
+        """A consumer left: tell the runner (through the batch's cancelled set)."""
+        if self._nursery is not None:
+            self._soon(self._child._handle, frames.Cancel(seq, request_id), self._nursery)
+
+    async def rebuild(self, token: int, cause: str) -> bytes:
+        """Rebuild the runner's session; the ``RebuildDone`` frame, encoded."""
+        assert self._loop is not None and self._nursery is not None
+        future = self._rebuilds[token] = self._loop.create_future()
+        self._soon(self._child._handle, frames.Rebuild(token, cause), self._nursery)
+        return frames.encode(await future)
+
+    async def watch(self) -> None:
+        """Never returns: the parent's call fails when this actor dies."""
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        """Close the runner (within 5 s) and end the Trio thread; the parent then kills us."""
+        if self._nursery is None or self._thread is None:
+            return
+        done: Future[None] = Future()
+
+        async def close() -> None:
+            try:
+                if self._child.runner is not None:
+                    with trio.move_on_after(5):
+                        await self._child.runner.aclose()
+            finally:
+                assert self._nursery is not None
+                self._nursery.cancel_scope.cancel()
+                done.set_result(None)
+
+        self._soon(self._nursery.start_soon, close)
+        await asyncio.wrap_future(done)
+        await asyncio.to_thread(self._thread.join, 5)
+
+
+def _identity() -> dict[str, Any]:
+    """Where this actor runs: its actor id, node id, node address and pid."""
+    import ray
+
+    context = ray.get_runtime_context()
+    return {
+        "actor_id": context.get_actor_id(),
+        "node_id": context.get_node_id(),
+        "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+        "pid": os.getpid(),
+    }
+
+
+def probe_task(data: bytes) -> bytes:
+    """A Ray task: import the factory of an ``Init(probe=True)``; its ``Ready`` or ``Fatal``."""
+    replies: list[Any] = []
+    trio.run(_ActorChild(replies.append)._probe, _decode(data))
+    return frames.encode(replies[0])
