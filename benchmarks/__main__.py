@@ -1,7 +1,8 @@
 """``python -m benchmarks``: every CPU benchmark in one run, as a JSON file and a markdown table.
 
 Runs the scripts' ``measure`` functions one after another (``bench_supervisor``,
-``bench_worker``, ``bench_http``; each still runs on its own too), then writes:
+``bench_worker``, ``bench_http``, and ``bench_ray`` where Ray is installed; each still runs on
+its own too), then writes:
 
 * a JSON file (``--json PATH``; default ``benchmarks/results.json``, next to this file) with
   the environment, the sizes, every row's numbers and the rows whose target was missed;
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
@@ -33,7 +35,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from benchmarks import bench_http, bench_supervisor, bench_worker
+from benchmarks import bench_http, bench_ray, bench_supervisor, bench_worker
 from benchmarks._common import (
     FormatValue,
     Measurements,
@@ -76,6 +78,11 @@ SUITES: tuple[Suite[Any], ...] = (
         bench_worker.format_value,
     ),
     Suite("http", bench_http.measure, bench_http.FULL, bench_http.QUICK, bench_http.format_value),
+    *(
+        [Suite("ray", bench_ray.measure, bench_ray.FULL, bench_ray.QUICK, bench_ray.format_value)]
+        if importlib.util.find_spec("ray") is not None
+        else []
+    ),
 )
 
 

@@ -67,6 +67,8 @@ class OnceRunner(MockRunner):
             raise ts.ContextPoisoned("poisoned in the child")
         if self.fault == "foreign":
             raise KeyError("a class the parent does not know")
+        if self.fault == "system_exit":
+            raise SystemExit(3)  # ends the runner's event loop, not only its batch
 
 
 def failing_factory(**kwargs: Any) -> MockRunner:

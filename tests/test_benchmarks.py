@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from benchmarks import __main__ as suite
-from benchmarks import bench_http, bench_supervisor, bench_worker
+from benchmarks import bench_http, bench_ray, bench_supervisor, bench_worker
 from benchmarks._common import Measurements, Row
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +56,7 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     assert written == json.loads(json.dumps(quick_suite.record))
     assert set(written) == {"quick", "busy", "wall_s", "environment", "suites", "missed"}
     assert written["quick"] is True and written["busy"] == 0
-    assert set(written["suites"]) == {"supervisor", "worker", "http"}
+    assert set(written["suites"]) == {"supervisor", "worker", "http", "ray"}
     for entry in written["suites"].values():
         assert set(entry) == {"sizes", "wall_s", "results", "notes", "tables"}
         assert entry["sizes"]["repeat"] == 1
@@ -100,6 +100,15 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
         "ours_chunks",
         "baseline_chunks",
     }
+    assert set(written["suites"]["ray"]["results"]) == {
+        "ray_tokens_per_s",
+        "ray_round_trip_s",
+        "ray_restart_cold_p50_s",
+        "ray_restart_standby_p50_s",
+        "ray_bridge_call_s",
+    }
+    for row in written["suites"]["ray"]["results"].values():
+        assert row["baseline"] > 0 and row["target"] is None  # beside the process tier
     missed = [
         f"{name}.{key}"
         for name, entry in written["suites"].items()
@@ -163,7 +172,7 @@ def test_a_missed_target_says_by_how_much() -> None:
     assert (info.verdict, info.shortfall) == ("-", None)
 
 
-@pytest.mark.parametrize("module", [bench_supervisor, bench_worker, bench_http])
+@pytest.mark.parametrize("module", [bench_supervisor, bench_worker, bench_http, bench_ray])
 def test_each_script_reports_on_its_own(
     module: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -187,7 +196,9 @@ def test_each_script_reports_on_its_own(
     assert out.endswith("a note\n")
 
 
-@pytest.mark.parametrize("script", ["bench_supervisor.py", "bench_worker.py", "bench_http.py"])
+@pytest.mark.parametrize(
+    "script", ["bench_supervisor.py", "bench_worker.py", "bench_http.py", "bench_ray.py"]
+)
 def test_each_script_runs_as_a_file(script: str) -> None:
     done = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / script), "--help"],

@@ -170,6 +170,48 @@ async def test_a_hang_is_hung_worker_and_the_actor_is_killed(tmp_path: Path) -> 
             await assert_dead(first.handle)
 
 
+async def test_a_runner_that_blocks_its_loop_is_silent_and_replaced(tmp_path: Path) -> None:
+    """No hang_timeout: the heartbeat, answered from the actor's Trio loop, finds it."""
+    with trio.fail_after(60):
+        async with ts.open_worker(
+            RUNNERS, heartbeat_timeout=2.0, **args(tmp_path, "hang")
+        ) as worker:  # fmt: skip
+            first = actor_of(worker)
+            kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
+            assert kind == "error" and isinstance(error, ts.ChildDied)
+            assert "no heartbeat" in str(error)
+            assert await outcome(worker.generate(req("b"))) == ("ok", fault_free("b"))
+            await assert_dead(first.handle)
+
+
+async def test_a_runner_loop_that_ends_ends_the_actor(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        async with ts.open_worker(RUNNERS, **args(tmp_path, "system_exit")) as worker:
+            first = actor_of(worker)
+            kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
+            assert kind == "error" and isinstance(error, ts.ChildDied)
+            assert await outcome(worker.generate(req("b"))) == ("ok", fault_free("b"))
+            await assert_dead(first.handle)
+
+
+async def test_a_sticky_error_ends_the_actor_even_when_the_policy_resumes(
+    tmp_path: Path,
+) -> None:
+    resume = ts.Policy(ts.rules(ts.on(ts.ContextPoisoned, ts.Directive.RESUME)))
+    runner_args = {"marker": str(tmp_path / "fired"), "delay": 0.01}
+    with trio.fail_after(60):
+        async with ts.open_worker(
+            "child_runners:StickyOnceRunner", runner_args=runner_args, device="cpu",
+            isolation="ray", policy=resume,
+        ) as worker:  # fmt: skip
+            first = actor_of(worker)
+            kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
+            assert kind == "error" and isinstance(error, ts.ContextPoisoned)
+            await assert_dead(first.handle)
+            assert await outcome(worker.generate(req("b"))) == ("ok", fault_free("b"))
+            assert actor_of(worker).identity["pid"] != first.identity["pid"]
+
+
 async def test_a_bad_import_path_is_a_config_error_at_once() -> None:
     with trio.fail_after(60):
         with pytest.raises(ts.ConfigError, match=r"cannot import runner module 'no_such'"):

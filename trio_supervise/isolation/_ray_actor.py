@@ -12,10 +12,14 @@ the frames that a child writes to its socket are handed to this actor's asyncio 
   chunk that was waiting when Ray asked for the next item (one item per chunk would cost one Ray
   object per token), ending with ``BatchEnd`` or ``BatchFailed``;
 * ``cancel``, ``rebuild``, ``activate`` and ``stop`` are the other frames, as calls;
-* ``watch()`` never returns: the parent learns of the actor's death, busy or idle, from it.
+* ``watch()`` never returns: the parent learns of the actor's death, busy or idle, from it;
+* ``heartbeat()`` is answered from the runner's Trio loop, so a runner that blocks that loop
+  goes silent, as a child process's heartbeats do.
 
-After a sticky CUDA error the actor refuses every batch (the parent kills it and makes a fresh
-one: a new process, a new CUDA context). Ray's own restarts and retries are off.
+After a sticky CUDA error the actor refuses every batch (the parent, told so by the batch's
+``BatchFailed``, ends the tier and kills the actor: the next one is a new process with a new
+CUDA context). If the runner's loop ends unasked, the actor exits. Ray's own restarts and
+retries are off.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
 from typing import Any
 
 import trio
 
-from .._child import CHILD_ENV, _Child
+from .._child import CHILD_ENV, STICKY_EXIT_CODE, _Child
 from .._errors import ContextPoisoned, classify_cuda_error
 from .._runner import tell_generation
 from . import _frames as frames
@@ -70,6 +75,7 @@ class RayChildActor:
         self._streams: dict[int, asyncio.Queue[Any]] = {}
         self._rebuilds: dict[int, asyncio.Future[Any]] = {}
         self._control: asyncio.Future[Any] | None = None
+        self._stopping = False
 
     # --- the Trio side ----------------------------------------------------------------------
 
@@ -79,11 +85,21 @@ class RayChildActor:
         self._loop = asyncio.get_running_loop()
         started: Future[None] = Future()
         self._thread = threading.Thread(
-            target=trio.run, args=(self._trio_main, started), name="trio-supervise-runner",
-            daemon=True,
-        )  # fmt: skip
+            target=self._run_trio, args=(started,), name="trio-supervise-runner", daemon=True
+        )
         self._thread.start()
         await asyncio.wrap_future(started)
+
+    def _run_trio(self, started: Future[None]) -> None:
+        """The runner's thread. If its loop ends unasked (a runner that raised SystemExit, a
+        bug), the actor exits: Ray reports its death, so nothing waits on a dead loop."""
+        try:
+            trio.run(self._trio_main, started)
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            if not self._stopping:
+                os._exit(STICKY_EXIT_CODE if self._child.poisoned else 1)
 
     async def _trio_main(self, started: Future[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -187,12 +203,26 @@ class RayChildActor:
         self._soon(self._child._handle, frames.Rebuild(token, cause), self._nursery)
         return frames.encode(await future)
 
+    async def heartbeat(self) -> int:
+        """Answered from the runner's Trio loop (a loop that a runner blocks goes silent): the
+        chunks sent so far."""
+        assert self._loop is not None
+        loop, future = self._loop, self._loop.create_future()
+
+        def answer() -> None:
+            loop.call_soon_threadsafe(_settle, future, self._child.progress)
+
+        self._soon(answer)
+        result: int = await future
+        return result
+
     async def watch(self) -> None:
         """Never returns: the parent's call fails when this actor dies."""
         await asyncio.Event().wait()
 
     async def stop(self) -> None:
         """Close the runner (within 5 s) and end the Trio thread; the parent then kills us."""
+        self._stopping = True
         if self._nursery is None or self._thread is None:
             return
         done: Future[None] = Future()
@@ -210,6 +240,11 @@ class RayChildActor:
         self._soon(self._nursery.start_soon, close)
         await asyncio.wrap_future(done)
         await asyncio.to_thread(self._thread.join, 5)
+
+
+def _settle(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _identity() -> dict[str, Any]:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
+from .._child import HEARTBEAT_INTERVAL
 from .._errors import ChildDied, ConfigError, HungWorker
 from .._port import TierPort
 from .._tier import Tier
@@ -187,8 +188,10 @@ class Bridge:
         ref.future().add_done_callback(done)
 
     def stream(self, generator: Any, on_item: Callable[[Any], None],
-               on_error: Callable[[Exception], None]) -> Future[None]:  # fmt: skip
-        """Call ``on_item`` in Trio for each item of a Ray streaming generator, in order."""
+               on_error: Callable[[Exception], None],
+               on_end: Callable[[], None]) -> Future[None]:  # fmt: skip
+        """Call ``on_item`` in Trio for each item of a Ray streaming generator, in order, then
+        ``on_end`` (or ``on_error``)."""
 
         async def read() -> None:
             try:
@@ -196,6 +199,8 @@ class Bridge:
                     self._to_trio(on_item, await ref)
             except Exception as exc:
                 self._to_trio(on_error, exc)
+            else:
+                self._to_trio(on_end)
 
         return self.submit(read())
 
@@ -279,32 +284,40 @@ class RayActors:
         async with ray_runtime(spec.address):
             bridge = Bridge()
             try:
+                actors: RayActors | None = None
                 async with trio.open_nursery() as nursery:
                     actors = cls(spec, nursery, bridge)
                     try:
                         yield actors
                     finally:
                         nursery.cancel_scope.cancel()
-                        actors._kill_all()
             except BaseExceptionGroup as group:
                 if len(group.exceptions) != 1:
                     raise
                 failure = group.exceptions[0]  # raised plainly below, not chained to the group
             finally:
-                await bridge.aclose()
+                with trio.CancelScope(shield=True):
+                    if actors is not None:  # what the nursery's tasks left (a spare, ...)
+                        await trio.to_thread.run_sync(actors._kill_all)
+                    await bridge.aclose()
         if failure is not None:
             raise failure
 
-    def make(self) -> RayActor:
+    async def make(self) -> RayActor:
         """A fresh actor (Ray places it; it answers once ``start`` is called)."""
         self._made += 1
         options = dict(self._options)
         if "name" in options:  # one actor per incarnation: the name is a prefix
             options["name"] = f"{options['name']}-{self.spec.process.name}-{self._made}"
-        try:
-            handle = self._actor_class.options(**options).remote()
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"ray_options were refused by Ray: {exc}") from exc
+        # In a thread: the first creation exports the class, a named actor registers with the
+        # cluster, a runtime_env may upload files. Shielded: no handle may get lost on the way.
+        with trio.CancelScope(shield=True):
+            try:
+                handle = await trio.to_thread.run_sync(
+                    lambda: self._actor_class.options(**options).remote()
+                )
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"ray_options were refused by Ray: {exc}") from exc
         actor = RayActor(handle, self.spec.process.name)
         actor.identity["name"] = options.get("name")
         self._alive.add(actor)
@@ -347,26 +360,30 @@ class RayActors:
                 with trio.move_on_after(STOP_GRACE), contextlib.suppress(Exception):
                     await self.bridge.get(actor.handle.stop.remote())
         finally:
-            self._kill(actor)
+            self._alive.discard(actor)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self._kill, actor)
 
     def _kill(self, actor: RayActor) -> None:
+        """``ray.kill`` (in a thread: it may wait for the actor's registration)."""
         actor.retired = True
-        self._alive.discard(actor)
         try:
             self._ray.kill(actor.handle, no_restart=True)
         except Exception as exc:  # gone already, or Ray is going away
             logger.debug("%s: ray.kill: %r", actor.name, exc)
 
     def _kill_all(self) -> None:
+        """Kill every actor still alive (in a thread, once the nursery has ended)."""
         for actor in list(self._alive):
             self._kill(actor)
+        self._alive.clear()
         self.spare = None
 
     def take_spare(self) -> RayActor | None:
         """The parked spare, if a live one is ready (with standby)."""
         spare, self.spare = self.spare, None
         if spare is not None and spare.dead is not None:
-            self._kill(spare)
+            self.retire(spare)
             return None
         return spare
 
@@ -379,14 +396,14 @@ class RayActors:
     async def _park_spare(self) -> None:
         spec = self.spec.process
         try:
-            actor = self.make()
+            actor = await self.make()
             init = spec.init(0, park=True, preload=spec.standby_load)
             try:
                 await self.request(actor, actor.handle.start.remote(frames.encode(init)),
                                    spec.readiness_timeout)  # fmt: skip
             except Exception:
                 logger.exception("%s: a standby actor could not be parked", spec.name)
-                self._kill(actor)
+                self.retire(actor)
                 return
             self.spare = actor
             self.spare_parked.set()
@@ -412,7 +429,9 @@ class RayActors:
         init = frames.Init(spec.factory_path, {}, spec.device, list(sys.path), 0, probe=True)
         with trio.move_on_after(spec.readiness_timeout or 60.0) as scope:
             try:
-                data = await self.bridge.get(task.remote(frames.encode(init)))
+                # The first .remote() exports the function: in a thread, off the event loop.
+                ref = await trio.to_thread.run_sync(task.remote, frames.encode(init))
+                data = await self.bridge.get(ref)
             except Exception as exc:
                 raise _child_died(spec.name, exc) from exc
         if scope.cancelled_caught:
@@ -437,6 +456,7 @@ class RayTier(Tier):
         super().__init__(port)
         self.actors = actors
         self._reader = frames.FrameReader(from_child=True)
+        self._streaming: set[int] = set()  # batches whose stream has not sent its end yet
 
     @property
     def process(self) -> None:
@@ -458,7 +478,7 @@ class RayTier(Tier):
             actor.on_death = self.fail
             call = actor.handle.activate.remote(self.generation)
         else:
-            actor = self.actor = actors.make()
+            actor = self.actor = await actors.make()
             actor.on_death = self.fail
             call = actor.handle.start.remote(frames.encode(spec.init(self.generation)))
         reply = await actors.request(actor, call, timeout)
@@ -466,7 +486,25 @@ class RayTier(Tier):
         self.concurrency = reply.max_concurrency
         self.deterministic = reply.deterministic
         self.runner = ChildRunner(self, reply.max_concurrency)
+        assert self.nursery is not None
+        self.nursery.start_soon(self._heartbeats, actor, spec.heartbeat_timeout)
         actors.replenish_spare()
+
+    async def _heartbeats(self, actor: RayActor, silence: float) -> None:
+        """A runner that blocks the actor's Trio loop for ``silence`` seconds (Ray still
+        answers for the actor) is taken for dead, as a silent child process is."""
+        while True:
+            with trio.move_on_after(silence) as scope:
+                try:
+                    await self.actors.bridge.get(actor.handle.heartbeat.remote())
+                except Exception as exc:
+                    self._on_lost(exc)
+                    return
+            if scope.cancelled_caught:
+                self.fail(ChildDied(f"no heartbeat from the Ray actor's runner loop for "
+                                    f"{silence:g}s"))  # fmt: skip
+                return
+            await trio.sleep(HEARTBEAT_INTERVAL)
 
     async def send(self, message: Any) -> None:
         """A frame to the actor, as the call it stands for."""
@@ -477,7 +515,10 @@ class RayTier(Tier):
         handle, bridge = actor.handle, self.actors.bridge
         if isinstance(message, frames.Execute):
             stream = handle.execute.remote(frames.encode(message))
-            bridge.stream(stream, self._on_frames, self._on_lost)
+            seq = message.seq
+            self._streaming.add(seq)
+            bridge.stream(stream, self._on_frames, self._on_lost,
+                          lambda: self._on_stream_end(seq))  # fmt: skip
         elif isinstance(message, frames.Cancel):
             handle.cancel.remote(message.seq, message.request_id)
         elif isinstance(message, frames.Rebuild):
@@ -498,9 +539,25 @@ class RayTier(Tier):
         except frames.MalformedFrame as exc:
             self.fail(ChildDied(f"the Ray actor sent a malformed frame: {exc}"))
             return
-        if isinstance(runner, ChildRunner):
-            for message in messages:
-                runner.deliver(message)
+        if not isinstance(runner, ChildRunner):
+            return
+        for message in messages:
+            runner.deliver(message)
+            if isinstance(message, frames.BatchEnd | frames.BatchFailed):
+                self._streaming.discard(message.seq)
+                if isinstance(message, frames.BatchFailed) and message.sticky:
+                    # The actor's device context is poisoned for good: whatever the policy
+                    # says of the batch, this actor ends (a fresh one takes over), as a child
+                    # process exits after a sticky error.
+                    self.fail(ChildDied(
+                        f"the Ray actor's device context is poisoned: {message.error.message}"
+                    ))  # fmt: skip
+
+    def _on_stream_end(self, seq: int) -> None:
+        """A batch's stream ended: it must have sent its BatchEnd or BatchFailed."""
+        if seq in self._streaming:
+            self._streaming.discard(seq)
+            self.fail(ChildDied(f"the Ray actor ended batch {seq}'s stream without its end"))
 
     def _on_lost(self, exc: Exception) -> None:
         """A batch's stream or a call failed in Ray: the actor is gone (or unreachable)."""
