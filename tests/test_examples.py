@@ -1,5 +1,6 @@
 """Every example runs, as a user would run it, and does what its docstring says."""
 
+import os
 import runpy
 import subprocess
 import sys
@@ -22,10 +23,15 @@ def test_custom_policy_example() -> None:
 
 
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
-def test_every_example_runs_as_a_script(path: Path) -> None:
+def test_every_example_runs_as_a_script(path: Path, request: pytest.FixtureRequest) -> None:
+    extra = {}
+    if path.name == "ray_cluster.py":  # on the session's Ray, as on a cluster: RAY_ADDRESS
+        extra["RAY_ADDRESS"] = request.getfixturevalue("ray_address")
+    env = dict(os.environ, **extra)  # after the fixture: its Ray's auth mode is in os.environ
     result = subprocess.run(
-        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False
-    )
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
 
 

@@ -1,4 +1,4 @@
-"""Ray isolation on a local Ray (``num_cpus=2``, loopback only), one per test module.
+"""Ray isolation on the session's local Ray (``num_cpus=2``, loopback only, tests/conftest.py).
 
 On the real clock (Ray works outside the event loop), each test bounded by fail_after; every
 wait is for an event (a chunk, a state, an actor's death as Ray reports it), not for a time.
@@ -9,15 +9,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on loopback, read at import
-ray = pytest.importorskip("ray")
+ray = pytest.importorskip("ray")  # on loopback: tests/conftest.py sets Ray's switch first
 
 import trio_supervise as ts  # noqa: E402
 from trio_supervise import Request, SamplingParams, WorkerState  # noqa: E402
@@ -28,35 +26,11 @@ pytestmark = pytest.mark.ray
 
 RUNNERS = "child_runners:OnceRunner"
 MOCK = "trio_supervise.runners.mock:MockRunner"
-RAY_PROCESSES = ("raylet", "gcs_server")
 
 
-def ray_processes() -> list[int]:
-    """Pids of Ray's own daemons that are children of this process (Linux /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                fields = stat.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/comm") as comm:
-                name = comm.read().strip()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid() and name in RAY_PROCESSES:
-            found.append(int(entry))
-    return found
-
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
-    daemons = ray_processes()
-    assert daemons, "a local Ray starts its daemons as our children"
-    yield
-    ray.shutdown()  # ends and reaps its daemons: none is left behind
-    assert ray_processes() == []
+@pytest.fixture(autouse=True)
+def _on_the_sessions_ray(ray_address: str) -> None:
+    """Every test here runs on the session's local Ray (tests/conftest.py)."""
 
 
 def req(rid: str, max_tokens: int = 4, **kwargs: Any) -> Request:
@@ -281,9 +255,9 @@ def test_the_chaos_command_through_a_ray_tier(capsys: pytest.CaptureFixture[str]
     assert "all invariants hold" in capsys.readouterr().out
 
 
-def test_serve_drains_on_sigterm_with_a_ray_tier(tmp_path: Path) -> None:
-    """serve starts its own local Ray (in a thread: Ray's SIGTERM handler is not installed
-    over ours), answers through a Ray tier, drains on SIGTERM, shuts its Ray down."""
+def test_serve_drains_on_sigterm_with_a_ray_tier(tmp_path: Path, ray_address: str) -> None:
+    """serve joins the session's Ray with RAY_ADDRESS (ray.init in a thread: Ray's SIGTERM
+    handler is not installed over ours), answers through a Ray tier, drains on SIGTERM."""
     config = tmp_path / "ray.toml"
     config.write_text(
         "[server]\nport = 0\n[[workers]]\nname = 'mock'\n"
@@ -292,9 +266,8 @@ def test_serve_drains_on_sigterm_with_a_ray_tier(tmp_path: Path) -> None:
     )
     code = f"""
 import os, signal, subprocess, sys, httpx
-env = dict(os.environ, RAY_ADDRESS="")
 serve = subprocess.Popen([sys.executable, "-m", "trio_supervise._cli", "serve", {str(config)!r}],
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 out = b""
 while b"serving" not in out:
     line = serve.stdout.readline()
@@ -312,7 +285,7 @@ assert serve.wait(timeout=60) == 0, out
 assert b"drained" in out, out
 print("ok")
 """
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = dict(os.environ, RAY_ADDRESS=ray_address)
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
         cwd=tmp_path, check=False,
