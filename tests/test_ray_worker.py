@@ -163,7 +163,9 @@ async def test_a_runner_loop_that_ends_ends_the_actor(tmp_path: Path) -> None:
         async with ts.open_worker(RUNNERS, **args(tmp_path, "system_exit")) as worker:
             first = actor_of(worker)
             kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
+            # The chunk sent before SystemExit reached us, then the batch's end: the death.
             assert kind == "error" and isinstance(error, ts.ChildDied)
+            assert "event loop in the Ray actor raised SystemExit(3)" in str(error)
             assert await outcome(worker.generate(req("b"))) == ("ok", fault_free("b"))
             await assert_dead(first.handle)
 

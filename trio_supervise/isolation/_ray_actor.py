@@ -18,7 +18,10 @@ the frames that a child writes to its socket are handed to this actor's asyncio 
 
 After a sticky CUDA error the actor refuses every batch (the parent, told so by the batch's
 ``BatchFailed``, ends the tier and kills the actor: the next one is a new process with a new
-CUDA context). If the runner's loop ends unasked, the actor exits. Ray's own restarts and
+CUDA context). If the runner's loop ends unasked (a runner that raised ``SystemExit``), every
+open batch gets the chunks its runner sent and then a sticky ``BatchFailed`` carrying
+:class:`~.._errors.ChildDied`, in order, as a child process's chunks reach the parent before its
+death; an idle actor exits at once (the parent's ``watch`` learns it). Ray's own restarts and
 retries are off.
 """
 
@@ -35,11 +38,15 @@ from typing import Any
 import trio
 
 from .._child import CHILD_ENV, STICKY_EXIT_CODE, _Child
-from .._errors import ContextPoisoned, classify_cuda_error
+from .._errors import ChildDied, ContextPoisoned, classify_cuda_error
 from .._runner import tell_generation
 from . import _frames as frames
 
 __all__ = ["RayChildActor", "probe_task"]
+
+#: With batches open when the runner's loop ended, the parent kills the actor once it has their
+#: ends; should it not (a parent gone), the actor exits after this many seconds.
+EXIT_BACKSTOP = 30.0
 
 
 class _ActorChild(_Child):
@@ -76,6 +83,7 @@ class RayChildActor:
         self._rebuilds: dict[int, asyncio.Future[Any]] = {}
         self._control: asyncio.Future[Any] | None = None
         self._stopping = False
+        self._ended: ChildDied | None = None  # the runner's loop ended unasked
 
     # --- the Trio side ----------------------------------------------------------------------
 
@@ -93,13 +101,29 @@ class RayChildActor:
     def _run_trio(self, started: Future[None]) -> None:
         """The runner's thread. If its loop ends unasked (a runner that raised SystemExit, a
         bug), the actor exits: Ray reports its death, so nothing waits on a dead loop."""
+        how = "returned"
         try:
             trio.run(self._trio_main, started)
-        except BaseException:
+        except BaseException as exc:
             traceback.print_exc()
+            how = f"raised {_describe(exc)}"
         finally:
             if not self._stopping:
-                os._exit(STICKY_EXIT_CODE if self._child.poisoned else 1)
+                assert self._loop is not None
+                self._loop.call_soon_threadsafe(self._loop_ended, how)
+
+    def _loop_ended(self, how: str) -> None:
+        """On the asyncio side, after every frame the loop sent (``call_soon_threadsafe`` keeps
+        their order): end the open batches with the death, or exit now if there are none."""
+        code = STICKY_EXIT_CODE if self._child.poisoned else 1
+        self._ended = ChildDied(f"the runner's event loop in the Ray actor {how}")
+        if not self._streams:
+            os._exit(code)
+        data = frames.error_to_data(self._ended)
+        for seq, queue in self._streams.items():
+            queue.put_nowait(frames.BatchFailed(seq, data, True))
+        assert self._loop is not None
+        self._loop.call_later(EXIT_BACKSTOP, os._exit, code)
 
     async def _trio_main(self, started: Future[None]) -> None:
         async with trio.open_nursery() as nursery:
@@ -173,8 +197,10 @@ class RayChildActor:
         """Run one ``Execute``; stream its frames back, as many as are waiting per item."""
         message: frames.Execute = _decode(data)
         seq = message.seq
-        if self._child.poisoned or self._nursery is None:
-            error = ContextPoisoned("this actor's device context is poisoned by a sticky error")
+        if self._child.poisoned or self._nursery is None or self._ended is not None:
+            error: ContextPoisoned = self._ended or ContextPoisoned(
+                "this actor's device context is poisoned by a sticky error"
+            )
             yield frames.encode(frames.BatchFailed(seq, frames.error_to_data(error), True))
             return
         queue: asyncio.Queue[Any] = asyncio.Queue()
@@ -223,7 +249,7 @@ class RayChildActor:
     async def stop(self) -> None:
         """Close the runner (within 5 s) and end the Trio thread; the parent then kills us."""
         self._stopping = True
-        if self._nursery is None or self._thread is None:
+        if self._nursery is None or self._thread is None or self._ended is not None:
             return
         done: Future[None] = Future()
 
@@ -240,6 +266,13 @@ class RayChildActor:
         self._soon(self._nursery.start_soon, close)
         await asyncio.wrap_future(done)
         await asyncio.to_thread(self._thread.join, 5)
+
+
+def _describe(exc: BaseException) -> str:
+    """``SystemExit(3)``; a group by its first leaf, as the runner raised it."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}({', '.join(map(repr, exc.args))})"
 
 
 def _settle(future: asyncio.Future[Any], value: Any) -> None:

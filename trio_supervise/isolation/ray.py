@@ -546,12 +546,12 @@ class RayTier(Tier):
             if isinstance(message, frames.BatchEnd | frames.BatchFailed):
                 self._streaming.discard(message.seq)
                 if isinstance(message, frames.BatchFailed) and message.sticky:
-                    # The actor's device context is poisoned for good: whatever the policy
-                    # says of the batch, this actor ends (a fresh one takes over), as a child
-                    # process exits after a sticky error.
-                    self.fail(ChildDied(
-                        f"the Ray actor's device context is poisoned: {message.error.message}"
-                    ))  # fmt: skip
+                    # The actor's device context is poisoned for good, or its runner's loop
+                    # ended: whatever the policy says of the batch, this actor ends (a fresh
+                    # one takes over), as a child process exits after a sticky error.
+                    why = ("" if message.error.cls == "ChildDied"
+                           else "the Ray actor's device context is poisoned: ")  # fmt: skip
+                    self.fail(ChildDied(why + message.error.message))
 
     def _on_stream_end(self, seq: int) -> None:
         """A batch's stream ended: it must have sent its BatchEnd or BatchFailed."""
