@@ -322,3 +322,25 @@ def test_bad_ray_options_are_config_errors(options: Any, match: str) -> None:
 def test_ray_options_need_ray_isolation() -> None:
     with pytest.raises(ts.ConfigError, match=r"ray_options and ray_address need isolation='ray'"):
         ts.Worker(MOCK, device="cpu", isolation="process", ray_options={"num_gpus": 1})
+
+
+async def test_a_cluster_that_cannot_be_joined_is_a_config_error_naming_the_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's own words for a refused join (a missing auth token, nothing listening) are a
+    ConnectionError after about 20 s that blames a crashed instance; ours says what to check.
+    Ray's part is stood in for: this process has joined the session's Ray already."""
+    import ray
+
+    from trio_supervise.isolation import ray as ray_tier
+
+    def refuse(**kwargs: Any) -> None:
+        raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", refuse)
+    users = ray_tier._runtime_users
+    with pytest.raises(ts.ConfigError, match=r"'10\.0\.0\.9:6379'.*RAY_AUTH_TOKEN_PATH"):
+        async with ray_tier.ray_runtime("10.0.0.9:6379"):
+            pytest.fail("joined a cluster that refused us")
+    assert ray_tier._runtime_users == users

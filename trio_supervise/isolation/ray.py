@@ -98,7 +98,16 @@ def _join(address: str | None) -> None:
                 # A local Ray of our own: on loopback, no dashboard, nothing reachable from away.
                 ray.init(_node_ip_address="127.0.0.1", include_dashboard=False)
             else:
-                ray.init(address=address)
+                try:
+                    ray.init(address=address)
+                except ConnectionError as exc:
+                    where = address or os.environ.get("RAY_ADDRESS")
+                    raise ConfigError(
+                        f"cannot join the Ray cluster at {where!r}: {exc}. Expected a running "
+                        "cluster there (`ray start --head`); if it uses token authentication, "
+                        "this process needs the cluster's token (RAY_AUTH_MODE=token with "
+                        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token)"
+                    ) from exc
             _started_here = True
         _runtime_users += 1
 
