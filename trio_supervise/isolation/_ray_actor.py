@@ -100,7 +100,8 @@ class RayChildActor:
 
     def _run_trio(self, started: Future[None]) -> None:
         """The runner's thread. If its loop ends unasked (a runner that raised SystemExit, a
-        bug), the actor exits: Ray reports its death, so nothing waits on a dead loop."""
+        bug), :meth:`_loop_ended` ends the open batches and then the actor, so nothing waits on
+        a dead loop."""
         how = "returned"
         try:
             trio.run(self._trio_main, started)

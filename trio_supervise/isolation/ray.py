@@ -558,9 +558,10 @@ class RayTier(Tier):
                     # The actor's device context is poisoned for good, or its runner's loop
                     # ended: whatever the policy says of the batch, this actor ends (a fresh
                     # one takes over), as a child process exits after a sticky error.
-                    why = ("" if message.error.cls == "ChildDied"
-                           else "the Ray actor's device context is poisoned: ")  # fmt: skip
-                    self.fail(ChildDied(why + message.error.message))
+                    error = frames.error_from_data(message.error)
+                    self.fail(error if isinstance(error, ChildDied) else ChildDied(
+                        f"the Ray actor's device context is poisoned: {message.error.message}"
+                    ))  # fmt: skip
 
     def _on_stream_end(self, seq: int) -> None:
         """A batch's stream ended: it must have sent its BatchEnd or BatchFailed."""
