@@ -70,7 +70,7 @@ async def test_loads_the_packaged_weights_on_the_cpu() -> None:
     assert model.vocab[model.fallback] == "?" and model.context >= 8
     assert model.encode("Tab\t\u00e9!") == [model.index[c] for c in "Tab ?!"]
     assert model.encode("\u201cok\u201d \u2014") == model.encode('"ok" -')
-    assert (CharLM.needs_device, CharLM.default_policy, runner.max_concurrency) == (True, None, 1)
+    assert (CharLM.needs_device, CharLM.default_policy, runner.max_concurrency) == (True, None, 8)
     await runner.rebuild_session(ts.RebuildCause.MANUAL)
     await runner.aclose()
     assert runner.model is None
@@ -201,6 +201,30 @@ async def test_token_id_prompts_and_a_bad_one_fails_alone(
     assert out["ids"][-1].usage == ts.Usage(4, 20)
     [failed] = out["bad"]
     assert isinstance(failed.error, ts.BadRequest) and "96" in str(failed.error)
+
+
+async def test_a_request_over_max_model_len_fails_alone(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    assert CharLM.max_model_len == 4096
+    runner = await loaded()
+    out = await run_batch(
+        runner,
+        Batch([req("over", "The ", 4093), req("fits", "The ", 10), req("ids", (1, 2), 4095)]),
+    )
+    [failed] = out["over"]
+    assert isinstance(failed.error, ts.BadRequest) and not failed.error.retryable
+    assert re.fullmatch(
+        r"a request may have at most max_model_len=4096 tokens \(prompt plus completion\), "
+        r"got 4 prompt tokens \+ max_tokens=4093 = 4097",
+        str(failed.error),
+    )
+    assert [len(out["fits"]), out["fits"][-1].finish_reason] == [10, FinishReason.LENGTH]
+    assert isinstance(out["ids"][0].error, ts.BadRequest) and "= 4097" in str(out["ids"][0].error)
+    runner.max_model_len = 14  # the limit is inclusive: prompt plus completion may equal it
+    exact = await run_batch(runner, Batch([req("exact", "The ", 10), req("one", "The ", 11)]))
+    assert exact["exact"][-1].usage == ts.Usage(4, 10)
+    assert isinstance(exact["one"][0].error, ts.BadRequest)
 
 
 async def test_cancellation_is_honoured(autojump_clock: trio.testing.MockClock) -> None:

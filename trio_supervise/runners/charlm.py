@@ -18,12 +18,14 @@ one per character.
 The forward pass (:func:`forward`) is written once against the device's array module ``xp``
 (NumPy on a :class:`~trio_supervise.devices.CpuDevice`, CuPy on a
 :class:`~trio_supervise.devices.CupyDevice`) and runs through ``device.run_sync``, once per
-decoding step for all active requests of a batch. Sampling happens on the host with one
-``numpy.random.Generator`` per request, seeded from ``SamplingParams.seed`` (or, without one,
-from the request id), so a request gives the same text whatever batch it is in. (A row's
-logits depend on the other rows only through floating-point summation order; on the CPU the
-weights are float64, which keeps that effect near 1e-14, so a different choice would need an
-exact tie between two candidates. On CuPy they are float32.)
+decoding step for all active requests of all the batches executing at once: decoding is
+continuously batched (``runners/_stepping.py``), so a batch that arrives mid-decode joins at
+the next step and a long request never holds a short one behind it. Sampling happens on the
+host with one ``numpy.random.Generator`` per request, seeded from ``SamplingParams.seed`` (or,
+without one, from the request id), so a request gives the same text whatever batch it is in.
+(A row's logits depend on the other rows only through floating-point summation order; on the
+CPU the weights are float64, which keeps that effect near 1e-14, so a different choice would
+need an exact tie between two candidates. On CuPy they are float32.)
 
 Example::
 
@@ -36,6 +38,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import pathlib
@@ -49,6 +52,7 @@ import trio
 
 from .._errors import BadRequest, ConfigError, RunnerError
 from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
+from ._stepping import Stepper
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -276,25 +280,51 @@ class _Active:
     completion_tokens: int = 0
 
 
+def _advance(model: CharModel, state: _Active, logits: npt.NDArray[numpy.float64]) -> Chunk:
+    """Sample the state's next token from its row of logits; its chunk."""
+    request = state.request
+    params = request.params
+    token = sample_next(logits, params.temperature, params.top_p, state.rng)
+    char = model.vocab[token]
+    state.token_ids.append(token)
+    state.text += char
+    state.completion_tokens += 1
+    reason: FinishReason | None = None
+    if any(state.text.endswith(stop) for stop in params.stop):
+        reason = FinishReason.STOP
+    elif state.completion_tokens >= params.max_tokens:
+        reason = FinishReason.LENGTH
+    usage = None if reason is None else Usage(state.prompt_tokens, state.completion_tokens)
+    return Chunk(request.id, (token,), char, reason, usage)
+
+
 class CharLM:
     """The character-level language model as a runner (see the module docstring).
 
     Args:
         weights: path of a weights file written by ``scripts/train_charlm.py``; default: the
             packaged ``charlm_weights.npz``.
-        max_concurrency: batches the worker may run at once (decoding keeps no state between
-            batches, so any number is safe).
+        max_concurrency: batches the worker may run at once. They decode together, one forward
+            pass per step for all their requests, and a batch that arrives joins the running
+            decode at the next step. The default, 8, is what lets a short request overtake a
+            long one: with 1, the worker starts no batch until the running one has finished
+            all its requests, so one request with a huge ``max_tokens`` holds the replica (the
+            server's built-in configuration runs this runner with its defaults).
     """
 
     default_policy = None
     needs_device = True
     deterministic = True  # one generator per request, from its seed: the batch does not matter
+    max_model_len = 4096
+    """The most tokens (prompt plus completion) a request may have; a request over it fails
+    alone with ``BadRequest``."""
 
-    def __init__(self, *, weights: str | None = None, max_concurrency: int = 1) -> None:
+    def __init__(self, *, weights: str | None = None, max_concurrency: int = 8) -> None:
         self.weights = weights
         self.max_concurrency = max_concurrency
         self.model: CharModel | None = None
         self.device: Any = None
+        self._stepper = Stepper(self._step)
 
     def __repr__(self) -> str:
         state = "loaded" if self.model is not None else "not loaded"
@@ -310,51 +340,46 @@ class CharLM:
         self.device = device
 
     async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
-        """Decode all requests of the batch together: per step one forward pass over the active
-        ones, then one chunk per active request (its token and character). A request ends with
-        ``STOP`` when its text ends with a stop sequence, with ``LENGTH`` at ``max_tokens``;
-        one whose prompt has an invalid token id fails alone with ``BadRequest``."""
-        model, device = self.model, self.device
-        if model is None or device is None:
+        """Decode the batch's requests together with those of the other batches executing:
+        per step one forward pass over all active ones, then one chunk per request (its token
+        and character). A request ends with ``STOP`` when its text ends with a stop sequence,
+        with ``LENGTH`` at ``max_tokens``; one whose prompt has an invalid token id, or whose
+        prompt and ``max_tokens`` exceed :attr:`max_model_len`, fails alone with
+        ``BadRequest``."""
+        model = self.model
+        if model is None or self.device is None:
             raise RunnerError("CharLM.execute was called before load (or after aclose)")
         active: list[_Active] = []
         for request in batch.requests:
             try:
-                ids = model.prompt_ids(request.prompt)
+                ids = self._prompt_ids(model, request)
             except BadRequest as exc:
                 yield Chunk(request.id, error=exc)
                 continue
             active.append(_Active(request, ids, len(ids), request_generator(request)))
-        await trio.lowlevel.checkpoint()
-        while active:
-            active = [a for a in active if not batch.is_cancelled(a.request.id)]
-            if not active:
-                break
-            windows = numpy.array([model.window(a.token_ids) for a in active], numpy.int64)
-            logits = await device.run_sync(_host_logits, model, windows)
-            still: list[_Active] = []
-            for state, row in zip(active, logits, strict=True):
-                request = state.request
-                if batch.is_cancelled(request.id):
-                    continue
-                params = request.params
-                token = sample_next(row, params.temperature, params.top_p, state.rng)
-                char = model.vocab[token]
-                state.token_ids.append(token)
-                state.text += char
-                state.completion_tokens += 1
-                reason: FinishReason | None = None
-                if any(state.text.endswith(stop) for stop in params.stop):
-                    reason = FinishReason.STOP
-                elif state.completion_tokens >= params.max_tokens:
-                    reason = FinishReason.LENGTH
-                usage = None
-                if reason is None:
-                    still.append(state)
-                else:
-                    usage = Usage(state.prompt_tokens, state.completion_tokens)
-                yield Chunk(request.id, (token,), char, reason, usage)
-            active = still
+        async with contextlib.aclosing(self._stepper.stream(batch, active)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    def _prompt_ids(self, model: CharModel, request: Request) -> list[int]:
+        ids = model.prompt_ids(request.prompt)
+        max_tokens = request.params.max_tokens
+        if len(ids) + max_tokens > self.max_model_len:
+            raise BadRequest(
+                f"a request may have at most max_model_len={self.max_model_len} tokens (prompt "
+                f"plus completion), got {len(ids)} prompt tokens + max_tokens={max_tokens} = "
+                f"{len(ids) + max_tokens}"
+            )
+        return ids
+
+    async def _step(self, states: list[_Active]) -> list[Chunk]:
+        """One forward pass over every state's window, then one sampled token each."""
+        model, device = self.model, self.device
+        if model is None or device is None:
+            raise RunnerError("CharLM was closed while decoding")
+        windows = numpy.array([model.window(state.token_ids) for state in states], numpy.int64)
+        logits = await device.run_sync(_host_logits, model, windows)
+        return [_advance(model, state, row) for state, row in zip(states, logits, strict=True)]
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Nothing to rebuild: the model keeps no session state (a checkpoint)."""

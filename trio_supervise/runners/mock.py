@@ -2,13 +2,20 @@
 
 Its tokens are a function of the prompt, the seed and the position only, never of the batch a
 request is in, so a request re-run after a restart produces exactly the same output. It
-streams one chunk per request per decoding step, sleeps ``delay`` seconds per step (virtual
-time under ``autojump_clock``), honours ``batch.is_cancelled`` and records what each
-incarnation did in a :class:`MockRecord` that outlives the runners.
+streams one chunk per request per decoding step, honours ``batch.is_cancelled`` and records
+what each incarnation did in a :class:`MockRecord` that outlives the runners.
+
+Decoding is continuously batched (``runners/_stepping.py``): every step advances all active
+requests of all the batches executing at once (up to ``max_concurrency``), and a batch that
+arrives mid-decode joins at the next step. A step sleeps ``delay`` seconds (virtual time under
+``autojump_clock``), one sleep for all of them, except a step that only makes first tokens
+(which stands for a prefill, and costs nothing): a request of ``n`` tokens alone takes
+``(n - 1) * delay``, as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, final
@@ -17,6 +24,7 @@ import attrs
 import trio
 
 from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
+from ._stepping import Stepper
 
 __all__ = ["MockRecord", "MockRunner"]
 
@@ -44,6 +52,8 @@ class MockRecord:
     """Runners closed."""
     devices: list[str] = attrs.Factory(list)
     """The device each load got."""
+    steps: int = 0
+    """Decoding steps run, each one sleep for all the requests active then."""
 
 
 def token_at(request: Request, position: int, vocab_size: int) -> int:
@@ -58,14 +68,25 @@ def text_of(token: int) -> str:
     return WORDS[token % len(WORDS)] + " "
 
 
+@attrs.define(eq=False)
+class _Decoding:
+    """One request being decoded."""
+
+    request: Request
+    position: int = 0
+    text: str = ""
+
+
 class MockRunner:
     """A deterministic runner (see the module docstring).
 
     Args:
-        delay: seconds per decoding step (all requests of the batch advance together).
+        delay: seconds per decoding step, in which all the active requests of all the batches
+            executing advance together (a step of first tokens only takes no time).
         load_delay: seconds ``load`` takes.
         vocab_size: tokens are in ``range(vocab_size)``.
-        max_concurrency: batches the worker may run at once on one runner.
+        max_concurrency: batches the worker may run at once on one runner; they decode
+            together, one step for all (default 1: one batch at a time).
         record: collects what every incarnation did.
     """
 
@@ -90,6 +111,7 @@ class MockRunner:
         self.instance = self.record.instances
         self.record.instances += 1
         self.device: Any = None
+        self._stepper = Stepper(self._step)
 
     def __repr__(self) -> str:
         return f"<MockRunner #{self.instance} delay={self.delay}>"
@@ -102,40 +124,38 @@ class MockRunner:
         self.record.devices.append(device.name)
 
     async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
-        """One chunk per request per step until each reaches max_tokens or a stop sequence."""
+        """One chunk per request per step until each reaches max_tokens or a stop sequence,
+        in steps shared with the other batches executing at once."""
         self.record.executes.append((self.instance, batch.seq, tuple(r.id for r in batch.requests)))
-        active = list(batch.requests)
-        texts = {r.id: "" for r in active}
-        position = 0
-        while active:
-            still = []
-            for request in active:
-                if batch.is_cancelled(request.id):
-                    continue
-                token = token_at(request, position, self.vocab_size)
-                text = text_of(token)
-                texts[request.id] += text
-                params = request.params
-                reason = None
-                if any(texts[request.id].endswith(stop) for stop in params.stop):
-                    reason = FinishReason.STOP
-                elif position + 1 >= params.max_tokens:
-                    reason = FinishReason.LENGTH
-                usage = None
-                if reason is not None:
-                    prompt_tokens = (
-                        len(request.prompt.split())
-                        if isinstance(request.prompt, str)
-                        else len(request.prompt)
-                    )
-                    usage = Usage(prompt_tokens, position + 1)
-                else:
-                    still.append(request)
-                yield Chunk(request.id, (token,), text, reason, usage)
-            active = still
-            position += 1
-            if active:
-                await trio.sleep(self.delay)
+        decoding = [_Decoding(request) for request in batch.requests]
+        async with contextlib.aclosing(self._stepper.stream(batch, decoding)) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _step(self, states: list[_Decoding]) -> list[Chunk]:
+        """One token for each state, after one sleep (none when all are first tokens)."""
+        await trio.sleep(self.delay if any(state.position for state in states) else 0)
+        self.record.steps += 1
+        return [self._advance(state) for state in states]
+
+    def _advance(self, state: _Decoding) -> Chunk:
+        request, position = state.request, state.position
+        token = token_at(request, position, self.vocab_size)
+        text = text_of(token)
+        state.text += text
+        state.position = position + 1
+        params = request.params
+        reason = None
+        if any(state.text.endswith(stop) for stop in params.stop):
+            reason = FinishReason.STOP
+        elif position + 1 >= params.max_tokens:
+            reason = FinishReason.LENGTH
+        usage = None
+        if reason is not None:
+            prompt = request.prompt
+            prompt_tokens = len(prompt.split()) if isinstance(prompt, str) else len(prompt)
+            usage = Usage(prompt_tokens, position + 1)
+        return Chunk(request.id, (token,), text, reason, usage)
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Record the rebuild."""
