@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,8 +51,8 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "workers[0].policy.within: must be > 0, got -1.0",
         "workers[1].name: must be unique, got 'a'",
         "workers[1].runner: must be an import path 'module:factory', got 'bad'",
+        "workers[1].replicas: must be >= 1, got 0",  # in file order
         "workers[1].device: must be 'auto', 'cpu' or 'cuda:N', got 'gpu'",
-        "workers[1].replicas: must be >= 1, got 0",
         "workers[1].standby: needs isolation = 'process' or 'ray', got True",
         "workers[2].policy.backoff: initial must be <= maximum, got initial=5.0 > maximum=1.0",
     )
@@ -68,7 +70,10 @@ def test_unknown_keys_and_wrong_types_are_refused_with_paths() -> None:
     )
     with pytest.raises(ts.ConfigError) as info:
         ServeConfig.from_dict({"server": {"port": "eighty"}, "workers": []})
-    assert info.value.problems == ("server.port: invalid value for type, expected int",)
+    assert info.value.problems == (
+        "server.port: must be an integer, got 'eighty'",
+        "workers: must name at least one worker, got []",
+    )
     with pytest.raises(ts.ConfigError, match=r"^invalid config \(1 problem\):\nworkers: must name"):
         ServeConfig.from_dict({})
 
@@ -131,3 +136,257 @@ def test_replica_args_give_one_replica_each() -> None:
     assert [worker.args_of(0), worker.args_of(1)] == [{"x": 1, "y": 1}, {"x": 2}]
     with pytest.raises(ConfigError, match=r"workers\[0\]\.replicas: must be left out or 2"):
         ServeConfig.from_dict({"workers": [{**w, "replicas": 3}]})
+
+
+WORKER = {"name": "a", "runner": "m:f"}
+
+
+def problems_of(data: dict[str, Any]) -> tuple[str, ...]:
+    with pytest.raises(ConfigError) as info:
+        ServeConfig.from_dict(data)
+    return info.value.problems
+
+
+@pytest.mark.parametrize(
+    ("server", "worker", "problem"),
+    [
+        ({}, {"standby": "false", "isolation": "process"},
+         "workers[0].standby: must be true or false, got 'false'"),
+        ({"reuse_port": "no"}, {}, "server.reuse_port: must be true or false, got 'no'"),
+        ({}, {"standby_load": "0", "isolation": "process"},
+         "workers[0].standby_load: must be true or false, got '0'"),
+        ({}, {"standby": 1, "isolation": "process"},
+         "workers[0].standby: must be true or false, got 1"),
+        ({"port": True}, {}, "server.port: must be an integer, got True"),
+        ({"port": 80.0}, {}, "server.port: must be an integer, got 80.0"),
+        ({}, {"replicas": 2.9}, "workers[0].replicas: must be an integer, got 2.9"),
+        ({}, {"max_pending": "8"}, "workers[0].max_pending: must be an integer, got '8'"),
+        ({"request_timeout": "30"}, {}, "server.request_timeout: must be a number, got '30'"),
+        ({"drain_timeout": False}, {}, "server.drain_timeout: must be a number, got False"),
+        ({}, {"readiness_timeout": "5"}, "workers[0].readiness_timeout: must be a number, got '5'"),
+        ({}, {"name": 42}, "workers[0].name: must be a string, got 42"),
+        ({"host": None}, {}, "server.host: must be a string, got None"),
+        ({}, {"replicas": 100_000_000}, "workers[0].replicas: must be <= 1024, got 100000000"),
+        ({}, {"hang_timeout": 1e-320},
+         "workers[0].hang_timeout: must be >= 0.001 (a millisecond), got 1e-320"),
+        ({"drain_timeout": math.inf}, {}, "server.drain_timeout: must be a finite number, got inf"),
+        ({"request_timeout": math.nan}, {},
+         "server.request_timeout: must be a finite number, got nan"),
+        ({"within": 10**400}, {}, "server.within: must be a finite number, got 1000000000"),
+        ({}, {"runner_args": [1]}, "workers[0].runner_args: must be a table, got [1]"),
+        ({}, {"runner_args": {1: "x"}}, "workers[0].runner_args: a key must be a string, got 1"),
+        ({}, {"replica_args": "ab"}, "workers[0].replica_args: must be an array, got 'ab'"),
+        ({}, {"policy": 5}, "workers[0].policy: must be a table, got 5"),
+    ],
+)  # fmt: skip
+def test_a_wrong_type_is_refused_never_converted(
+    server: dict[str, Any], worker: dict[str, Any], problem: str
+) -> None:
+    (found,) = problems_of({"server": server, "workers": [{**WORKER, **worker}]})
+    assert found.startswith(problem)
+
+
+def test_an_int_is_a_float_and_none_is_an_unset_optional() -> None:
+    config = ServeConfig.from_dict(
+        {
+            "server": {"drain_timeout": 5, "within": 1},
+            "batching": {"max_wait": 0},
+            "workers": [{**WORKER, "hang_timeout": 2, "readiness_timeout": None, "policy": None}],
+        }
+    )
+    assert (config.server.drain_timeout, config.server.within) == (5.0, 1.0)
+    assert type(config.server.drain_timeout) is float and type(config.batching.max_wait) is float
+    (worker,) = config.workers
+    assert (worker.hang_timeout, worker.readiness_timeout, worker.policy) == (2.0, None, None)
+    assert ServeConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"server": {"max_worker_restarts": 10_001}},
+         "server.max_worker_restarts: must be <= 10000, got 10001"),
+        ({"server": {"max_connections": 0}}, "server.max_connections: must be >= 1, got 0"),
+        ({"server": {"max_connections": 1_000_001}},
+         "server.max_connections: must be <= 1000000, got 1000001"),
+        ({"server": {"body_timeout": 0}}, "server.body_timeout: must be > 0, got 0.0"),
+        ({"server": {"keep_alive_timeout": 0.0005}},
+         "server.keep_alive_timeout: must be >= 0.001 (a millisecond), got 0.0005"),
+        ({"server": {"within": 1e-4}},
+         "server.within: must be >= 0.001 (a millisecond), got 0.0001"),
+        ({"batching": {"max_batch_size": 4097}},
+         "batching.max_batch_size: must be <= 4096, got 4097"),
+        ({"batching": {"max_wait": 61}}, "batching.max_wait: must be <= 60, got 61.0"),
+        ({"batching": {"max_wait": math.nan}},
+         "batching.max_wait: must be a finite number, got nan"),
+        ({"worker": {"max_pending": 1_000_001}},
+         "workers[0].max_pending: must be <= 1000000, got 1000001"),
+        ({"worker": {"max_attempts": 101}}, "workers[0].max_attempts: must be <= 100, got 101"),
+        ({"worker": {"readiness_timeout": 0.0001}},
+         "workers[0].readiness_timeout: must be >= 0.001 (a millisecond), got 0.0001"),
+        ({"worker": {"policy": {"within": 1e-9}}},
+         "workers[0].policy.within: must be >= 0.001 (a millisecond), got 1e-09"),
+        ({"worker": {"policy": {"max_restarts": 10_001}}},
+         "workers[0].policy.max_restarts: must be <= 10000, got 10001"),
+        ({"worker": {"replica_args": [{}] * 1025}},
+         "workers[0].replica_args: must hold at most 1024 entries (one per replica), got 1025"),
+        ({"worker": {"max_model_len": 0}}, "workers[0].max_model_len: must be >= 1, got 0"),
+        ({"worker": {"max_model_len": 10_000_001}},
+         "workers[0].max_model_len: must be <= 10000000, got 10000001"),
+        ({"worker": {"max_model_len": 8.0}},
+         "workers[0].max_model_len: must be an integer, got 8.0"),
+    ],
+)  # fmt: skip
+def test_absurd_values_are_refused(data: dict[str, Any], problem: str) -> None:
+    worker = {**WORKER, **data.pop("worker", {})}
+    assert problems_of({**data, "workers": [worker]}) == (problem,)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    config = ServeConfig.from_dict(
+        {
+            "server": {"max_worker_restarts": 10_000, "max_connections": 1_000_000,
+                       "drain_timeout": 0.001, "body_timeout": 86_400 * 365},
+            "batching": {"max_batch_size": 4096, "max_wait": 60},
+            "workers": [{**WORKER, "replicas": 1024, "max_pending": 1_000_000,
+                         "max_attempts": 100, "hang_timeout": 0.001, "max_model_len": 10_000_000,
+                         "policy": {"max_restarts": 10_000, "within": 0.001}}],
+        }
+    )  # fmt: skip
+    assert config.workers[0].replicas == 1024
+
+
+def test_type_and_range_problems_are_reported_together_in_file_order() -> None:
+    assert problems_of({"server": {"port": True, "drain_timeout": 0}, "workers": [WORKER]}) == (
+        "server.port: must be an integer, got True",
+        "server.drain_timeout: must be > 0, got 0.0",
+    )
+    data = {
+        "workers": [
+            {"name": 42, "runner": "m:f", "replicas": 0, "bogus": 1},
+            5,
+            {"name": "b", "runner": "bad", "isolation": 3, "standby": True,
+             "policy": {"backoff": {"initial": 5, "maximum": "x"}}},
+            {"runner": "m:f", "max_attempts": 0},
+        ],
+        "batching": {"max_wait": "soon", "max_batch_size": 0},
+        "server": {"reuse_port": "no", "within": -1},
+    }  # fmt: skip
+    assert problems_of(data) == (
+        "workers[0].name: must be a string, got 42",
+        "workers[0].replicas: must be >= 1, got 0",
+        "workers[0]: extra fields found (bogus)",
+        "workers[1]: must be a table, got 5",
+        "workers[2].runner: must be an import path 'module:factory', got 'bad'",
+        "workers[2].isolation: must be a string, got 3",
+        # no "standby needs isolation": the isolation is wrong already
+        "workers[2].policy.backoff.maximum: must be a number, got 'x'",
+        "workers[3].max_attempts: must be >= 1, got 0",
+        "workers[3].name: required field missing",
+        "batching.max_wait: must be a number, got 'soon'",
+        "batching.max_batch_size: must be >= 1, got 0",
+        "server.reuse_port: must be true or false, got 'no'",
+        "server.within: must be > 0, got -1.0",
+    )
+
+
+def test_a_workers_table_instead_of_an_array_says_so() -> None:
+    assert problems_of({"workers": {"name": "a", "runner": "m:f"}}) == (
+        "workers: must be an array of tables ([[workers]]), got {'name': 'a', 'runner': 'm:f'}",
+    )
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def nested_list(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+WORKER_TOML = "[[workers]]\nname = 'a'\nrunner = 'm:f'\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"x = {nested(100_000)}\n",  # the parser itself runs out of stack
+        f"{WORKER_TOML}runner_args = {{ x = {nested(100_000)} }}\n",
+        f"{WORKER_TOML}runner_args = {{ x = {nested(100)} }}\n",  # parsed, then refused
+    ],
+    ids=["top-100000", "runner_args-100000", "runner_args-100"],
+)
+def test_a_deeply_nested_file_is_a_config_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text(text)
+    with pytest.raises(ConfigError, match=r"nested too deeply"):
+        ServeConfig.from_toml(deep)
+    assert main(["config", "check", str(deep)]) == 2
+    assert "nested too deeply" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_deeply_nested_dict_is_a_config_error() -> None:
+    def config(depth: int) -> dict[str, Any]:  # the top table, workers, a worker, runner_args
+        return {"workers": [{**WORKER, "runner_args": {"x": nested_list(depth - 4)}}]}
+
+    ServeConfig.from_dict(config(64))
+    assert problems_of(config(65)) == (
+        "workers[0].runner_args: nested too deeply (arrays and tables more than 64 deep)",
+    )
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(ConfigError, match=r"nested too deeply"):
+        ServeConfig.from_dict({"workers": [{**WORKER, "runner_args": {"x": cycle}}]})
+
+
+def test_unreadable_toml_is_a_config_error(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.toml"
+    huge.write_text("[server]\nport = 1" + "0" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"huge.toml: not valid TOML: Exceeds the limit") as info:
+        ServeConfig.from_toml(huge)
+    assert "set_int_max_str_digits" not in str(info.value)
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes(b'[server]\nhost = "\xe9"\n')
+    with pytest.raises(ConfigError, match=r"latin.toml: not valid TOML: not UTF-8 at byte 17"):
+        ServeConfig.from_toml(latin)
+
+
+def test_the_new_fields_default_and_load(tmp_path: Path) -> None:
+    config = ServeConfig.from_dict({"workers": [WORKER]})
+    s = config.server
+    assert (s.body_timeout, s.keep_alive_timeout, s.max_connections) == (30.0, 5.0, 1000)
+    assert config.workers[0].max_model_len is None
+    path = tmp_path / "new.toml"
+    path.write_text(
+        "[server]\nbody_timeout = 10\nkeep_alive_timeout = 2.5\nmax_connections = 64\n"
+        "[[workers]]\nname = 'a'\nrunner = 'm:f'\nmax_model_len = 2048\n"
+    )
+    config = ServeConfig.from_toml(path)
+    s = config.server
+    assert (s.body_timeout, s.keep_alive_timeout, s.max_connections) == (10.0, 2.5, 64)
+    assert config.workers[0].max_model_len == 2048
+    assert ServeConfig.from_dict(config.to_dict()) == config
+
+
+def test_config_check_reports_types_and_ranges_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        '[server]\nport = true\ndrain_timeout = 0\n[[workers]]\nname = "a"\nrunner = "m:f"\n'
+        'replicas = 2.9\nstandby = "false"\nisolation = "process"\n'
+    )
+    assert main(["config", "check", str(bad)]) == 2
+    out = capsys.readouterr().out
+    for problem in (
+        "server.port: must be an integer, got True",
+        "server.drain_timeout: must be > 0, got 0.0",
+        "workers[0].replicas: must be an integer, got 2.9",
+        "workers[0].standby: must be true or false, got 'false'",
+    ):
+        assert problem in out
