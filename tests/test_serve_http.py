@@ -97,7 +97,11 @@ async def test_bad_requests_never_reach_a_worker(body: Any, status: int, kind: s
                 error = response.json()["error"]
                 assert (error["type"], error["code"], error["retryable"]) == (kind, status, False)
                 assert handle.pool.replicas["mock"][0].worker.statistics().accepted == 0
-                bad_json = await client.post("/v1/completions", content=b"{not json")
+                bad_json = await client.post(
+                    "/v1/completions",
+                    content=b"{not json",
+                    headers={"content-type": "application/json"},
+                )
                 assert bad_json.status_code == 400
             handle.drain()
 

@@ -9,10 +9,14 @@ from trio_supervise import Batch, Chunk, Request, SamplingParams
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_tokens": 0}, r"^max_tokens must be an int >= 1, got 0$"),
+        ({"max_tokens": 0}, r"^max_tokens must be an int in \[1, 2\*\*63 - 1\], got 0$"),
+        ({"max_tokens": 2**63}, r"^max_tokens must be an int in \[1, 2\*\*63 - 1\], got 9223"),
         ({"max_tokens": 2, "temperature": -1}, r"^temperature must be a number in \[0, 100\]"),
         ({"max_tokens": 2, "top_p": 0}, r"^top_p must be a number in \(0, 1\], got 0$"),
-        ({"max_tokens": 2, "seed": 1.5}, r"^seed must be an int or None, got 1.5$"),
+        ({"max_tokens": 2, "seed": 1.5}, r"^seed must be an int in \[-2\*\*63, 2\*\*63 - 1\] or"),
+        ({"max_tokens": 2, "seed": 2**64}, r"^seed must be an int in .* got 18446744073709551616$"),
+        ({"max_tokens": 2, "seed": -(2**63) - 1}, r"^seed must be an int in"),
+        ({"max_tokens": 2, "stop": ("\ud800",)}, r"^stop must be valid Unicode text, got a lone"),
         ({"max_tokens": 2, "stop": ["x"]}, r"^stop must be a tuple of non-empty str"),
     ],
 )
@@ -27,8 +31,13 @@ def test_request_and_batch_validation() -> None:
         Request("", "p", params)
     with pytest.raises(ts.BadRequest, match=r"^prompt must be a str or a tuple of token ids"):
         Request("a", ["p"], params)  # type: ignore[arg-type]
-    with pytest.raises(ts.BadRequest, match=r"^prompt token ids must be ints >= 0"):
+    with pytest.raises(ts.BadRequest, match=r"^prompt token ids must be ints in \[0, 2\*\*63"):
         Request("a", (1, -2), params)
+    with pytest.raises(ts.BadRequest, match=r"^prompt token ids must be ints in \[0, 2\*\*63"):
+        Request("a", (1, 2**63), params)
+    with pytest.raises(ts.BadRequest, match=r"^prompt must be valid Unicode text, got a lone sur"):
+        Request("a", "ok \udfff", params)
+    assert Request("a", "\U0001f600 ünïcode", params).prompt.startswith("\U0001f600")
     with pytest.raises(ts.BadRequest, match=r"^params must be a SamplingParams, got 4$"):
         Request("a", "p", 4)  # type: ignore[arg-type]
     with pytest.raises(ts.BadRequest, match=r"^a batch needs at least one request, got none$"):

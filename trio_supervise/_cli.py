@@ -80,30 +80,43 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
         console.print(f"[red]{exc}[/red]", highlight=False)
         return 2
 
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            handle = await nursery.start(lambda task_status: serve(
-                config, handle_signals=True, task_status=task_status))  # fmt: skip
+    def listening(handle: Any) -> None:
+        replicas = sum(w.replica_count for w in config.workers)
+        console.print(f"listening on {handle.url}; loading {replicas} replica(s)", highlight=False)
+
+    class Ready:
+        """serve's task status: says when every replica is ready (a drain may come first)."""
+
+        def started(self, handle: Any = None) -> None:
             console.print(f"serving {handle.pool.models} on {handle.url}", highlight=False)
+
+    async def main() -> None:
+        await serve(config, handle_signals=True, on_listening=listening, task_status=Ready())
 
     try:
         trio.run(main)
-    except (RestartIntensityExceeded, Unrecoverable) as exc:
-        console.print(f"[red]gave up: {exc}[/red]", highlight=False)
-        return 1
-    except BaseExceptionGroup as group:
-        exits = [e for e in group.exceptions if isinstance(e, SystemExit)]
+    except BaseException as exc:  # one line and an exit code, whatever the nesting
+        if _leaves(exc, KeyboardInterrupt):  # before serve handled the signals
+            return 130
+        exits = _leaves(exc, SystemExit)
         if exits:
-            return int(exits[0].code or 0)
-        fatal = [
-            e for e in group.exceptions if isinstance(e, RestartIntensityExceeded | Unrecoverable)
-        ]
+            code = exits[0].code if isinstance(exits[0].code, int) else 1
+            console.print(f"a second signal during the drain: exit {code}", highlight=False)
+            return code
+        fatal = _leaves(exc, RestartIntensityExceeded | Unrecoverable)
         if fatal:
             console.print(f"[red]gave up: {fatal[0]}[/red]", highlight=False)
             return 1
         raise
     console.print("drained", highlight=False)
     return 0
+
+
+def _leaves(exc: BaseException, kind: Any) -> list[Any]:
+    """The exceptions of ``kind`` in ``exc``, however deep in exception groups."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
+    return [exc] if isinstance(exc, kind) else []
 
 
 def default_config() -> Any:

@@ -52,9 +52,33 @@ def _bad(message: str) -> BadRequest:
     return BadRequest(message)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Every integer a request carries fits in 64 bits: what every tier can carry (msgpack frames
+to a child process or a Ray actor, JSON to a remote backend)."""
+
+
 def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(f"{name} must be an int >= {minimum}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
+        raise _bad(f"{name} must be an int in [{minimum}, 2**63 - 1], got {_shown(value)}")
+
+
+def _check_text(name: str, value: str) -> None:
+    """Text must be Unicode that encodes as UTF-8 (a lone surrogate does not)."""
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise _bad(
+                f"{name} must be valid Unicode text, got a lone surrogate at {exc.start}"
+            ) from None
+
+
+def _shown(value: object) -> str:
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long for str()
+        return "an integer too long to show"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> None:
@@ -93,12 +117,17 @@ class SamplingParams:
         _check_float("top_p", self.top_p, 0.0, 1.0)
         if self.top_p == 0:
             raise _bad(f"top_p must be a number in (0, 1], got {self.top_p!r}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int)
+        seed = self.seed
+        if seed is not None and (
+            isinstance(seed, bool)
+            or not isinstance(seed, int)
+            or not INT64_MIN <= seed <= INT64_MAX
         ):
-            raise _bad(f"seed must be an int or None, got {self.seed!r}")
+            raise _bad(f"seed must be an int in [-2**63, 2**63 - 1] or None, got {_shown(seed)}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise _bad(f"stop must be a tuple of non-empty str, got {self.stop!r}")
+            raise _bad(f"stop must be a tuple of non-empty str, got {_shown(self.stop)}")
+        for stop in self.stop:
+            _check_text("stop", stop)
 
 
 @final
@@ -136,10 +165,15 @@ class Request:
             raise _bad(f"id must be a non-empty str, got {self.id!r}")
         prompt = self.prompt
         if isinstance(prompt, tuple):
-            if not all(isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
-                raise _bad(f"prompt token ids must be ints >= 0, got {prompt!r}")
-        elif not isinstance(prompt, str):
-            raise _bad(f"prompt must be a str or a tuple of token ids, got {prompt!r}")
+            if not all(
+                isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= INT64_MAX
+                for t in prompt
+            ):
+                raise _bad(f"prompt token ids must be ints in [0, 2**63 - 1], got {_shown(prompt)}")
+        elif isinstance(prompt, str):
+            _check_text("prompt", prompt)
+        else:
+            raise _bad(f"prompt must be a str or a tuple of token ids, got {_shown(prompt)}")
         if not isinstance(self.params, SamplingParams):
             raise _bad(f"params must be a SamplingParams, got {self.params!r}")
         if not isinstance(self.idempotent, bool):

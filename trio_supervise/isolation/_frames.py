@@ -29,6 +29,7 @@ from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
 
 __all__ = [
     "MAX_FRAME",
+    "UNENCODABLE",
     "Activate",
     "BatchEnd",
     "BatchFailed",
@@ -49,6 +50,7 @@ __all__ = [
     "RequestData",
     "Stop",
     "encode",
+    "encoding_problem",
     "error_from_data",
     "error_to_data",
     "policy_from_data",
@@ -225,8 +227,26 @@ _to_child = msgspec.msgpack.Decoder(Message)
 _to_parent = msgspec.msgpack.Decoder(Reply)
 
 
+UNENCODABLE = (OverflowError, UnicodeEncodeError, MalformedFrame)
+"""What :func:`encode` raises for a message a frame cannot carry (an int beyond 64 bits, a lone
+surrogate, over :data:`MAX_FRAME`), before anything is sent."""
+
+
+def encoding_problem(data: msgspec.Struct) -> str | None:
+    """Why ``data`` cannot travel in a frame, or None when it can."""
+    try:
+        encode(data)
+    except UNENCODABLE as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
 def encode(message: msgspec.Struct) -> bytes:
-    """A whole frame (length prefix and payload) for ``message``."""
+    """A whole frame (length prefix and payload) for ``message``.
+
+    Raises:
+        OverflowError, UnicodeEncodeError, MalformedFrame: see :data:`UNENCODABLE`.
+    """
     payload = _encoder.encode(message)
     if len(payload) > MAX_FRAME:
         raise MalformedFrame(f"a frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")

@@ -26,6 +26,7 @@ from typing import Any, Protocol, final
 import attrs
 import trio
 
+from .._errors import BadRequest
 from .._port import TierPort
 from .._tier import Tier
 from .._types import Batch, Chunk, RebuildCause
@@ -183,7 +184,17 @@ class ChildRunner:
         told: set[str] = set()
         try:
             requests = [frames.request_to_data(r) for r in batch.requests]
-            await self.tier.send(frames.Execute(batch.seq, requests))
+            try:
+                await self.tier.send(frames.Execute(batch.seq, requests))
+            except frames.UNENCODABLE:
+                # Nothing was sent. A request that no frame can carry fails alone (BadRequest,
+                # never retried); the tier goes on, and so do the batch's other requests.
+                requests, refused = _sendable(batch, requests)
+                for chunk in refused:
+                    yield chunk
+                if not requests:
+                    return
+                await self.tier.send(frames.Execute(batch.seq, requests))
             async for message in receive:
                 for request in batch.requests:  # consumers that left: tell the child's runner
                     if request.id not in told and batch.is_cancelled(request.id):
@@ -225,6 +236,28 @@ class ChildRunner:
             target = self._batches.get(message.seq)
         if target is not None:
             target.send_nowait(message)
+
+
+def _sendable(
+    batch: Batch, requests: list[frames.RequestData]
+) -> tuple[list[frames.RequestData], list[Chunk]]:
+    """The requests a frame can carry, and an error chunk for each other one; when each can
+    travel alone but not all together (over :data:`~._frames.MAX_FRAME`), every request fails."""
+    sendable: list[frames.RequestData] = []
+    refused: list[Chunk] = []
+    for data in requests:
+        problem = frames.encoding_problem(data)
+        if problem is None:
+            sendable.append(data)
+        else:
+            error = BadRequest(f"request {data.id!r} cannot be sent to its tier: {problem}")
+            refused.append(Chunk(data.id, error=error))
+    problem = frames.encoding_problem(frames.Execute(batch.seq, sendable))
+    if problem is not None:
+        message = f"batch {batch.seq} cannot be sent to its tier: {problem}"
+        refused += [Chunk(d.id, error=BadRequest(message)) for d in sendable]
+        sendable = []
+    return sendable, refused
 
 
 class ProcessTier(Tier):

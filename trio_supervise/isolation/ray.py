@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
@@ -122,15 +123,35 @@ def _leave() -> None:
             ray.shutdown()
 
 
+def _reclaim_termination_signals() -> None:
+    """Give SIGTERM and SIGINT back to the handlers Python had for them.
+
+    ``ray.init`` starts Ray's C++ core, which installs abseil's failure signal handler for
+    SIGTERM and SIGINT whatever thread it runs in: on a SIGTERM it prints a stack dump ("***
+    SIGTERM received ...") and arms a 3-second alarm that aborts the process (SIGABRT) before
+    it chains to the handler that was there, so a server that drains for longer dies mid-drain.
+    Setting Python's own handler again (a ``trio.open_signal_receiver``'s, or the default)
+    restores it at the OS level. Only the main thread may set handlers: elsewhere, nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: not set from Python; leave it
+            signal.signal(signum, handler)
+
+
 @contextlib.asynccontextmanager
 async def ray_runtime(address: str | None) -> AsyncIterator[None]:
     """Ray for the body: the one this process joined already (an app's own ``ray.init``, kept
     as it is), else the cluster at ``address`` or ``RAY_ADDRESS``, else a local one on loopback.
 
     What it started is shut down when its last user leaves. ``ray.init`` runs in a thread: it
-    takes seconds, and there it installs no signal handler over the application's.
+    takes seconds, and there it installs no Python signal handler over the application's; the
+    handlers Ray's C++ core installs for SIGTERM and SIGINT are taken back after it.
     """
     await trio.to_thread.run_sync(_join, address)
+    _reclaim_termination_signals()
     try:
         yield
     finally:

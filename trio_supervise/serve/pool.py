@@ -39,6 +39,7 @@ from .._errors import (
     InferenceError,
     NetworkError,
     RateLimited,
+    RequestTimeout,
     ServerError,
     WorkerStopped,
 )
@@ -131,7 +132,8 @@ class PoolStream:
 
     async def __anext__(self) -> Chunk:
         while True:
-            await self._assigned.wait()
+            if not self._assigned.is_set():
+                await self._wait_for_a_replica()
             try:
                 if self._error is not None:
                     error, self._error = self._error, None
@@ -155,6 +157,20 @@ class PoolStream:
                 continue
             self._got_chunk = True
             return chunk
+
+    async def _wait_for_a_replica(self) -> None:
+        """Wait to be sent to a replica, within the request's deadline: a request that waits in
+        the pool's queue (no replica READY, or every one of them gone) still ends on time."""
+        deadline = self.request.deadline
+        with trio.move_on_at(math.inf if deadline is None else deadline):
+            await self._assigned.wait()
+            return
+        self._pool._forget(self)
+        self._closed = True
+        raise RequestTimeout(
+            f"request {self.request.id!r} passed its deadline waiting for a replica of "
+            f"{self._model!r} (none was ready)"
+        )
 
     def _replica_ended(self) -> bool:
         """Whether the replica it ran on stopped or failed (its error is the worker's end)."""
@@ -224,6 +240,8 @@ class WorkerPool:
             name: collections.deque() for name in self.replicas
         }
         self._wake: dict[str, trio.Event] = {name: trio.Event() for name in self.replicas}
+        self.max_model_len: dict[str, int] = {w.name: _max_model_len(w) for w in config.workers}
+        """The most tokens a request of each model may ask for (``max_tokens``)."""
         self._ready_changed = trio.Event()
         self.handle: SupervisorHandle | None = None
         self.draining = False
@@ -470,6 +488,22 @@ def _runner_policy(w: WorkerConfig) -> Policy:
         if policy is not None:
             return policy
     return DEVICE_POLICY
+
+
+DEFAULT_MAX_MODEL_LEN = 4096
+"""``max_model_len`` where neither the config nor the runner gives one."""
+
+
+def _max_model_len(w: WorkerConfig) -> int:
+    """The config's ``max_model_len``, else the runner's own (an inline runner's attribute: a
+    process-isolated runner is not imported here), else :data:`DEFAULT_MAX_MODEL_LEN`."""
+    if w.max_model_len is not None:
+        return w.max_model_len
+    if w.isolation == "inline":
+        value = getattr(resolve_factory(w.runner), "max_model_len", None)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return DEFAULT_MAX_MODEL_LEN
 
 
 def _stopped(replica: Replica) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import resource
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import final
 
 import attrs
@@ -55,47 +57,58 @@ async def serve(
     config: ServeConfig,
     *,
     handle_signals: bool = False,
+    on_listening: Callable[[ServerHandle], None] | None = None,
     task_status: trio.TaskStatus[ServerHandle] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``config``'s workers over HTTP until drained.
 
     It binds the port before the workers load (``/healthz`` answers 200 and ``/readyz`` 503
-    while they do), then calls ``task_status.started(handle)`` once every replica is ready.
+    while they do), calls ``on_listening(handle)`` then (an observer, to say where it listens),
+    and calls ``task_status.started(handle)`` once every replica is ready.
 
     Resource handling:
         The pool (its root supervisor and every worker) and the HTTP server live in this call's
         nursery. A drain (``handle.drain()``, or the first SIGTERM/SIGINT with
         ``handle_signals=True``) keeps the listener open, answers 503 to new requests and to
         ``/readyz``, gives in-flight requests ``drain_timeout`` seconds, fails the rest with
-        ``WorkerStopped``, stops the workers, and only then shuts the HTTP server down.
+        ``WorkerStopped``, stops the workers, and only then shuts the HTTP server down
+        gracefully: every response in progress writes its end (a stream its error event and
+        ``[DONE]``) before its connection closes. A drain while the replicas still load (or
+        restart) stops them at once, and ``serve`` returns without calling
+        ``task_status.started`` (so ``nursery.start(serve, ...)`` raises trio's RuntimeError
+        then; the CLI calls ``serve`` directly).
 
     Error handling:
         A bad config raises ``ConfigError`` before anything starts. When the root supervisor
         gives up, that error propagates out of ``serve`` once the server is shut down; so does
         an ``Unrecoverable`` when every replica of a model has stopped for good. With
-        ``handle_signals=True``, a second signal during the drain raises ``SystemExit`` with
-        128 + the signal's number.
+        ``handle_signals=True``, a second signal during the drain stops everything at once and
+        raises ``SystemExit`` with 128 + the signal's number (not inside an exception group).
     """
     if not isinstance(config, ServeConfig):
         raise TypeError(f"serve takes a ServeConfig, got {config!r}")
     pool = WorkerPool(config)
     app = App(pool, Metrics())
+    _make_room_for(config.server.max_connections)
     hypercorn_config = HypercornConfig()
     hypercorn_config.bind = [
         _bind(config.server.host, config.server.port, config.server.reuse_port)
     ]
+    # Once the workers have stopped, every response ends at once: this bounds the wait for
+    # the last writes to slow clients.
     hypercorn_config.graceful_timeout = config.server.drain_timeout
+    hypercorn_config.keep_alive_timeout = config.server.keep_alive_timeout
     hypercorn_config.accesslog = None
     hypercorn_config.backlog = BACKLOG
     shutdown = trio.Event()
     fatal: list[BaseException] = []  # why the server must end once drained
-    signals: AsyncIterator[int] | None = None
-    async with trio.open_nursery() as nursery:
-        if handle_signals:
-            receiver = trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT)
-            signals = receiver.__enter__()
-        try:
-            binds = await nursery.start(
+    exit_code: list[int] = []  # set by a second signal
+    with contextlib.ExitStack() as stack:
+        signals: AsyncIterator[int] | None = None
+        if handle_signals:  # before anything starts: a signal while loading drains too
+            signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
+        async with trio.open_nursery() as http:
+            binds = await http.start(
                 lambda task_status: hypercorn_serve(
                     app,  # type: ignore[arg-type]
                     hypercorn_config,
@@ -105,25 +118,82 @@ async def serve(
             )
             host, _, port = binds[0].removeprefix("http://").rpartition(":")
             handle = ServerHandle((host.strip("[]"), int(port)), pool, app)
-            if signals is not None:
-                nursery.start_soon(_on_signal, signals, handle)
-            async with trio.open_nursery() as workers:
-                await workers.start(pool.run)
-                workers.start_soon(_watch_models, pool, handle, fatal)
-                app.ready = True
-                task_status.started(handle)
-                await handle._drain_requested.wait()
-                logger.info("draining: in-flight requests get %gs", config.server.drain_timeout)
-                with trio.move_on_after(config.server.drain_timeout):
-                    await pool.drain()
-                workers.cancel_scope.cancel()
-            nursery.cancel_scope.cancel()  # drained: the signal watcher goes too
-        finally:
-            shutdown.set()
-            if handle_signals:
-                receiver.__exit__(None, None, None)
+            if on_listening is not None:
+                on_listening(handle)
+            try:
+                async with trio.open_nursery() as control:
+                    if signals is not None:
+                        control.start_soon(_on_signal, signals, handle, control, exit_code)
+                    await _run_pool(pool, app, handle, fatal, task_status)
+                    control.cancel_scope.cancel()  # drained: the signal watcher goes too
+            finally:
+                # The HTTP server stops accepting, lets each response in progress write its
+                # end (the workers have stopped, so each has one) and closes idle connections.
+                shutdown.set()
+                if exit_code:
+                    http.cancel_scope.cancel()
+    if exit_code:
+        raise SystemExit(exit_code[0])
     if fatal:
         raise fatal[0]
+
+
+async def _run_pool(
+    pool: WorkerPool,
+    app: App,
+    handle: ServerHandle,
+    fatal: list[BaseException],
+    task_status: trio.TaskStatus[ServerHandle],
+) -> None:
+    """Start the pool, serve until a drain is asked for, drain, stop the workers."""
+    drain_timeout = pool.config.server.drain_timeout
+    async with trio.open_nursery() as workers:
+        started = False
+        async with trio.open_nursery() as starting:
+
+            async def drain_first() -> None:
+                await handle._drain_requested.wait()
+                logger.info("drain asked for while the replicas start: stopping them")
+                starting.cancel_scope.cancel()
+
+            starting.start_soon(drain_first)
+            await workers.start(pool.run)
+            started = True
+            starting.cancel_scope.cancel()
+        if not started:  # drained before the pool was ready: it stopped its replicas already
+            return
+        workers.start_soon(_watch_models, pool, handle, fatal)
+        app.ready = True
+        task_status.started(handle)
+        logger.info("serving %s on %s", pool.models, handle.url)
+        await handle._drain_requested.wait()
+        logger.info("draining: in-flight requests get %gs", drain_timeout)
+        with trio.move_on_after(drain_timeout):
+            await pool.drain()
+        workers.cancel_scope.cancel()
+
+
+FD_MARGIN = 256
+"""Descriptors kept beyond ``max_connections``: listeners, pipes to child processes, Ray's."""
+
+
+def _make_room_for(max_connections: int) -> None:
+    """Raise this process's soft limit on open descriptors (up to the hard one) so that
+    ``max_connections`` connections and the server's own files fit: past the limit, ``accept``
+    fails with EMFILE and fresh requests wait. A limit that cannot be raised enough is logged."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + FD_MARGIN
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < want:
+        logger.warning(
+            "the limit on open files (%d, hard limit %d) is below max_connections=%d + %d: "
+            "lower [server] max_connections, or raise the limit (ulimit -n)",
+            target, hard, max_connections, FD_MARGIN,
+        )  # fmt: skip
 
 
 def _bind(host: str, port: int, reuse_port: bool) -> str:
@@ -160,11 +230,17 @@ async def _watch_models(pool: WorkerPool, handle: ServerHandle, fatal: list[Base
         await pool._ready_changed.wait()
 
 
-async def _on_signal(signals: AsyncIterator[int], handle: ServerHandle) -> None:
-    """The first SIGTERM/SIGINT drains; a second one exits at once (128 + its number)."""
-    drained = False
+async def _on_signal(
+    signals: AsyncIterator[int], handle: ServerHandle, control: trio.Nursery, exit_code: list[int]
+) -> None:
+    """The first SIGTERM/SIGINT drains; a second one stops everything at once, and ``serve``
+    raises ``SystemExit(128 + its number)``."""
     async for signum in signals:
-        if drained:
-            raise SystemExit(128 + signum)
-        drained = True
+        if handle._drain_requested.is_set():
+            name = signal.Signals(signum).name
+            logger.warning("%s during the drain: stopping at once", name)
+            exit_code.append(128 + signum)
+            control.cancel_scope.cancel()
+            return
+        logger.info("%s: draining", signal.Signals(signum).name)
         handle.drain()

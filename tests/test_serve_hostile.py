@@ -1,0 +1,464 @@
+"""No request can kill, starve or strand the server (issue 24): each hostile or unlucky request
+the red team found, over real HTTP on loopback (real clock, each test bounded by fail_after)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import trio_supervise as ts
+from trio_supervise.serve import ServeConfig
+from trio_supervise.serve.pool import WorkerPool
+from trio_supervise.serve.server import ServerHandle, serve
+
+MOCK = "trio_supervise.runners.mock:MockRunner"
+
+
+def config(server: dict[str, Any] | None = None, **worker: Any) -> ServeConfig:
+    runner_args = {"delay": 0.002, **worker.pop("runner_args", {})}
+    return ServeConfig.from_dict(
+        {
+            "server": {"port": 0, "drain_timeout": 5, **(server or {})},
+            "batching": {"max_wait": 0.001},
+            "workers": [
+                {
+                    "name": "mock",
+                    "runner": MOCK,
+                    "runner_args": runner_args,
+                    "device": "cpu",
+                    **worker,
+                }
+            ],
+        }
+    )
+
+
+async def start(nursery: trio.Nursery, cfg: ServeConfig) -> ServerHandle:
+    handle: ServerHandle = await nursery.start(serve, cfg)
+    return handle
+
+
+async def raw(handle: ServerHandle, request: bytes) -> bytes:
+    """Send bytes on a fresh connection; everything the server sends until it closes."""
+    stream = await trio.open_tcp_stream(*handle.address)
+    async with stream:
+        await stream.send_all(request)
+        received = b""
+        while data := await stream.receive_some():
+            received += data
+    return received
+
+
+def post(body: bytes, *, version: str = "1.1", headers: str = "") -> bytes:
+    return (
+        f"POST /v1/completions HTTP/{version}\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n{headers}\r\n"
+    ).encode() + body
+
+
+# --- 1. what a request carries is checked at the edge -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ('{"prompt": "The ", "max_tokens": 4, "seed": 18446744073709551616}', "seed"),
+        ('{"prompt": "The ", "max_tokens": 18446744073709551616}', "max_tokens"),
+        ('{"prompt": "The ", "max_tokens": 4097}', "max_tokens"),
+        ('{"prompt": "\\ud800", "max_tokens": 4}', "surrogate"),
+        ('{"prompt": "a", "stop": "\\ud800"}', "surrogate"),
+        ('{"prompt": "a", "n": true}', "n"),
+        ('{"prompt": "a", "n": 1.0}', "n"),
+        ('{"prompt": "a", "max_tokens": 4.0}', "max_tokens"),
+        ('{"prompt": "a", "max_tokens": true}', "max_tokens"),
+        ('{"prompt": "a", "temperature": "1"}', "temperature"),
+        ('{"prompt": "a", "temperature": 1e400}', "Number out of range"),
+        ('{"prompt": "a", "seed": ' + "9" * 5000 + "}", "out of range"),
+        ('{"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}', "stop"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    ],
+)
+async def test_a_body_no_tier_could_carry_is_a_400_that_names_the_field(
+    body: str, field: str
+) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                response = await client.post(
+                    "/v1/completions", content=body, headers={"content-type": "application/json"}
+                )
+                assert response.status_code == 400, response.text
+                error = response.json()["error"]
+                assert field in error["message"] and error["type"] == "BadRequest"
+                assert (await client.get("/healthz")).status_code == 200
+            handle.drain()
+
+
+async def test_max_tokens_past_the_model_length_names_both_numbers() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config(max_model_len=64))
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                response = await client.post(
+                    "/v1/completions", json={"prompt": "a", "max_tokens": 65}
+                )
+                assert response.status_code == 400
+                message = response.json()["error"]["message"]
+                assert "at most 64" in message and "got 65" in message
+                ok = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 64})
+                assert ok.status_code == 200
+            handle.drain()
+
+
+def test_a_request_refuses_what_no_tier_could_carry() -> None:
+    with pytest.raises(ts.BadRequest, match="seed must be an int in"):
+        ts.SamplingParams(max_tokens=4, seed=2**64)
+    with pytest.raises(ts.BadRequest, match="prompt must be valid Unicode text"):
+        ts.Request("r", "\ud800", ts.SamplingParams(max_tokens=4))
+
+
+async def test_a_request_its_child_cannot_be_sent_fails_alone_and_the_tier_lives() -> None:
+    """Defence in depth, past the edge: a valid request that no frame to the child can carry
+    (a prompt over MAX_FRAME) fails alone with BadRequest; its batch mate finishes; nothing
+    restarts."""
+    from trio_supervise.isolation._frames import MAX_FRAME
+
+    huge = ts.Request("huge", "x" * (MAX_FRAME + 1), ts.SamplingParams(max_tokens=4))
+    good = ts.Request("good", "The ", ts.SamplingParams(max_tokens=4, seed=1))
+    with trio.fail_after(60):
+        async with ts.open_worker(MOCK, device="cpu", isolation="process") as worker:
+            refused, served = worker.submit(ts.Batch([huge, good]))
+            with pytest.raises(ts.BadRequest, match="cannot be sent to its tier: MalformedFrame"):
+                await refused.collect()
+            _, text, _, _ = await served.collect()
+            _, again, _, _ = await worker.generate(good).collect()
+            assert text and again == text
+            assert worker.generation == 1 and worker.state.value is ts.WorkerState.READY
+
+
+# --- 2. a request's deadline holds wherever it waits --------------------------------------------
+
+
+async def test_a_request_waiting_for_a_replica_that_never_loads_times_out(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cfg = config(server={"request_timeout": 10}, runner_args={"load_delay": 1e9})
+    pool = WorkerPool(cfg)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pool.run)
+        start = trio.current_time()
+        stream = pool.generate(ts.Request("r", "p", ts.SamplingParams(max_tokens=2)))
+        with pytest.raises(ts.RequestTimeout, match="none was ready"):
+            await stream.collect()
+        assert trio.current_time() - start == pytest.approx(10)
+        assert not pool._queues["mock"]  # it left the queue
+        nursery.cancel_scope.cancel()
+
+
+# --- 3. one client cannot hold a replica ---------------------------------------------------------
+
+
+async def test_a_whole_request_is_cancelled_when_its_client_leaves() -> None:
+    cfg = config(runner_args={"delay": 0.01})
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            worker = handle.pool.replicas["mock"][0].worker
+            assert worker is not None
+            stream = await trio.open_tcp_stream(*handle.address)
+            body = json.dumps({"prompt": "p", "max_tokens": 4000}).encode()
+            await stream.send_all(post(body))
+            while worker.statistics().in_flight == 0:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            await stream.aclose()  # the client leaves before the answer
+            while worker.statistics().cancelled == 0:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            assert worker.statistics().tokens < 4000
+            handle.drain()
+
+
+# --- 5. a drain ends every answer well-formed ----------------------------------------------------
+
+
+async def test_a_drain_ends_every_long_stream_with_its_end_and_done() -> None:
+    cfg = config(
+        server={"drain_timeout": 0.5},
+        runner_args={"delay": 0.01, "max_concurrency": 16},
+        replicas=2,
+    )
+    results: list[list[Any]] = []
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            streaming = trio.Semaphore(0)
+
+            async def one(client: httpx.AsyncClient, i: int) -> None:
+                events: list[Any] = []
+                body = {"prompt": f"p{i}", "max_tokens": 4000, "stream": True}
+                async with client.stream("POST", "/v1/completions", json=body) as r:
+                    assert r.status_code == 200
+                    async for line in r.aiter_lines():
+                        if line.startswith("data: "):
+                            if not events:
+                                streaming.release()
+                            data = line.removeprefix("data: ")
+                            events.append(data if data == "[DONE]" else json.loads(data))
+                results.append(events)
+
+            async with (
+                httpx.AsyncClient(base_url=handle.url, timeout=30) as client,
+                trio.open_nursery() as clients,
+            ):
+                for i in range(12):
+                    clients.start_soon(one, client, i)
+                for _ in range(12):
+                    await streaming.acquire()
+                handle.drain()
+                late = await client.post("/v1/completions", json={"prompt": "late"})
+                assert late.status_code == 503 and late.json()["error"]["type"] == "WorkerStopped"
+    assert len(results) == 12
+    for events in results:
+        assert events[-1] == "[DONE]"
+        last = events[-2]
+        ended = "error" in last or last["choices"][0]["finish_reason"] is not None
+        assert ended, last
+        assert all("error" not in e for e in events[:-2])
+
+
+# --- 6. connections ------------------------------------------------------------------------------
+
+
+async def test_a_body_that_does_not_arrive_in_time_is_a_408_and_the_connection_closes() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config(server={"body_timeout": 0.2}))
+            # Complete headers, then a body that never comes.
+            received = await raw(handle, post(b'{"prompt": "a"}')[:-5])
+            assert received.startswith(b"HTTP/1.1 408 ")
+            assert b'"type":"RequestTimeout"' in received
+            handle.drain()
+
+
+async def test_past_max_connections_a_request_gets_a_503_and_its_connection_closes() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config(server={"max_connections": 2}))
+            slow = [await trio.open_tcp_stream(*handle.address) for _ in range(2)]
+            for stream in slow:  # two requests whose bodies are still to come
+                await stream.send_all(post(b'{"prompt": "a"}')[:-5])
+            while handle.app.open_requests < 2:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            received = await raw(handle, post(b'{"prompt": "a"}'))
+            assert received.startswith(b"HTTP/1.1 503 ")
+            assert b"connection: close" in received.lower() and b"retry-after: 1" in received
+            for stream in slow:
+                await stream.aclose()
+            while handle.app.open_requests:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                ok = await client.post("/v1/completions", json={"prompt": "a", "max_tokens": 2})
+                assert ok.status_code == 200
+            handle.drain()
+
+
+@pytest.mark.parametrize(("version", "headers"), [("1.0", ""), ("1.1", "connection: close\r\n")])
+async def test_a_stream_closes_after_done_under_http_1_0_and_connection_close(
+    version: str, headers: str
+) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            body = json.dumps({"prompt": "a", "max_tokens": 5, "stream": True}).encode()
+            # raw() reads until the server closes the connection: it returns only if it does.
+            received = await raw(handle, post(body, version=version, headers=headers))
+            assert b"data: [DONE]\n\n" in received
+            assert received.count(b'"text_completion"') == 5
+            handle.drain()
+
+
+# --- 7. bodies -----------------------------------------------------------------------------------
+
+
+async def test_content_length_with_transfer_encoding_is_a_400_and_nothing_after_is_read() -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            smuggled = b"GET /v1/workers HTTP/1.1\r\nhost: x\r\n\r\n"
+            body = b'{"prompt": "a"}'
+            chunked = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+            request = (
+                b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"content-length: 4\r\ntransfer-encoding: chunked\r\n\r\n" + chunked + smuggled
+            )
+            received = await raw(handle, request)
+            assert received.startswith(b"HTTP/1.1 400 ") and received.count(b"HTTP/1.1") == 1
+            assert b"Transfer-Encoding" in received
+            handle.drain()
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+async def test_a_body_that_is_not_json_is_a_415(content_type: str | None) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config())
+            headers = {} if content_type is None else {"content-type": content_type}
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                response = await client.post(
+                    "/v1/completions", content=b'{"prompt": "a"}', headers=headers
+                )
+                assert response.status_code == 415
+                assert response.json()["error"]["type"] == "UnsupportedMediaType"
+                charset = {"content-type": "application/json; charset=utf-8"}
+                response = await client.post(
+                    "/v1/completions", content=b'{"prompt": "a"}', headers=charset
+                )
+                assert response.status_code == 200
+            handle.drain()
+
+
+# --- 4. signals and exit codes -------------------------------------------------------------------
+
+
+async def serve_process(tmp_path: Path, toml: str) -> tuple[trio.Process, bytes]:
+    path = tmp_path / "serve.toml"
+    path.write_text(toml)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "trio_supervise._cli", "serve", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    return process, b""
+
+
+async def read_until(process: trio.Process, output: bytes, marker: bytes) -> bytes:
+    assert process.stdout is not None
+    while marker not in output:
+        data = await process.stdout.receive_some()
+        assert data, f"the process ended before {marker!r}: {output.decode(errors='replace')}"
+        output += data
+    return output
+
+
+async def read_all(process: trio.Process, output: bytes) -> bytes:
+    assert process.stdout is not None
+    async for data in process.stdout:
+        output += data
+    return output
+
+
+LOADING = f"""
+[server]
+port = 0
+[[workers]]
+name = "slow"
+runner = "{MOCK}"
+runner_args = {{load_delay = 600.0}}
+device = "cpu"
+"""
+
+
+@pytest.mark.slow
+async def test_sigterm_while_a_replica_loads_drains_and_exits_0(tmp_path: Path) -> None:
+    with trio.fail_after(60):
+        process, output = await serve_process(tmp_path, LOADING)
+        # The listener is bound (and the signals handled) before the replicas load.
+        output = await read_until(process, output, b"listening on")
+        process.send_signal(signal.SIGTERM)
+        output = await read_all(process, output)
+        assert await process.wait() == 0, output.decode()
+        assert b"Traceback" not in output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+async def test_a_second_signal_during_the_drain_exits_at_once_with_one_line(
+    tmp_path: Path, signum: int, code: int
+) -> None:
+    toml = f"""
+[server]
+port = 0
+drain_timeout = 60
+[[workers]]
+name = "mock"
+runner = "{MOCK}"
+runner_args = {{delay = 0.05}}
+device = "cpu"
+"""
+    with trio.fail_after(60):
+        process, output = await serve_process(tmp_path, toml)
+        output = await read_until(process, output, b"serving")
+        url = output.split(b" on ", 1)[1].split()[0].decode()
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            body = {"prompt": "a", "max_tokens": 4000, "stream": True}
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                assert response.status_code == 200
+                lines = response.aiter_lines()
+                assert (await lines.__anext__()).startswith("data: ")  # streaming
+                process.send_signal(signal.SIGTERM)
+                # Another process's state: there is no event to wait on.
+                while (await client.get("/readyz")).json()["status"] != "draining":  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                process.send_signal(signum)
+                output = await read_all(process, output)
+                await lines.aclose()
+        assert await process.wait() == code, output.decode()
+        assert b"Traceback" not in output and b"ExceptionGroup" not in output
+        assert f"exit {code}".encode() in output
+
+
+@pytest.mark.slow
+async def test_a_pool_that_gives_up_exits_1_with_one_line(tmp_path: Path) -> None:
+    toml = f"""
+[server]
+port = 0
+max_worker_restarts = 0
+[[workers]]
+name = "broken"
+runner = "{MOCK}"
+runner_args = {{no_such_argument = 1}}
+device = "cpu"
+isolation = "process"
+"""
+    with trio.fail_after(60):
+        process, output = await serve_process(tmp_path, toml)
+        output = await read_all(process, output)
+        assert await process.wait() == 1, output.decode()
+        assert b"Traceback" not in output
+        lines = [line for line in output.decode().splitlines() if "gave up" in line]
+        assert len(lines) == 1, output.decode()
+
+
+@pytest.mark.parametrize(
+    ("limits", "raised_to", "warned"),
+    [
+        ((1024, 4096), 1256, False),  # raised to fit
+        ((1024, 1100), 1100, True),  # raised as far as the hard limit goes, and said
+        ((65536, 65536), None, False),  # room already
+    ],
+)
+def test_serve_raises_the_open_files_limit_to_fit_max_connections(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    limits: tuple[int, int],
+    raised_to: int | None,
+    warned: bool,
+) -> None:
+    import resource
+
+    from trio_supervise.serve import server
+
+    set_to: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _: limits)
+    monkeypatch.setattr(resource, "setrlimit", lambda _, value: set_to.append(value))
+    server._make_room_for(1000)
+    assert set_to == ([] if raised_to is None else [(raised_to, limits[1])])
+    assert ("max_connections=1000" in caplog.text) is warned
