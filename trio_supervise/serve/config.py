@@ -106,8 +106,9 @@ class WorkerConfig:
     hang_timeout: float | None = None
     policy: PolicyConfig | None = None
     max_model_len: int | None = None
-    """The most tokens a request may ask for (``max_tokens``), the prompt included where the
-    runner can count it; None: the runner's own ``max_model_len`` attribute, else 4096."""
+    """The largest ``max_tokens`` a request may ask for (a 400 past it); None: the runner's own
+    ``max_model_len`` attribute (an inline runner's), else 4096. A runner that can count the
+    prompt also checks prompt plus completion against its own (``CharLM``: 4096)."""
 
     @property
     def replica_count(self) -> int:

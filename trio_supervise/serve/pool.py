@@ -164,6 +164,7 @@ class PoolStream:
         deadline = self.request.deadline
         with trio.move_on_at(math.inf if deadline is None else deadline):
             await self._assigned.wait()
+        if self._assigned.is_set():  # sent as the deadline passed: its worker times it out
             return
         self._pool._forget(self)
         self._closed = True
