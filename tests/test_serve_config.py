@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 import trio_supervise as ts
 from trio_supervise import ConfigError
 from trio_supervise._cli import main
 from trio_supervise.serve import PolicyConfig, ServeConfig
+from trio_supervise.serve import config as config_module
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "serve.toml"
 
@@ -54,7 +58,7 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
         "workers[1].replicas: must be >= 1, got 0",  # in file order
         "workers[1].device: must be 'auto', 'cpu' or 'cuda:N', got 'gpu'",
         "workers[1].standby: needs isolation = 'process' or 'ray', got True",
-        "workers[2].policy.backoff: initial must be <= maximum, got initial=5.0 > maximum=1.0",
+        "workers[2].policy.backoff.initial: must be <= maximum (1.0), got 5.0",
     )
     assert str(info.value).startswith("invalid config (10 problems):\nserver.port: must be")
     assert isinstance(info.value, ValueError)
@@ -360,15 +364,18 @@ def test_the_new_fields_default_and_load(tmp_path: Path) -> None:
     config = ServeConfig.from_dict({"workers": [WORKER]})
     s = config.server
     assert (s.body_timeout, s.keep_alive_timeout, s.max_connections) == (30.0, 5.0, 1000)
+    assert s.send_timeout == 30.0
     assert config.workers[0].max_model_len is None
     path = tmp_path / "new.toml"
     path.write_text(
         "[server]\nbody_timeout = 10\nkeep_alive_timeout = 2.5\nmax_connections = 64\n"
+        "send_timeout = 4\n"
         "[[workers]]\nname = 'a'\nrunner = 'm:f'\nmax_model_len = 2048\n"
     )
     config = ServeConfig.from_toml(path)
     s = config.server
     assert (s.body_timeout, s.keep_alive_timeout, s.max_connections) == (10.0, 2.5, 64)
+    assert s.send_timeout == 4.0
     assert config.workers[0].max_model_len == 2048
     assert ServeConfig.from_dict(config.to_dict()) == config
 
@@ -390,3 +397,114 @@ def test_config_check_reports_types_and_ranges_at_once(
         "workers[0].standby: must be true or false, got 'false'",
     ):
         assert problem in out
+
+
+class Lookups:
+    """A container of key paths that counts lookups, and cannot be scanned (no ``__iter__``)."""
+
+    def __init__(self) -> None:
+        self.paths: Any = set()
+        self.count = 0
+
+    def __contains__(self, path: object) -> bool:
+        self.count += 1
+        return path in self.paths
+
+
+def test_skipping_a_bad_path_looks_up_its_prefixes_not_every_bad_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    lookups = Lookups()
+    covered = config_module._covered
+
+    def spy(path: Any, bad: Any) -> bool:
+        lookups.paths = bad
+        return covered(path, lookups)
+
+    monkeypatch.setattr(config_module, "_covered", spy)
+
+    def count(n: int) -> int:  # n workers, each with a wrong type: n bad paths
+        lookups.count = 0
+        workers = [{"name": f"w{i}", "runner": "m:f", "replicas": "x"} for i in range(n)]
+        assert len(problems_of({"workers": workers})) == n
+        return lookups.count
+
+    # The same lookups per worker however many bad paths there are: a scan of every bad path
+    # for each check (10,000 such workers took 35 s) fails here, since Lookups has no __iter__.
+    per_worker = (count(500) - count(250)) / 250
+    assert count(1000) - count(500) == 500 * per_worker <= 500 * 50
+
+
+def test_repairs_leave_the_callers_data_as_it_was() -> None:
+    data = {
+        "server": {"port": "x", "bogus": 1},
+        "workers": [5, {"runner": "m:f", "runner_args": {1: 2}, "replica_args": ({}, 3)}],
+    }
+    before = copy.deepcopy(data)
+    assert len(problems_of(data)) == 6
+    assert data == before
+
+
+def test_every_backoff_problem_is_reported_at_its_own_key() -> None:
+    backoff = {"initial": 5, "maximum": 1, "multiplier": 0.5, "jitter": 2}
+    worker = {**WORKER, "policy": {"backoff": backoff}}
+    assert problems_of({"workers": [worker]}) == (
+        "workers[0].policy.backoff.initial: must be <= maximum (1.0), got 5.0",
+        "workers[0].policy.backoff.multiplier: must be >= 1, got 0.5",
+        "workers[0].policy.backoff.jitter: must be <= 1, got 2.0",
+    )
+    backoff = {"initial": -1, "maximum": math.inf, "jitter": -0.5}
+    worker = {**WORKER, "policy": {"backoff": backoff}}
+    assert problems_of({"workers": [worker]}) == (  # no "initial <= maximum": both are wrong
+        "workers[0].policy.backoff.initial: must be >= 0, got -1.0",
+        "workers[0].policy.backoff.maximum: must be a finite number, got inf",
+        "workers[0].policy.backoff.jitter: must be >= 0, got -0.5",
+    )
+
+
+@pytest.mark.parametrize("maximum", [0, 1, math.inf])
+def test_a_backoff_passes_the_config_exactly_when_backoff_accepts_it(maximum: float) -> None:
+    for initial, multiplier, jitter in itertools.product(
+        (-1, 0, 0.5, 1, 2), (0.5, 1, 3, math.nan), (-0.1, 0, 1, 1.5)
+    ):
+        fields = {"initial": initial, "maximum": maximum, "multiplier": multiplier}
+        worker = {**WORKER, "policy": {"backoff": {**fields, "jitter": jitter}}}
+        try:
+            ts.Backoff(initial, maximum, multiplier, jitter)
+        except ValueError:
+            assert problems_of({"workers": [worker]})
+        else:
+            ServeConfig.from_dict({"workers": [worker]})
+
+
+def test_replicas_and_workers_are_bounded_in_all() -> None:
+    workers = [{**WORKER, "name": f"w{i}", "replicas": 1024} for i in range(3)]
+    assert problems_of({"workers": workers}) == (
+        "workers: must have at most 1024 replicas in all, got 3072",
+    )
+    workers = [{**WORKER, "name": f"w{i}", "replicas": 256} for i in range(4)]
+    workers[3] = {**WORKER, "name": "w3", "replica_args": [{}] * 256}
+    assert ServeConfig.from_dict({"workers": workers}).workers[3].replica_count == 256
+    workers[0] = {**workers[0], "replicas": 257}
+    assert problems_of({"workers": workers}) == (
+        "workers: must have at most 1024 replicas in all, got 1025",
+    )
+    workers = [{**WORKER, "name": f"w{i}"} for i in range(1025)]
+    assert problems_of({"workers": workers}) == (
+        "workers: must hold at most 1024 tables, got 1025",
+    )
+    (worker,) = ServeConfig.from_dict({"workers": [WORKER]}).workers
+    more = tuple(attrs.evolve(worker, name=f"w{i}") for i in range(2048))
+    with pytest.raises(ConfigError) as info:  # built in Python: validate() says the same
+        ServeConfig(workers=more).validate()
+    assert info.value.problems == (
+        "workers: must hold at most 1024 tables, got 2048",
+        "workers: must have at most 1024 replicas in all, got 2048",
+    )
+
+
+@pytest.mark.parametrize("host", ["", "  "])
+def test_the_host_must_not_be_empty(host: str) -> None:
+    assert problems_of({"server": {"host": host}, "workers": [WORKER]}) == (
+        f"server.host: must be a non-empty host name or address, got {host!r}",
+    )

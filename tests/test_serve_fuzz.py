@@ -102,11 +102,18 @@ bodies = st.one_of(
     st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),  # nesting
     st.integers(4000, 4400).map(lambda n: '{"prompt": "a", "seed": ' + "9" * n + "}"),
 )
+raw_bodies = st.one_of(
+    bodies.map(str.encode),
+    st.fixed_dictionaries(  # text as UTF-8 bytes, not escaped (a surrogate as invalid UTF-8)
+        {}, optional={name: value | any_json for name, value in fields.items()}
+    ).map(lambda v: json.dumps(v, ensure_ascii=False).encode("utf-8", "surrogatepass")),
+    st.binary(max_size=64),  # not UTF-8, not JSON
+)
 
 
 @settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(body=bodies)
-def test_any_body_gets_200_or_a_4xx_and_no_tier_restarts(server: str, body: str) -> None:
+@given(body=raw_bodies)
+def test_any_body_gets_200_or_a_4xx_and_no_tier_restarts(server: str, body: bytes) -> None:
     with httpx.Client(base_url=server, timeout=30) as client:
         response = client.post(
             "/v1/completions", content=body, headers={"content-type": "application/json"}

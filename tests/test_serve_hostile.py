@@ -189,13 +189,16 @@ async def test_a_whole_request_is_cancelled_when_its_client_leaves() -> None:
 # --- 5. a drain ends every answer well-formed ----------------------------------------------------
 
 
-async def test_a_drain_ends_every_long_stream_with_its_end_and_done() -> None:
+async def test_a_drain_ends_every_stream_with_its_end_and_done() -> None:
+    """Streams that finish within the drain keep their final chunk; streams still running when
+    it ends get an error event; each then ends with [DONE]; a request during the drain gets a
+    whole 503."""
     cfg = config(
-        server={"drain_timeout": 0.5},
+        server={"drain_timeout": 1.0},
         runner_args={"delay": 0.01, "max_concurrency": 16},
         replicas=2,
     )
-    results: list[list[Any]] = []
+    results: dict[int, list[Any]] = {}
     with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)
@@ -203,7 +206,8 @@ async def test_a_drain_ends_every_long_stream_with_its_end_and_done() -> None:
 
             async def one(client: httpx.AsyncClient, i: int) -> None:
                 events: list[Any] = []
-                body = {"prompt": f"p{i}", "max_tokens": 4000, "stream": True}
+                max_tokens = 4000 if i % 2 else 40  # odd: past the drain; even: within it
+                body = {"prompt": f"p{i}", "max_tokens": max_tokens, "stream": True}
                 async with client.stream("POST", "/v1/completions", json=body) as r:
                     assert r.status_code == 200
                     async for line in r.aiter_lines():
@@ -212,7 +216,7 @@ async def test_a_drain_ends_every_long_stream_with_its_end_and_done() -> None:
                                 streaming.release()
                             data = line.removeprefix("data: ")
                             events.append(data if data == "[DONE]" else json.loads(data))
-                results.append(events)
+                results[i] = events
 
             async with (
                 httpx.AsyncClient(base_url=handle.url, timeout=30) as client,
@@ -225,12 +229,15 @@ async def test_a_drain_ends_every_long_stream_with_its_end_and_done() -> None:
                 handle.drain()
                 late = await client.post("/v1/completions", json={"prompt": "late"})
                 assert late.status_code == 503 and late.json()["error"]["type"] == "WorkerStopped"
-    assert len(results) == 12
-    for events in results:
+    assert sorted(results) == list(range(12))
+    for i, events in results.items():
         assert events[-1] == "[DONE]"
         last = events[-2]
-        ended = "error" in last or last["choices"][0]["finish_reason"] is not None
-        assert ended, last
+        if i % 2:
+            assert last["error"]["type"] == "WorkerStopped", last
+        else:
+            assert last["choices"][0]["finish_reason"] == "length", last
+            assert sum(len(e["choices"][0]["token_ids"]) for e in events[:-1]) == 40
         assert all("error" not in e for e in events[:-2])
 
 
@@ -435,6 +442,7 @@ isolation = "process"
         assert b"Traceback" not in output
         lines = [line for line in output.decode().splitlines() if "gave up" in line]
         assert len(lines) == 1, output.decode()
+        assert lines[0].rstrip().endswith("so the supervisor gives up"), output.decode()
 
 
 @pytest.mark.parametrize(
@@ -462,3 +470,105 @@ def test_serve_raises_the_open_files_limit_to_fit_max_connections(
     server._make_room_for(1000)
     assert set_to == ([] if raised_to is None else [(raised_to, limits[1])])
     assert ("max_connections=1000" in caplog.text) is warned
+
+
+async def test_a_drain_while_the_replicas_load_answers_the_waiting_requests_at_once() -> None:
+    """A request waits in the pool's queue for a replica that is still loading; a drain stops
+    the replicas and the request gets a whole 503 WorkerStopped at once (not a 504 at its
+    deadline, not nothing), and serve returns."""
+    cfg = config(server={"request_timeout": 600}, runner_args={"load_delay": 1e9})
+    listening: list[ServerHandle] = []
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: serve(cfg, on_listening=listening.append))
+            while not listening:  # noqa: ASYNC110 - an observer's list, no event
+                await trio.sleep(0.01)
+            handle = listening[0]
+            answers: list[httpx.Response] = []
+            async with (
+                httpx.AsyncClient(base_url=handle.url, timeout=30) as client,
+                trio.open_nursery() as asking,
+            ):
+
+                async def ask() -> None:
+                    answers.append(await client.post("/v1/completions", json={"prompt": "a"}))
+
+                asking.start_soon(ask)
+                while not handle.pool._queues["mock"]:  # noqa: ASYNC110 - a queue, no event
+                    await trio.sleep(0.01)
+                handle.drain()
+        (answer,) = answers
+        assert answer.status_code == 503 and answer.json()["error"]["type"] == "WorkerStopped"
+
+
+async def test_big_prompts_that_arrive_together_go_in_batches_a_frame_can_carry() -> None:
+    """Three prompts of 1.5 M characters each fit a frame to a child alone but not together:
+    the pool batches them apart, and all three are served (none refused with its batch)."""
+    from trio_supervise.runners.mock import MockRecord
+    from trio_supervise.serve.pool import BATCH_BYTES
+
+    record = MockRecord()
+    cfg = config(isolation="inline", runner_args={"record": record, "max_concurrency": 4})
+    pool = WorkerPool(cfg)
+    prompt = "x" * (BATCH_BYTES // 4 * 3 // 4)  # 3/4 of the budget each
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(pool.run)
+            streams = [
+                pool.generate(ts.Request(f"r{i}", prompt, ts.SamplingParams(max_tokens=2)))
+                for i in range(3)
+            ]
+            for stream in streams:
+                _, text, _, _ = await stream.collect()
+                assert text
+            nursery.cancel_scope.cancel()
+    assert sorted(ids for _, _, ids in record.executes) == [("r0",), ("r1",), ("r2",)]
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from trio_supervise._cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--port", str(port)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot serve on 127.0.0.1:{port}: [Errno 98] Address already in use" in err
+    assert "Traceback" not in err
+
+
+async def test_a_client_that_stops_reading_is_dropped_and_holds_no_slot_nor_the_drain() -> None:
+    """A client that sends a stream request and never reads fills its window; the kernel drops
+    it after send_timeout (TCP_USER_TIMEOUT on the listening socket): its request is
+    cancelled, its slot comes free, and the drain after it ends. Meanwhile /healthz answers,
+    though the only slot is taken."""
+    import socket
+
+    cfg = config(
+        server={"send_timeout": 1.0, "drain_timeout": 1.0, "max_connections": 1},
+        runner_args={"delay": 0.0},
+        max_model_len=1_000_000,
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, cfg)
+            reader = trio.socket.socket()
+            reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            await reader.connect(handle.address)
+            body = json.dumps({"prompt": "a", "max_tokens": 1_000_000, "stream": True}).encode()
+            await reader.send(post(body))
+            while handle.app.open_requests == 0:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            async with httpx.AsyncClient(base_url=handle.url, timeout=10) as client:
+                assert (await client.get("/healthz")).status_code == 200
+                busy = await client.post("/v1/completions", json={"prompt": "a"})
+                assert busy.status_code == 503 and busy.json()["error"]["type"] == "Overloaded"
+            while handle.app.open_requests:  # noqa: ASYNC110 - a counter, no event
+                await trio.sleep(0.01)
+            worker = handle.pool.replicas["mock"][0].worker
+            assert worker is not None and worker.statistics().cancelled == 1
+            handle.drain()
+        reader.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,7 +67,8 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
     from .serve import ServeConfig
     from .serve.server import serve
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)  # one line per message, as a log reads
+    _log_warnings_to_stderr()
     try:
         config = ServeConfig.from_toml(path) if path else default_config()
         server = attrs.evolve(
@@ -107,9 +109,31 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
         if fatal:
             console.print(f"[red]gave up: {fatal[0]}[/red]", highlight=False)
             return 1
+        unbound = [e for e in _leaves(exc, OSError) if e.errno in _BIND_ERRNOS]
+        if unbound:  # the port is taken, or the address is not this machine's
+            where = f"{config.server.host}:{config.server.port}"
+            console.print(f"[red]cannot serve on {where}: {unbound[0]}[/red]", highlight=False)
+            return 1
         raise
     console.print("drained", highlight=False)
     return 0
+
+
+_BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
+
+
+def _log_warnings_to_stderr() -> None:
+    """The library's warnings and errors (a failed tier, an escalation, a 500's traceback) on
+    stderr: the library logger has only a NullHandler, for applications to configure."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.WARNING)
+    logger = logging.getLogger("trio_supervise")
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
 
 
 def _leaves(exc: BaseException, kind: Any) -> list[Any]:

@@ -150,8 +150,10 @@ async def ray_runtime(address: str | None) -> AsyncIterator[None]:
     takes seconds, and there it installs no Python signal handler over the application's; the
     handlers Ray's C++ core installs for SIGTERM and SIGINT are taken back after it.
     """
-    await trio.to_thread.run_sync(_join, address)
-    _reclaim_termination_signals()
+    try:
+        await trio.to_thread.run_sync(_join, address)
+    finally:  # a failed join may have started Ray's core, and its handlers, all the same
+        _reclaim_termination_signals()
     try:
         yield
     finally:

@@ -234,11 +234,6 @@ class App:
             framing = "a request may not have both Content-Length and Transfer-Encoding"
             await self._refuse(receive, send, 400, _error_object(framing, "BadRequest", 400))
             return
-        if self.open_requests >= self.server.max_connections:
-            busy = f"the server is serving {self.server.max_connections} requests already"
-            error = _error_object(busy, "Overloaded", 503, retryable=True)
-            await self._refuse(receive, send, 503, error, [(b"retry-after", b"1")], patience=1.0)
-            return
         routes = {
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
@@ -253,6 +248,14 @@ class App:
             status = 405 if known else 404
             await _json(send, status, _error_object(f"no route {method} {path}", "NotFound",
                                                     status))  # fmt: skip
+            return
+        if path in _PROBES:  # an orchestrator's probes and scrapes are answered under any load
+            await handler(scope, receive, send)
+            return
+        if self.open_requests >= self.server.max_connections:
+            busy = f"the server is serving {self.server.max_connections} requests already"
+            error = _error_object(busy, "Overloaded", 503, retryable=True)
+            await self._refuse(receive, send, 503, error, [(b"retry-after", b"1")], patience=1.0)
             return
         self.open_requests += 1
         try:
@@ -335,18 +338,23 @@ class App:
         *,
         patience: float | None = None,
     ) -> None:
-        """Answer before the request was read, and close the connection. Its body (as framed
-        by the HTTP parser, up to ``MAX_BODY`` within ``patience``, default ``body_timeout``)
-        is read and dropped first: hypercorn closing a connection whose body is unread while
-        more requests are pipelined behind it races its own writer and sends nothing."""
+        """Answer before the request was read, and close the connection (its body is dropped
+        first, within ``patience``, default ``body_timeout``)."""
+        await self._drop_body(receive, patience)
+        await _json(send, status, body, [*(headers or []), *_CLOSE])
+
+    async def _drop_body(self, receive: Receive, patience: float | None = None) -> None:
+        """Read and drop the rest of a request's body (as framed by the HTTP parser), up to
+        ``4 * MAX_BODY`` within ``patience`` (default ``body_timeout``), before an answer that
+        closes the connection: hypercorn closing a connection whose body is unread while more
+        requests are pipelined behind it races its own writer and sends nothing."""
         size = 0
         with trio.move_on_after(self.server.body_timeout if patience is None else patience):
-            while size <= MAX_BODY:
+            while size <= 4 * MAX_BODY:
                 message = await receive()
                 size += len(message.get("body", b""))
                 if message["type"] == "http.disconnect" or not message.get("more_body"):
-                    break
-        await _json(send, status, body, [*(headers or []), *_CLOSE])
+                    return
 
     async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the client left or was answered (too big, too slow)."""
@@ -360,6 +368,8 @@ class App:
                 part = message.get("body", b"")
                 size += len(part)
                 if size > MAX_BODY:
+                    if message.get("more_body"):
+                        await self._drop_body(receive)
                     error = BadRequest(f"the body is over {MAX_BODY} bytes")
                     await self._error(send, error, "?", headers=_CLOSE)
                     return None
@@ -453,6 +463,10 @@ class App:
 
 
 _CLOSE = [(b"connection", b"close")]
+
+_PROBES = frozenset({"/healthz", "/readyz", "/metrics"})
+"""Routes that are never refused for load: they are cheap, and a liveness probe that fails under
+load would have an orchestrator restart a busy server."""
 
 
 @asynccontextmanager

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import math
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Container, Iterator, Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Any, NamedTuple, Union, final, get_args, get_origin
@@ -141,7 +141,11 @@ class ServerConfig:
     keep_alive_timeout: float = 5.0
     """Seconds an idle connection (or one whose headers are still arriving) stays open."""
     max_connections: int = 1000
-    """Requests served at once; one over it gets a 503 with ``Connection: close`` at once."""
+    """Requests served at once (health, readiness and metrics probes aside); one over it gets a
+    503 with ``Connection: close`` at once."""
+    send_timeout: float = 30.0
+    """Seconds a client may take none of the data sent to it (it stopped reading) before its
+    connection is dropped (``TCP_USER_TIMEOUT``)."""
 
 
 @final
@@ -156,6 +160,9 @@ class BatchingConfig:
 _MIN_TIMEOUT = 0.001
 """The shortest timeout a config may set: a millisecond."""
 _MAX_REPLICAS = 1024
+"""Replicas of one worker, and of all workers together, at most."""
+_MAX_WORKERS = 1024
+"""``[[workers]]`` tables at most (each has a replica, so more could not pass anyway)."""
 _MAX_PENDING = 1_000_000
 _MAX_ATTEMPTS = 100
 _MAX_BATCH_SIZE = 4096
@@ -300,16 +307,19 @@ class ServeConfig:
             raise _config_error(
                 (f"{deep}: nested too deeply (arrays and tables more than {_MAX_DEPTH} deep)",)
             )
+        workers = data.get("workers")
+        if isinstance(workers, list | tuple) and len(workers) > _MAX_WORKERS:  # before the work
+            raise _config_error(
+                (f"workers: must hold at most {_MAX_WORKERS} tables, got {len(workers)}",)
+            )
         problems: list[_Problem] = []
         bad: set[_Path] = set()  # where a value was wrong: checks that use it are skipped
-        current: dict[str, Any] | None = data
+        current = dict(data)  # repaired in place; what a repair changes is copied first
+        copies: dict[int, Any] = {id(current): current}
         config: ServeConfig | None = None
         for _ in range(4):  # each try repairs what the last refused, to check the rest
-            if current is None:  # nothing fits in place of a wrong value: no values checked
-                break
-            tried = current
             try:
-                config = _converter.structure(tried, cls)
+                config = _converter.structure(current, cls)
                 break
             except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
                 faults = list(_faults(exc))
@@ -318,17 +328,16 @@ class ServeConfig:
                 break
             for fault in faults:
                 if not _covered(fault.path, bad):  # else a placeholder of ours was refused
-                    problems.append(_describe(fault, tried))
+                    problems.append(_describe(fault, current))
                 if not isinstance(fault.exc, cattrs.ForbiddenExtraKeysError):
                     bad.add(fault.path)
-                if current is not None:
-                    current = _repair(current, fault)
+            if not all(_repair(current, fault, copies) for fault in faults):
+                break  # nothing fits in place of a wrong value: no values checked
         if config is not None:
-            problems += config._check(frozenset(bad))
+            problems += config._check(bad)
         if problems or config is None:
-            problems.sort(key=lambda p: _file_order(data, p.order))
-            texts = tuple(p.text for p in problems) or ("(top level): not a config",)
-            raise _config_error(texts)
+            texts = tuple(p.text for p in _in_file_order(problems, data))
+            raise _config_error(texts or ("(top level): not a config",))
         return config
 
     @classmethod
@@ -367,11 +376,11 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Check every value; raise one ConfigError listing every problem."""
-        problems = self._check(frozenset())
+        problems = self._check(set())
         if problems:
             raise _config_error(tuple(p.text for p in problems))
 
-    def _check(self, bad: frozenset[_Path]) -> list[_Problem]:
+    def _check(self, bad: set[_Path]) -> list[_Problem]:
         """Every problem with a value; a check that uses a path under one in ``bad`` (a value
         of the wrong type, replaced to check the rest) is skipped."""
         problems: list[_Problem] = []
@@ -385,10 +394,12 @@ class ServeConfig:
             need(rule is None, path, rule or "", value)
 
         s = self.server
+        need(isinstance(s.host, str) and bool(s.host.strip()), ("server", "host"),
+             "must be a non-empty host name or address", s.host)  # fmt: skip
         need(_is_int(s.port) and 0 <= s.port <= 65535, ("server", "port"),
              "must be in [0, 65535]", s.port)  # fmt: skip
         for key in ("drain_timeout", "request_timeout", "within", "body_timeout",
-                    "keep_alive_timeout"):  # fmt: skip
+                    "keep_alive_timeout", "send_timeout"):  # fmt: skip
             value = getattr(s, key)
             check(("server", key), _timeout_rule(value), value)
         restarts = s.max_worker_restarts
@@ -398,8 +409,14 @@ class ServeConfig:
         b = self.batching
         check(("batching", "max_batch_size"), _count_rule(b.max_batch_size, 1, _MAX_BATCH_SIZE),
               b.max_batch_size)  # fmt: skip
-        check(("batching", "max_wait"), _wait_rule(b.max_wait), b.max_wait)
+        check(("batching", "max_wait"), _number_rule(b.max_wait, 0, _MAX_WAIT), b.max_wait)
         need(bool(self.workers), ("workers",), "must name at least one worker", list(self.workers))
+        need(len(self.workers) <= _MAX_WORKERS, ("workers",),
+             f"must hold at most {_MAX_WORKERS} tables", len(self.workers))  # fmt: skip
+        counts = [w.replica_count for w in self.workers]  # those out of range are reported each
+        total = sum(n for n in counts if _count_rule(n, 1, _MAX_REPLICAS) is None)
+        need(total <= _MAX_REPLICAS, ("workers",),
+             f"must have at most {_MAX_REPLICAS} replicas in all", total)  # fmt: skip
         names: set[str] = set()
         ray_uses: list[_Path] = []  # the Ray workers' ray_address and isolation
         addresses: set[str | None] = set()  # of the Ray workers: one Ray per process
@@ -454,14 +471,16 @@ class ServeConfig:
                     check((*at, "policy", "max_restarts"), rule, p.max_restarts)
                 if p.within is not None:
                     check((*at, "policy", "within"), _timeout_rule(p.within), p.within)
-                if p.backoff is not None:
-                    fields = ("initial", "maximum", "multiplier", "jitter")
-                    where: _Path = (*at, "policy", "backoff")
-                    try:
-                        Backoff(*(getattr(p.backoff, f) for f in fields))
-                    except ValueError as exc:  # InvalidPolicy says what was wrong
-                        if not any(_covered((*where, f), bad) for f in fields):
-                            problems.append(_Problem(where, f"{_dotted(where)}: {exc}"))
+                if p.backoff is not None:  # the rules of Backoff, each at its own key
+                    bo, where = p.backoff, (*at, "policy", "backoff")
+                    initial, maximum = (_number_rule(bo.initial, 0), _number_rule(bo.maximum, 0))
+                    check((*where, "initial"), initial, bo.initial)
+                    check((*where, "maximum"), maximum, bo.maximum)
+                    need(bool(initial or maximum) or bo.initial <= bo.maximum, (*where, "initial"),
+                         f"must be <= maximum ({_show(bo.maximum)})", bo.initial,
+                         uses=((*where, "maximum"),))  # fmt: skip
+                    check((*where, "multiplier"), _number_rule(bo.multiplier, 1), bo.multiplier)
+                    check((*where, "jitter"), _number_rule(bo.jitter, 0, 1), bo.jitter)
             if w.max_model_len is not None:
                 check((*at, "max_model_len"), _count_rule(w.max_model_len, 1, _MAX_MODEL_LEN),
                       w.max_model_len)  # fmt: skip
@@ -531,16 +550,16 @@ def _timeout_rule(value: object) -> str | None:
     return None
 
 
-def _wait_rule(value: object) -> str | None:
-    """What is wrong with ``batching.max_wait``: in ``[0, 60]`` seconds."""
+def _number_rule(value: object, low: float, high: float = math.inf) -> str | None:
+    """What is wrong with a value that must be a finite number in ``[low, high]``, or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
-    if value < 0:
-        return "must be >= 0"
-    if value > _MAX_WAIT:
-        return f"must be <= {_MAX_WAIT:g}"
+    if value < low:
+        return f"must be >= {low:g}"
+    if value > high:
+        return f"must be <= {high:g}"
     return None
 
 
@@ -566,9 +585,10 @@ def _dotted(path: _Path) -> str:
     return text or "(top level)"
 
 
-def _covered(path: _Path, bad: frozenset[_Path] | set[_Path]) -> bool:
-    """Whether ``path`` is, or is under, a path in ``bad``."""
-    return any(path[: len(b)] == b for b in bad)
+def _covered(path: _Path, bad: Container[_Path]) -> bool:
+    """Whether ``path`` is, or is under, a path in ``bad``: each of its prefixes is looked up, so
+    the cost is the path's length, not the number of bad paths."""
+    return any(path[:n] in bad for n in range(len(path) + 1))
 
 
 def _too_deep(data: Mapping[str, Any]) -> str | None:
@@ -605,19 +625,29 @@ def _at(data: Any, path: _Path) -> object:
     return data
 
 
-def _file_order(data: Any, path: _Path) -> tuple[tuple[int, int], ...]:
-    """A sort key that puts ``path`` where it is in the file; keys that are not in it (a
+def _in_file_order(problems: list[_Problem], data: Mapping[str, Any]) -> list[_Problem]:
+    """``problems`` sorted by where their paths are in ``data``; keys that are not in it (a
     missing field, a default) come after those that are."""
-    key: list[tuple[int, int]] = []
-    for part in path:
-        if _has(data, part):
-            position = list(data).index(part) if isinstance(data, Mapping) else int(part)
-            key.append((0, position))
-            data = data[part]
-        else:
-            key.append((1, 0))
-            data = None
-    return tuple(key)
+    positions: dict[int, dict[Any, int]] = {}  # of each table's keys, by id(table): found once
+
+    def order(problem: _Problem) -> tuple[tuple[int, int], ...]:
+        node: Any = data
+        key: list[tuple[int, int]] = []
+        for part in problem.order:
+            if not _has(node, part):
+                key.append((1, 0))
+                node = None
+                continue
+            if isinstance(node, Mapping):
+                if id(node) not in positions:
+                    positions[id(node)] = {k: i for i, k in enumerate(node)}
+                key.append((0, positions[id(node)][part]))
+            else:
+                key.append((0, int(part)))
+            node = node[part]
+        return tuple(key)
+
+    return sorted(problems, key=order)
 
 
 def _faults(exc: BaseException, path: _Path = (), shown: str = "", type_: Any = None,
@@ -683,46 +713,52 @@ def _describe(fault: _Fault, data: object) -> _Problem:
     return _Problem(fault.path, f"{where}: {text}")
 
 
-def _repair(data: dict[str, Any], fault: _Fault) -> dict[str, Any] | None:
-    """``data`` with the value ``fault`` refused left out (its default applies) or replaced by a
-    placeholder, so that the rest can be structured and checked; None where nothing fits."""
+def _repair(data: dict[str, Any], fault: _Fault, copies: dict[int, Any]) -> bool:
+    """Leave the value ``fault`` refused out of ``data`` (its default applies) or put a
+    placeholder in its place, so that the rest can be structured and checked; False where
+    nothing fits. ``data`` is changed in place (see :func:`_writable`)."""
     if isinstance(fault.exc, cattrs.ForbiddenExtraKeysError):
-        extra = fault.exc.extra_fields
-        return _edit(data, fault.path, lambda t: {k: v for k, v in t.items() if k not in extra})
+        table = _writable(data, fault.path, copies)
+        for extra in fault.exc.extra_fields:
+            table.pop(extra, None)
+        return True
     if not fault.path:
-        return None
-    key = fault.path[-1]
-    parent = _at(data, fault.path[:-1])
+        return False
+    key, above = fault.path[-1], fault.path[:-1]
+    parent = _at(data, above)
     if isinstance(parent, list | tuple) and isinstance(key, int):
         if _expected(fault.type) != "a table":
-            return None
-        return _edit(data, fault.path[:-1], lambda a: [*a[:key], {}, *a[key + 1 :]])
+            return False
+        _writable(data, above, copies)[key] = {}
+        return True
     if not isinstance(parent, Mapping):
-        return None
+        return False
     if fault.owner is not None:  # a field: its default, or a placeholder when it has none
         field = attrs.fields_dict(fault.owner).get(str(key))
         if field is None:
-            return None
+            return False
         if field.default is attrs.NOTHING:
             if fault.type is not str:
-                return None
-            return _edit(data, fault.path[:-1], lambda t: {**t, key: ""})
-    return _edit(data, fault.path[:-1], lambda t: {k: v for k, v in t.items() if k != key})
+                return False
+            _writable(data, above, copies)[key] = ""
+            return True
+    _writable(data, above, copies).pop(key, None)
+    return True
 
 
-def _edit(data: dict[str, Any], path: _Path, change: Callable[[Any], Any]) -> dict[str, Any]:
-    """A copy of ``data`` with ``change`` applied to the table or array at ``path``; what is
-    not on the path is shared, not copied."""
-
-    def edit(node: Any, path: _Path) -> Any:
-        if not path:
-            return change(node)
-        copy: Any = dict(node) if isinstance(node, Mapping) else list(node)
-        copy[path[0]] = edit(node[path[0]], path[1:])
-        return copy
-
-    edited: dict[str, Any] = edit(data, path)
-    return edited
+def _writable(data: dict[str, Any], path: _Path, copies: dict[int, Any]) -> Any:
+    """The table or array at ``path`` in ``data``, which must be in ``copies``; it and those above
+    it are copied the first time (a table to a dict, an array to a list), so that a repair never
+    changes the caller's data and copies each table or array once, not once per repair.
+    ``copies`` holds the copies by id, and keeps them alive so that no id is reused."""
+    node: Any = data
+    for part in path:
+        child = node[part]
+        if id(child) not in copies:
+            child = dict(child) if isinstance(child, Mapping) else list(child)
+            copies[id(child)] = node[part] = child
+        node = child
+    return node
 
 
 def _config_error(problems: tuple[str, ...]) -> ConfigError:

@@ -188,7 +188,8 @@ class PoolStream:
     def _may_move(self) -> tuple[bool, Continuation | None]:
         """Whether it may go to another replica, and what continues it there (after output)."""
         replicas = self._pool.replicas[self._model]
-        if self._closed or self._pool.draining or all(_stopped(r) for r in replicas):
+        pool = self._pool
+        if self._closed or pool.draining or pool.stopped or all(_stopped(r) for r in replicas):
             return False, None
         if not self._got_chunk:
             return self.request.idempotent, None
@@ -246,6 +247,8 @@ class WorkerPool:
         self._ready_changed = trio.Event()
         self.handle: SupervisorHandle | None = None
         self.draining = False
+        self.stopped = False
+        """The pool has stopped (``run`` returned or was cancelled): nothing is admitted."""
 
     @property
     def models(self) -> list[str]:
@@ -304,11 +307,20 @@ class WorkerPool:
             RestartIntensity(server.max_worker_restarts, server.within),
             [self._child_spec(r) for replicas in self.replicas.values() for r in replicas],
         )
-        async with trio.open_nursery() as nursery:
-            self.handle = await nursery.start(root.run)
-            for model in self.replicas:
-                nursery.start_soon(self._batcher, model)
-            task_status.started(self)
+        try:
+            async with trio.open_nursery() as nursery:
+                self.handle = await nursery.start(root.run)
+                for model in self.replicas:
+                    nursery.start_soon(self._batcher, model)
+                task_status.started(self)
+        finally:
+            # Whatever still waits in a queue (no replica took it: they were loading, or gone)
+            # ends now, and so does whatever comes later: every request gets its outcome.
+            self.stopped = True
+            for model, queue in self._queues.items():
+                error = WorkerStopped(f"the server stopped before a replica of {model!r} took it")
+                while queue:
+                    queue.popleft().stream._assign(None, None, _copy(error))
 
     def _notify_ready(self) -> None:
         self._ready_changed.set()
@@ -335,7 +347,7 @@ class WorkerPool:
             Backpressure: the model's queue is full (``retry_after`` says when to try again).
         """
         name = self.model_for(model)
-        if self.draining:
+        if self.draining or self.stopped:
             raise WorkerStopped("the server is draining", retry_after=1.0)
         if all(_stopped(r) for r in self.replicas[name]):
             raise WorkerStopped(f"every replica of {name!r} has stopped")
@@ -436,7 +448,7 @@ class WorkerPool:
                 replica = self._least_loaded(model)
             if replica is None:
                 continue
-            group = [queue.popleft() for _ in range(min(len(queue), batching.max_batch_size))]
+            group = _take_batch(queue, batching.max_batch_size)
             if group:
                 self._submit(replica, group)
 
@@ -489,6 +501,36 @@ def _runner_policy(w: WorkerConfig) -> Policy:
         if policy is not None:
             return policy
     return DEVICE_POLICY
+
+
+BATCH_BYTES = 8 * 1024 * 1024
+"""A batch holds at most this much request text, each character counted at UTF-8's worst (4
+bytes): the batch's frame to a child process or a Ray actor stays within its 16 MiB limit, so
+big prompts that arrive together go in batches of their own, never all refused together."""
+
+
+def _take_batch(queue: collections.deque[_Waiting], limit: int) -> list[_Waiting]:
+    """The next batch from the head of ``queue``: at most ``limit`` requests and
+    :data:`BATCH_BYTES` of text (the first request always goes)."""
+    group: list[_Waiting] = []
+    size = 0
+    while queue and len(group) < limit:
+        cost = _text_bytes(queue[0])
+        if group and size + cost > BATCH_BYTES:
+            break
+        group.append(queue.popleft())
+        size += cost
+    return group
+
+
+def _text_bytes(waiting: _Waiting) -> int:
+    request = waiting.request
+    prompt = request.prompt
+    chars = len(prompt) if isinstance(prompt, str) else 3 * len(prompt)  # ids: ~9 bytes each
+    if waiting.continuing is not None:  # a resume runs the prompt plus what was delivered
+        carried = waiting.continuing
+        chars += sum(map(len, carried.texts)) + 3 * len(carried.tokens)
+    return 4 * (chars + sum(len(stop) for stop in request.params.stop)) + 64
 
 
 DEFAULT_MAX_MODEL_LEN = 4096

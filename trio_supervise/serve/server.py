@@ -91,9 +91,11 @@ async def serve(
     app = App(pool, Metrics())
     _make_room_for(config.server.max_connections)
     hypercorn_config = HypercornConfig()
+    server = config.server
     hypercorn_config.bind = [
-        _bind(config.server.host, config.server.port, config.server.reuse_port)
-    ]
+        _bind(server.host, server.port, reuse_port=server.reuse_port,
+              send_timeout=server.send_timeout)
+    ]  # fmt: skip
     # Once the workers have stopped, every response ends at once: this bounds the wait for
     # the last writes to slow clients.
     hypercorn_config.graceful_timeout = config.server.drain_timeout
@@ -108,30 +110,37 @@ async def serve(
         if handle_signals:  # before anything starts: a signal while loading drains too
             signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
         async with trio.open_nursery() as http:
-            binds = await http.start(
-                lambda task_status: hypercorn_serve(
-                    app,  # type: ignore[arg-type]
-                    hypercorn_config,
-                    shutdown_trigger=shutdown.wait,
-                    task_status=task_status,
-                )
-            )
+            watching = trio.CancelScope()
+
+            async def http_server(task_status: trio.TaskStatus[list[str]]) -> None:
+                try:
+                    await hypercorn_serve(
+                        app,  # type: ignore[arg-type]
+                        hypercorn_config,
+                        shutdown_trigger=shutdown.wait,
+                        task_status=task_status,
+                    )
+                finally:
+                    watching.cancel()  # the server is down: no signal has anything to stop
+
+            binds = await http.start(http_server)
             host, _, port = binds[0].removeprefix("http://").rpartition(":")
             handle = ServerHandle((host.strip("[]"), int(port)), pool, app)
+            if signals is not None:
+                # In the outer nursery: a second signal stops everything at any stage, the
+                # HTTP server's graceful shutdown included.
+                http.start_soon(_on_signal, signals, handle, http, exit_code, watching)
             if on_listening is not None:
-                on_listening(handle)
+                try:
+                    on_listening(handle)
+                except Exception:  # an observer only observes
+                    logger.exception("on_listening raised; serving on")
             try:
-                async with trio.open_nursery() as control:
-                    if signals is not None:
-                        control.start_soon(_on_signal, signals, handle, control, exit_code)
-                    await _run_pool(pool, app, handle, fatal, task_status)
-                    control.cancel_scope.cancel()  # drained: the signal watcher goes too
+                await _run_pool(pool, app, handle, fatal, task_status)
             finally:
                 # The HTTP server stops accepting, lets each response in progress write its
                 # end (the workers have stopped, so each has one) and closes idle connections.
                 shutdown.set()
-                if exit_code:
-                    http.cancel_scope.cancel()
     if exit_code:
         raise SystemExit(exit_code[0])
     if fatal:
@@ -154,6 +163,7 @@ async def _run_pool(
             async def drain_first() -> None:
                 await handle._drain_requested.wait()
                 logger.info("drain asked for while the replicas start: stopping them")
+                pool.draining = True  # /readyz says so, and new requests get a 503
                 starting.cancel_scope.cancel()
 
             starting.start_soon(drain_first)
@@ -187,7 +197,11 @@ def _make_room_for(max_connections: int) -> None:
         return
     target = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if target > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logger.warning("cannot raise the limit on open files to %d: %s", target, exc)
+            target = soft
     if target < want:
         logger.warning(
             "the limit on open files (%d, hard limit %d) is below max_connections=%d + %d: "
@@ -196,18 +210,28 @@ def _make_room_for(max_connections: int) -> None:
         )  # fmt: skip
 
 
-def _bind(host: str, port: int, reuse_port: bool) -> str:
-    """Hypercorn's bind for ``host:port``; with ``reuse_port``, a socket of our own with
-    ``SO_REUSEPORT`` (hypercorn sets it only for its own worker processes), handed over by fd."""
-    if not reuse_port:
-        return f"{host}:{port}"
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def _bind(host: str, port: int, *, reuse_port: bool, send_timeout: float) -> str:
+    """A listening socket of our own for ``host:port``, handed to hypercorn by fd.
+
+    Every connection accepted on it inherits ``TCP_USER_TIMEOUT``: a client that takes none of
+    the data sent to it for ``send_timeout`` seconds (it stopped reading, its window is shut) is
+    disconnected by the kernel. Hypercorn shields its writes from cancellation and has no
+    write timeout of its own, so without this one client that never reads would hold its
+    request, its connection and the server's shutdown forever. With ``reuse_port``,
+    ``SO_REUSEPORT`` too (hypercorn sets it only for its own worker processes).
+    """
+    bare = host.strip("[]")
+    family, kind, proto, _, address = socket.getaddrinfo(
+        bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host.strip("[]"), port))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(send_timeout * 1000))
+        sock.bind(address)
     except OSError:
         sock.close()
         raise
@@ -231,16 +255,21 @@ async def _watch_models(pool: WorkerPool, handle: ServerHandle, fatal: list[Base
 
 
 async def _on_signal(
-    signals: AsyncIterator[int], handle: ServerHandle, control: trio.Nursery, exit_code: list[int]
+    signals: AsyncIterator[int],
+    handle: ServerHandle,
+    nursery: trio.Nursery,
+    exit_code: list[int],
+    watching: trio.CancelScope,
 ) -> None:
-    """The first SIGTERM/SIGINT drains; a second one stops everything at once, and ``serve``
-    raises ``SystemExit(128 + its number)``."""
-    async for signum in signals:
-        if handle._drain_requested.is_set():
+    """The first SIGTERM/SIGINT drains; a second one cancels ``nursery`` (everything), and
+    ``serve`` raises ``SystemExit(128 + its number)``."""
+    with watching:
+        async for signum in signals:
             name = signal.Signals(signum).name
-            logger.warning("%s during the drain: stopping at once", name)
-            exit_code.append(128 + signum)
-            control.cancel_scope.cancel()
-            return
-        logger.info("%s: draining", signal.Signals(signum).name)
-        handle.drain()
+            if handle._drain_requested.is_set():
+                logger.info("%s during the drain: stopping at once", name)
+                exit_code.append(128 + signum)
+                nursery.cancel_scope.cancel()
+                return
+            logger.info("%s: draining", name)
+            handle.drain()
