@@ -290,3 +290,10 @@ async def test_the_forward_pass_on_cupy_matches_numpy() -> None:
         assert len(out["g"]) == 16 and out["g"][-1].finish_reason is FinishReason.LENGTH
     finally:
         device.close()
+
+
+def test_a_tiny_temperature_samples_the_most_likely_token_without_a_warning() -> None:
+    from trio_supervise.runners.charlm import sample_next
+
+    logits = numpy.array([1.0, 3.0, 2.0])
+    assert sample_next(logits, 5e-324, 1.0, numpy.random.default_rng(0)) == 1  # warnings: errors

@@ -305,3 +305,14 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+def shown(value: object) -> str:
+    """A value for an error message, cut short: a client's or a config's value may be a
+    megabyte, or an integer too long for ``repr``."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int of more digits than str() allows
+        bits = value.bit_length() if isinstance(value, int) else 0
+        return f"an integer of {bits} bits"
+    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"

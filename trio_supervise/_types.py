@@ -13,7 +13,7 @@ from typing import Any, final
 
 import attrs
 
-from ._errors import BadRequest, InferenceError
+from ._errors import BadRequest, InferenceError, shown
 
 __all__ = [
     "Batch",
@@ -59,7 +59,7 @@ to a child process or a Ray actor, JSON to a remote backend)."""
 
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= INT64_MAX:
-        raise _bad(f"{name} must be an int in [{minimum}, 2**63 - 1], got {_shown(value)}")
+        raise _bad(f"{name} must be an int in [{minimum}, 2**63 - 1], got {shown(value)}")
 
 
 def _check_text(name: str, value: str) -> None:
@@ -71,14 +71,6 @@ def _check_text(name: str, value: str) -> None:
             raise _bad(
                 f"{name} must be valid Unicode text, got a lone surrogate at {exc.start}"
             ) from None
-
-
-def _shown(value: object) -> str:
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for str()
-        return "an integer too long to show"
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 def _check_float(name: str, value: object, low: float, high: float) -> None:
@@ -123,9 +115,9 @@ class SamplingParams:
             or not isinstance(seed, int)
             or not INT64_MIN <= seed <= INT64_MAX
         ):
-            raise _bad(f"seed must be an int in [-2**63, 2**63 - 1] or None, got {_shown(seed)}")
+            raise _bad(f"seed must be an int in [-2**63, 2**63 - 1] or None, got {shown(seed)}")
         if not isinstance(self.stop, tuple) or not all(isinstance(s, str) and s for s in self.stop):
-            raise _bad(f"stop must be a tuple of non-empty str, got {_shown(self.stop)}")
+            raise _bad(f"stop must be a tuple of non-empty str, got {shown(self.stop)}")
         for stop in self.stop:
             _check_text("stop", stop)
 
@@ -169,11 +161,11 @@ class Request:
                 isinstance(t, int) and not isinstance(t, bool) and 0 <= t <= INT64_MAX
                 for t in prompt
             ):
-                raise _bad(f"prompt token ids must be ints in [0, 2**63 - 1], got {_shown(prompt)}")
+                raise _bad(f"prompt token ids must be ints in [0, 2**63 - 1], got {shown(prompt)}")
         elif isinstance(prompt, str):
             _check_text("prompt", prompt)
         else:
-            raise _bad(f"prompt must be a str or a tuple of token ids, got {_shown(prompt)}")
+            raise _bad(f"prompt must be a str or a tuple of token ids, got {shown(prompt)}")
         if not isinstance(self.params, SamplingParams):
             raise _bad(f"params must be a SamplingParams, got {self.params!r}")
         if not isinstance(self.idempotent, bool):

@@ -232,7 +232,8 @@ def sample_next(
     reaches ``top_p`` (nucleus sampling). A draw takes exactly one number from ``rng``."""
     if temperature == 0:
         return int(numpy.argmax(logits))
-    scaled = (logits - logits.max()) / temperature
+    with numpy.errstate(over="ignore"):  # a tiny temperature: -inf, whose exp is 0, as meant
+        scaled = (logits - logits.max()) / temperature
     probs = numpy.exp(scaled)
     probs /= probs.sum()
     order = numpy.argsort(-probs, kind="stable")

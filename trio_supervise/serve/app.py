@@ -47,6 +47,7 @@ from .._errors import (
     Unauthorized,
     Unrecoverable,
     WorkerStopped,
+    shown,
 )
 from .._types import FinishReason, Request, SamplingParams
 from .metrics import Metrics
@@ -122,7 +123,7 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
         raise BadRequest(f"the body must be a JSON object, got {type(data).__name__}")
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
-        raise BadRequest(f"prompt must be a string, got {_shown(prompt)}")
+        raise BadRequest(f"prompt must be a string, got {shown(prompt)}")
     n = _field_int(data, "n", 1, 1, 1)
     assert n == 1
     stop = data.get("stop")
@@ -131,19 +132,19 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
     elif isinstance(stop, str):
         stop = [stop]
     if not (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop)):
-        raise BadRequest(f"stop must be a non-empty string or a list of them, got {_shown(stop)}")
+        raise BadRequest(f"stop must be a non-empty string or a list of them, got {shown(stop)}")
     if len(stop) > MAX_STOP:
         raise BadRequest(f"stop may hold at most {MAX_STOP} sequences, got {len(stop)}")
     model = data.get("model")
     if model is not None and not isinstance(model, str):
-        raise BadRequest(f"model must be a string, got {_shown(model)}")
+        raise BadRequest(f"model must be a string, got {shown(model)}")
     stream = data.get("stream", False)
     if not isinstance(stream, bool):
-        raise BadRequest(f"stream must be a boolean, got {_shown(stream)}")
+        raise BadRequest(f"stream must be a boolean, got {shown(stream)}")
     continuation = data.get("continuation", "auto")
     if continuation not in ("auto", "replay", "resume", "off"):
         raise BadRequest(
-            f"continuation must be 'auto', 'replay', 'resume' or 'off', got {_shown(continuation)}"
+            f"continuation must be 'auto', 'replay', 'resume' or 'off', got {shown(continuation)}"
         )
     max_tokens = _field_int(data, "max_tokens", 16, 1, INT64[1])
     params = SamplingParams(
@@ -177,9 +178,9 @@ def _field_int(data: dict[str, Any], key: str, default: Any, low: int, high: int
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int):
-        raise BadRequest(f"{key} must be an integer, got {_shown(value)}")
+        raise BadRequest(f"{key} must be an integer, got {shown(value)}")
     if not low <= value <= high:
-        raise BadRequest(f"{key} must be an integer in [{low}, {high}], got {_shown(value)}")
+        raise BadRequest(f"{key} must be an integer in [{low}, {high}], got {shown(value)}")
     return value
 
 
@@ -189,19 +190,10 @@ def _field_number(data: dict[str, Any], key: str, default: float, low: float, hi
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(f"{key} must be a number, got {_shown(value)}")
+        raise BadRequest(f"{key} must be a number, got {shown(value)}")
     if not low <= value <= high:  # exact for any int, and false for NaN
-        raise BadRequest(f"{key} must be a number in [{low:g}, {high:g}], got {_shown(value)}")
+        raise BadRequest(f"{key} must be a number in [{low:g}, {high:g}], got {shown(value)}")
     return float(value)
-
-
-def _shown(value: object) -> str:
-    """A client's value for an error message, cut short (it may be a megabyte)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int too long for str()
-        return f"an integer of {value.bit_length() if isinstance(value, int) else '?'} bits"
-    return text if len(text) <= 80 else f"{text[:60]}... ({len(text)} characters)"
 
 
 @final

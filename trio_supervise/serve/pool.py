@@ -42,6 +42,7 @@ from .._errors import (
     RequestTimeout,
     ServerError,
     WorkerStopped,
+    shown,
 )
 from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
 from .._requests import Collected, RequestStream, collect
@@ -335,7 +336,7 @@ class WorkerPool:
                 return next(iter(self.replicas))
             raise ModelNotFound(f"model is required: this server serves {self.models}")
         if model not in self.replicas:
-            raise ModelNotFound(f"model {model!r} is not served here; models: {self.models}")
+            raise ModelNotFound(f"model {shown(model)} is not served here; models: {self.models}")
         return model
 
     def generate(self, request: Request, model: str | None = None) -> PoolStream:
