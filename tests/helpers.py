@@ -155,3 +155,34 @@ def failing_factory(failures: dict[int, BaseException], **kwargs: Any) -> FaultR
         record.instances += 1
         raise fault
     return FaultRunner(**kwargs)
+
+
+def serve_config(**worker: Any) -> Any:
+    """A serve config of one mock model on the CPU (port 0); ``server`` and ``runner_args``
+    entries go over the defaults, every other keyword into the ``[[workers]]`` table."""
+    from trio_supervise.serve import ServeConfig
+
+    server = worker.pop("server", None) or {}
+    runner_args = {"delay": 0.005, **worker.pop("runner_args", {})}
+    return ServeConfig.from_dict(
+        {
+            "server": {"port": 0, "drain_timeout": 5, **server},
+            "batching": {"max_wait": 0.001},
+            "workers": [
+                {
+                    "name": "mock",
+                    "runner": "trio_supervise.runners.mock:MockRunner",
+                    "runner_args": runner_args,
+                    "device": "cpu",
+                    **worker,
+                }
+            ],
+        }
+    )
+
+
+async def start_server(nursery: trio.Nursery, config: Any) -> Any:
+    """``serve(config)`` started in ``nursery``: its handle, once every replica is ready."""
+    from trio_supervise.serve.server import serve
+
+    return await nursery.start(serve, config)

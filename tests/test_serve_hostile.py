@@ -13,37 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from helpers import serve_config as config
+from helpers import start_server as start
 
 import trio_supervise as ts
-from trio_supervise.serve import ServeConfig
 from trio_supervise.serve.pool import WorkerPool
 from trio_supervise.serve.server import ServerHandle, serve
 
 MOCK = "trio_supervise.runners.mock:MockRunner"
-
-
-def config(server: dict[str, Any] | None = None, **worker: Any) -> ServeConfig:
-    runner_args = {"delay": 0.002, **worker.pop("runner_args", {})}
-    return ServeConfig.from_dict(
-        {
-            "server": {"port": 0, "drain_timeout": 5, **(server or {})},
-            "batching": {"max_wait": 0.001},
-            "workers": [
-                {
-                    "name": "mock",
-                    "runner": MOCK,
-                    "runner_args": runner_args,
-                    "device": "cpu",
-                    **worker,
-                }
-            ],
-        }
-    )
-
-
-async def start(nursery: trio.Nursery, cfg: ServeConfig) -> ServerHandle:
-    handle: ServerHandle = await nursery.start(serve, cfg)
-    return handle
 
 
 async def raw(handle: ServerHandle, request: bytes) -> bytes:

@@ -9,37 +9,13 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from helpers import serve_config as config
+from helpers import start_server as start
 from prometheus_client.parser import text_string_to_metric_families
 
-from trio_supervise.serve import ServeConfig
-from trio_supervise.serve.server import ServerHandle, serve
+from trio_supervise.serve.server import ServerHandle
 
 MOCK = "trio_supervise.runners.mock:MockRunner"
-
-
-def config(**worker: Any) -> ServeConfig:
-    server = worker.pop("server", {})
-    runner_args = {"delay": 0.005, **worker.pop("runner_args", {})}
-    return ServeConfig.from_dict(
-        {
-            "server": {"port": 0, "drain_timeout": 5, **server},
-            "batching": {"max_wait": 0.001},
-            "workers": [
-                {
-                    "name": "mock",
-                    "runner": MOCK,
-                    "runner_args": runner_args,
-                    "device": "cpu",
-                    **worker,
-                }
-            ],
-        }
-    )
-
-
-async def start(nursery: trio.Nursery, cfg: ServeConfig) -> ServerHandle:
-    handle: ServerHandle = await nursery.start(serve, cfg)
-    return handle
 
 
 async def sse(client: httpx.AsyncClient, body: dict[str, Any]) -> list[Any]:

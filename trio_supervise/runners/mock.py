@@ -133,8 +133,12 @@ class MockRunner:
                 yield chunk
 
     async def _step(self, states: list[_Decoding]) -> list[Chunk]:
-        """One token for each state, after one sleep (none when all are first tokens)."""
-        await trio.sleep(self.delay if any(state.position for state in states) else 0)
+        """One token for each state, after one sleep (none when all are first tokens: a
+        prefill that costs nothing, and as before no trip through the scheduler either)."""
+        if any(state.position for state in states):
+            await trio.sleep(self.delay)
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         self.record.steps += 1
         return [self._advance(state) for state in states]
 
