@@ -13,11 +13,12 @@ states) in the stepper's active set, with a buffer for the batch's chunks, and l
 3. release the lock, yield the batch's own buffered chunks, go round.
 
 No task belongs to the runner: whichever execute finds its buffer empty runs the next step for
-everyone, and the others find their chunks when the lock reaches them. A step checkpoints, so a
-batch that arrives while others decode is in the next step; a long request therefore never
-holds a short one behind it. Leaving (finished, cancelled, closed by its consumer) takes the
-batch's requests out in a ``finally``; a request that ``batch.is_cancelled`` drops out at the
-next step, the rest of its batch going on. ``step`` changes no state before its last await, so
+everyone, and the others find their chunks when the lock reaches them. A step that computes
+lets other tasks run (it awaits the device, or sleeps), so a batch that arrives while others
+decode is in the next step; a long request therefore never holds a short one behind it.
+Leaving (finished, cancelled, closed by its consumer) takes the batch's requests out in a
+``finally``; a request that ``batch.is_cancelled`` drops out at the next step, the rest of its
+batch going on. ``step`` changes no state before its last await, so
 a step cancelled there changed nothing and the next holder of the lock runs it again. A step
 that raises fails every batch that was in it: the one that ran it raises the error, each other
 one its own copy chained to it, after the chunks it already had. Chunks buffered for a batch
@@ -73,8 +74,9 @@ class Stepper(Generic[S]):
     Args:
         step: ``await step(states)`` decodes one token for each state, in one forward pass,
             and returns one chunk per state, in order (a final one ends its request). It must
-            checkpoint, and change no state before its last await (so that a step cancelled
-            while it awaits the device changed nothing).
+            check for cancellation, should let other tasks run when it computes, and must
+            change no state before its last await (so that a step cancelled while it awaits
+            the device changed nothing).
     """
 
     def __init__(self, step: Callable[[list[S]], Awaitable[list[Chunk]]]) -> None:
