@@ -15,7 +15,6 @@ import trio_supervise as ts
 from trio_supervise import ConfigError
 from trio_supervise._cli import main
 from trio_supervise.serve import PolicyConfig, ServeConfig
-from trio_supervise.serve import config as config_module
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "serve.toml"
 
@@ -411,26 +410,27 @@ class Lookups:
         return path in self.paths
 
 
-def test_skipping_a_bad_path_looks_up_its_prefixes_not_every_bad_path(
+def test_skipping_an_unread_path_looks_it_up_not_every_unread_path(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     lookups = Lookups()
-    covered = config_module._covered
+    check = ServeConfig._check
 
-    def spy(path: Any, bad: Any) -> bool:
-        lookups.paths = bad
-        return covered(path, lookups)
+    def spy(self: ServeConfig, unread: Any) -> Any:
+        assert isinstance(unread, set | frozenset)  # a lookup is a hash, not a scan
+        lookups.paths = unread
+        return check(self, lookups)
 
-    monkeypatch.setattr(config_module, "_covered", spy)
+    monkeypatch.setattr(ServeConfig, "_check", spy)
 
-    def count(n: int) -> int:  # n workers, each with a wrong type: n bad paths
+    def count(n: int) -> int:  # n workers, each without a runner: n unread paths
         lookups.count = 0
-        workers = [{"name": f"w{i}", "runner": "m:f", "replicas": "x"} for i in range(n)]
+        workers = [{"name": f"w{i}"} for i in range(n)]
         assert len(problems_of({"workers": workers})) == n
         return lookups.count
 
-    # The same lookups per worker however many bad paths there are: a scan of every bad path
-    # for each check (10,000 such workers took 35 s) fails here, since Lookups has no __iter__.
+    # The same lookups per worker however many unread paths there are: a scan of every unread
+    # path for each check fails here, since Lookups has no __iter__.
     per_worker = (count(500) - count(250)) / 250
     assert count(1000) - count(500) == 500 * per_worker <= 500 * 50
 

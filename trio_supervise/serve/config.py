@@ -1,10 +1,11 @@
 """The service's configuration: TOML into frozen attrs classes, every problem with its path.
 
-``ServeConfig.from_toml(path)`` / ``ServeConfig.from_dict(data)`` structure the data with cattrs
-(unknown keys refused, no type coerced: ``"false"`` is not a bool, ``true`` not an int, ``2.9``
-not an int; an int is accepted where a float is expected), then validate it; every problem found,
-in the types and in the values, is reported with its key path in one :class:`ConfigError`, in
-file order, before anything starts::
+``ServeConfig.from_toml(path)`` / ``ServeConfig.from_dict(data)`` read the data in one pass
+(unknown keys refused; a table or an array of the wrong kind, a missing required key, reported
+and the rest still read), then check every value, its type first: none is coerced (``"false"``
+is not a bool, ``true`` not an int, ``2.9`` not an int; an int is accepted where a float is
+expected). Every problem is reported with its key path in one :class:`ConfigError`, in file
+order, before anything starts::
 
     server.port: must be an integer, got True
     workers[1].policy.within: must be > 0, got -1.0
@@ -14,19 +15,17 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import tomllib
-from collections.abc import Container, Iterator, Mapping
+from collections.abc import Callable, Container, Mapping
 from pathlib import Path
 from types import UnionType
-from typing import Any, NamedTuple, Union, final, get_args, get_origin
+from typing import Any, NamedTuple, Union, final, get_args, get_origin, get_type_hints
 
 import attrs
 import cattrs
-import cattrs.cols
-import cattrs.gen
-import cattrs.v
 
-from .._errors import ConfigError
+from .._errors import ConfigError, shown
 from .._policy import Backoff, Policy, RestartIntensity
 from .._runner import resolve_factory
 from .._worker_options import check_ray
@@ -176,81 +175,8 @@ _MAX_FILE_BYTES = 16 * 1024 * 1024
 
 _Path = tuple[str | int, ...]
 
-
-def _origin(type_: Any) -> Any:
-    return get_origin(type_)
-
-
-class _WrongType(TypeError):
-    """A value of the wrong type; ``expected`` says what it must be, for the message."""
-
-    def __init__(self, expected: str) -> None:
-        super().__init__(expected)
-        self.expected = expected
-
-
-def _structure_bool(value: object, _: object) -> bool:
-    if not isinstance(value, bool):
-        raise _WrongType("true or false")
-    return value
-
-
-def _structure_int(value: object, _: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _WrongType("an integer")
-    return int(value)
-
-
-def _structure_float(value: object, _: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _WrongType("a number")
-    try:
-        return float(value)
-    except OverflowError:  # an int too large for a float
-        raise _WrongType("a finite number") from None
-
-
-def _structure_str(value: object, _: object) -> str:
-    if not isinstance(value, str):
-        raise _WrongType("a string")
-    return value
-
-
-def _strict(base: Any, kind: Any, expected: str) -> Any:
-    """cattrs's own hook ``base``, which first refuses a value that is not a ``kind``."""
-
-    def structure(value: object, type_: Any) -> Any:
-        if not isinstance(value, kind):
-            raise _WrongType(expected)
-        return base(value, type_)
-
-    return structure
-
-
-_converter = cattrs.Converter(forbid_extra_keys=True)
-"""Structures strictly: a value of the wrong type is an error, never converted (an int where a
-float is expected excepted); a table must be a mapping, an array a list."""
-for _type, _hook in (
-    (bool, _structure_bool),
-    (int, _structure_int),
-    (float, _structure_float),
-    (str, _structure_str),
-):
-    _converter.register_structure_hook(_type, _hook)
-_converter.register_structure_hook_factory(
-    attrs.has,
-    lambda cl: _strict(cattrs.gen.make_dict_structure_fn(cl, _converter), Mapping, "a table"),
-)
-_converter.register_structure_hook_factory(
-    lambda t: _origin(t) is tuple,
-    lambda t: _strict(
-        cattrs.cols.homogenous_tuple_structure_factory(t, _converter), list | tuple, "an array"
-    ),
-)
-_converter.register_structure_hook_factory(
-    lambda t: _origin(t) is dict,
-    lambda t: _strict(cattrs.cols.mapping_structure_factory(t, _converter), Mapping, "a table"),
-)
+_converter = cattrs.Converter()
+"""Unstructures a config for :meth:`ServeConfig.to_dict` (tuples as lists)."""
 
 
 class _Problem(NamedTuple):  # not attrs: tests/test_serving_docs.py documents attrs classes
@@ -258,21 +184,6 @@ class _Problem(NamedTuple):  # not attrs: tests/test_serving_docs.py documents a
 
     order: _Path
     text: str
-
-
-class _Fault(NamedTuple):
-    """One problem cattrs found while structuring."""
-
-    path: _Path
-    shown: str
-    """``path`` as the message shows it, ``workers[0].name``."""
-    exc: BaseException
-    type: Any
-    """The type expected at ``path``, where cattrs knows it."""
-    owner: type | None
-    """The attrs class that has ``path``'s last key as a field, if any."""
-    key: bool = False
-    """Whether the key at ``path`` itself was refused (a table's key), not its value."""
 
 
 @final
@@ -286,22 +197,15 @@ class ServeConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServeConfig:
-        """Structure and validate ``data``, strictly: a value of the wrong type is a problem,
-        never converted (an int where a float is expected excepted).
+        """Read and validate ``data``, strictly: a value of the wrong type is a problem, never
+        converted (an int where a float is expected excepted).
 
         Raises:
-            ConfigError: every problem, of type or of value, each with its key path
+            ConfigError: every problem, of shape, type or value, each with its key path
                 (``problems``), in file order.
         """
         if not isinstance(data, Mapping):
-            raise ConfigError(f"a config is a table of keys, got {_show(data)}")
-        try:
-            return cls._from_dict(dict(data))
-        except RecursionError:
-            raise _config_error(("(top level): nested too deeply",)) from None
-
-    @classmethod
-    def _from_dict(cls, data: dict[str, Any]) -> ServeConfig:
+            raise ConfigError(f"a config is a table of keys, got {shown(data)}")
         deep = _too_deep(data)
         if deep is not None:
             raise _config_error(
@@ -313,36 +217,16 @@ class ServeConfig:
                 (f"workers: must hold at most {_MAX_WORKERS} tables, got {len(workers)}",)
             )
         problems: list[_Problem] = []
-        bad: set[_Path] = set()  # where a value was wrong: checks that use it are skipped
-        current = dict(data)  # repaired in place; what a repair changes is copied first
-        copies: dict[int, Any] = {id(current): current}
-        config: ServeConfig | None = None
-        for _ in range(4):  # each try repairs what the last refused, to check the rest
-            try:
-                config = _converter.structure(current, cls)
-                break
-            except (cattrs.ClassValidationError, cattrs.IterableValidationError) as exc:
-                faults = list(_faults(exc))
-            except Exception as exc:  # not expected: report it rather than a traceback
-                problems.append(_Problem((), f"(top level): {cattrs.v.format_exception(exc, cls)}"))
-                break
-            for fault in faults:
-                if not _covered(fault.path, bad):  # else a placeholder of ours was refused
-                    problems.append(_describe(fault, current))
-                if not isinstance(fault.exc, cattrs.ForbiddenExtraKeysError):
-                    bad.add(fault.path)
-            if not all(_repair(current, fault, copies) for fault in faults):
-                break  # nothing fits in place of a wrong value: no values checked
-        if config is not None:
-            problems += config._check(bad)
-        if problems or config is None:
-            texts = tuple(p.text for p in _in_file_order(problems, data))
-            raise _config_error(texts or ("(top level): not a config",))
+        unread: set[_Path] = set()
+        config: ServeConfig = _read(data, cls, (), problems, unread)
+        problems += config._check(unread)
+        if problems:
+            raise _config_error(tuple(p.text for p in _in_file_order(problems, data)))
         return config
 
     @classmethod
     def from_toml(cls, path: str | Path) -> ServeConfig:
-        """Read, structure and validate a TOML file (see :meth:`from_dict`).
+        """Read and validate a TOML file (see :meth:`from_dict`).
 
         Raises:
             ConfigError: the file cannot be read, is not TOML (or nested too deeply to parse),
@@ -376,28 +260,29 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Check every value; raise one ConfigError listing every problem."""
-        problems = self._check(set())
+        problems = self._check()
         if problems:
             raise _config_error(tuple(p.text for p in problems))
 
-    def _check(self, bad: set[_Path]) -> list[_Problem]:
-        """Every problem with a value; a check that uses a path under one in ``bad`` (a value
-        of the wrong type, replaced to check the rest) is skipped."""
+    def _check(self, unread: Container[_Path] = frozenset()) -> list[_Problem]:
+        """Every problem with a value, of type or of range; none at a path in ``unread`` (a
+        stand-in for a value the data lacked, reported already)."""
         problems: list[_Problem] = []
 
-        def need(ok: bool, path: _Path, rule: str, value: object, uses: tuple[_Path, ...] = ()
-                 ) -> None:  # fmt: skip
-            if not ok and not any(_covered(p, bad) for p in (path, *uses)):
-                problems.append(_Problem(path, f"{_dotted(path)}: {rule}, got {_show(value)}"))
+        def need(ok: bool, path: _Path, rule: str, value: object) -> bool:
+            if not ok and path not in unread:
+                problems.append(_Problem(path, f"{_dotted(path)}: {rule}, got {shown(value)}"))
+            return ok
 
-        def check(path: _Path, rule: str | None, value: object) -> None:
-            need(rule is None, path, rule or "", value)
+        def check(path: _Path, rule: str | None, value: object) -> bool:
+            return need(rule is None, path, rule or "", value)
 
         s = self.server
-        need(isinstance(s.host, str) and bool(s.host.strip()), ("server", "host"),
-             "must be a non-empty host name or address", s.host)  # fmt: skip
-        need(_is_int(s.port) and 0 <= s.port <= 65535, ("server", "port"),
-             "must be in [0, 65535]", s.port)  # fmt: skip
+        check(("server", "host"),
+              _text_rule(s.host, str.strip, "must be a non-empty host name or address"),
+              s.host)  # fmt: skip
+        if need(_is_int(s.port), ("server", "port"), "must be an integer", s.port):
+            need(0 <= s.port <= 65535, ("server", "port"), "must be in [0, 65535]", s.port)
         for key in ("drain_timeout", "request_timeout", "within", "body_timeout",
                     "keep_alive_timeout", "send_timeout"):  # fmt: skip
             value = getattr(s, key)
@@ -406,6 +291,7 @@ class ServeConfig:
         check(("server", "max_worker_restarts"), _count_rule(restarts, 0, _MAX_RESTARTS), restarts)
         check(("server", "max_connections"), _count_rule(s.max_connections, 1, _MAX_CONNECTIONS),
               s.max_connections)  # fmt: skip
+        check(("server", "reuse_port"), _bool_rule(s.reuse_port), s.reuse_port)
         b = self.batching
         check(("batching", "max_batch_size"), _count_rule(b.max_batch_size, 1, _MAX_BATCH_SIZE),
               b.max_batch_size)  # fmt: skip
@@ -418,46 +304,47 @@ class ServeConfig:
         need(total <= _MAX_REPLICAS, ("workers",),
              f"must have at most {_MAX_REPLICAS} replicas in all", total)  # fmt: skip
         names: set[str] = set()
-        ray_uses: list[_Path] = []  # the Ray workers' ray_address and isolation
         addresses: set[str | None] = set()  # of the Ray workers: one Ray per process
         for i, w in enumerate(self.workers):
             at: _Path = ("workers", i)
-            name_ok = isinstance(w.name, str) and bool(w.name)
-            need(name_ok, (*at, "name"), "must be a non-empty name", w.name)
-            need(not (name_ok and w.name in names), (*at, "name"), "must be unique", w.name)
-            if name_ok and not _covered((*at, "name"), bad):
+            if check((*at, "name"), _text_rule(w.name, bool, "must be a non-empty name"), w.name):
+                need(w.name not in names, (*at, "name"), "must be unique", w.name)
                 names.add(w.name)
-            need(isinstance(w.runner, str) and w.runner.count(":") == 1
-                 and all(w.runner.split(":")), (*at, "runner"),
-                 "must be an import path 'module:factory'", w.runner)  # fmt: skip
-            need(w.device in ("auto", "cpu") or (isinstance(w.device, str)
-                 and w.device.startswith("cuda:") and w.device[5:].isdigit()), (*at, "device"),
-                 "must be 'auto', 'cpu' or 'cuda:N'", w.device)  # fmt: skip
+            check((*at, "runner"), _text_rule(w.runner, _is_import_path,
+                  "must be an import path 'module:factory'"), w.runner)  # fmt: skip
+            check((*at, "device"), _text_rule(w.device, _is_device,
+                  "must be 'auto', 'cpu' or 'cuda:N'"), w.device)  # fmt: skip
             check((*at, "replicas"), _count_rule(w.replicas, 1, _MAX_REPLICAS), w.replicas)
             need(len(w.replica_args) <= _MAX_REPLICAS, (*at, "replica_args"),
                  f"must hold at most {_MAX_REPLICAS} entries (one per replica)",
                  len(w.replica_args))  # fmt: skip
-            need(not w.replica_args or w.replicas in (1, len(w.replica_args)), (*at, "replicas"),
+            need(not w.replica_args or not _is_int(w.replicas)
+                 or w.replicas in (1, len(w.replica_args)), (*at, "replicas"),
                  f"must be left out or {len(w.replica_args)} (one per replica_args entry)",
-                 w.replicas, uses=((*at, "replica_args"),))  # fmt: skip
-            need(w.isolation in ("inline", "process", "ray"), (*at, "isolation"),
-                 "must be 'inline', 'process' or 'ray'", w.isolation)  # fmt: skip
-            need(not (w.standby or w.standby_load) or w.isolation in ("process", "ray"),
-                 (*at, "standby"), "needs isolation = 'process' or 'ray'", w.standby,
-                 uses=((*at, "isolation"), (*at, "standby_load")))  # fmt: skip
-            if w.isolation == "ray":
-                uses: tuple[_Path, ...] = ((*at, "ray_options"), (*at, "ray_address"))
-                try:
-                    check_ray(w.ray_options, w.ray_address)
-                except ConfigError as exc:
-                    if not any(_covered(p, bad) for p in uses):
-                        problems.append(_Problem((*at, "ray_options"), f"{_dotted(at)}: {exc}"))
-                addresses.add(w.ray_address)
-                ray_uses += [(*at, "isolation"), (*at, "ray_address")]
-            else:
-                need(not w.ray_options and w.ray_address is None, (*at, "ray_options"),
-                     "needs isolation = 'ray'", w.ray_options or w.ray_address,
-                     uses=((*at, "isolation"), (*at, "ray_address")))  # fmt: skip
+                 w.replicas)  # fmt: skip
+            # A check that uses other values runs only where their types are right: else each
+            # is reported once, at its own key.
+            check((*at, "isolation"), _text_rule(w.isolation, _ISOLATIONS.__contains__,
+                  "must be 'inline', 'process' or 'ray'"), w.isolation)  # fmt: skip
+            known = isinstance(w.isolation, str)
+            flags = [check((*at, k), _bool_rule(getattr(w, k)), getattr(w, k))
+                     for k in ("standby", "standby_load")]  # fmt: skip
+            need(not (known and all(flags) and (w.standby or w.standby_load))
+                 or w.isolation in ("process", "ray"), (*at, "standby"),
+                 "needs isolation = 'process' or 'ray'", w.standby)  # fmt: skip
+            address = w.ray_address
+            if need(address is None or isinstance(address, str), (*at, "ray_address"),
+                    "must be a string", address):  # fmt: skip
+                if w.isolation == "ray":
+                    try:
+                        check_ray(w.ray_options, address)
+                    except ConfigError as exc:
+                        if (*at, "ray_options") not in unread:
+                            problems.append(_Problem((*at, "ray_options"), f"{_dotted(at)}: {exc}"))
+                    addresses.add(address)
+                elif known:
+                    need(not w.ray_options and address is None, (*at, "ray_options"),
+                         "needs isolation = 'ray'", w.ray_options or address)  # fmt: skip
             check((*at, "max_pending"), _count_rule(w.max_pending, 1, _MAX_PENDING), w.max_pending)
             check((*at, "max_attempts"), _count_rule(w.max_attempts, 1, _MAX_ATTEMPTS),
                   w.max_attempts)  # fmt: skip
@@ -477,16 +364,14 @@ class ServeConfig:
                     check((*where, "initial"), initial, bo.initial)
                     check((*where, "maximum"), maximum, bo.maximum)
                     need(bool(initial or maximum) or bo.initial <= bo.maximum, (*where, "initial"),
-                         f"must be <= maximum ({_show(bo.maximum)})", bo.initial,
-                         uses=((*where, "maximum"),))  # fmt: skip
+                         f"must be <= maximum ({shown(bo.maximum)})", bo.initial)  # fmt: skip
                     check((*where, "multiplier"), _number_rule(bo.multiplier, 1), bo.multiplier)
                     check((*where, "jitter"), _number_rule(bo.jitter, 0, 1), bo.jitter)
             if w.max_model_len is not None:
                 check((*at, "max_model_len"), _count_rule(w.max_model_len, 1, _MAX_MODEL_LEN),
                       w.max_model_len)  # fmt: skip
         need(len(addresses) <= 1, ("workers", "ray_address"),
-             "must be the same for every Ray worker", sorted(map(str, addresses)),
-             uses=tuple(ray_uses))  # fmt: skip
+             "must be the same for every Ray worker", sorted(map(str, addresses)))  # fmt: skip
         return problems
 
     def check_runners(self) -> None:
@@ -525,6 +410,29 @@ def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _bool_rule(value: object) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+def _text_rule(value: object, valid: Callable[[str], object], rule: str) -> str | None:
+    """What is wrong with a string that ``valid`` must accept (``rule`` where it does not), or
+    None."""
+    if not isinstance(value, str):
+        return "must be a string"
+    return None if valid(value) else rule
+
+
+def _is_import_path(text: str) -> bool:
+    return text.count(":") == 1 and all(text.split(":"))
+
+
+def _is_device(text: str) -> bool:
+    return text in ("auto", "cpu") or (text.startswith("cuda:") and text[5:].isdigit())
+
+
+_ISOLATIONS = ("inline", "process", "ray")
+
+
 def _count_rule(value: object, low: int, high: int) -> str | None:
     """What is wrong with a count that must be an int in ``[low, high]``, or None."""
     if not _is_int(value):
@@ -541,7 +449,7 @@ def _timeout_rule(value: object) -> str | None:
     """What is wrong with a timeout (a finite number of seconds, at least a millisecond)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
-    if isinstance(value, float) and not math.isfinite(value):
+    if not abs(value) <= sys.float_info.max:  # inf, nan, or an int too large for a float
         return "must be a finite number"
     if value <= 0:
         return "must be > 0"
@@ -554,22 +462,13 @@ def _number_rule(value: object, low: float, high: float = math.inf) -> str | Non
     """What is wrong with a value that must be a finite number in ``[low, high]``, or None."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
-    if isinstance(value, float) and not math.isfinite(value):
+    if not abs(value) <= sys.float_info.max:  # inf, nan, or an int too large for a float
         return "must be a finite number"
     if value < low:
         return f"must be >= {low:g}"
     if value > high:
         return f"must be <= {high:g}"
     return None
-
-
-def _show(value: object) -> str:
-    """``repr(value)``, cut short when long (a message names the value, not all of it)."""
-    try:
-        text = repr(value)
-    except ValueError:  # an int of thousands of digits
-        return f"an integer of {value.bit_length()} bits" if isinstance(value, int) else "?"
-    return text if len(text) <= 80 else text[:76] + " ..."
 
 
 def _dotted(path: _Path) -> str:
@@ -583,12 +482,6 @@ def _dotted(path: _Path) -> str:
         else:
             text += f"[{part!r}]"
     return text or "(top level)"
-
-
-def _covered(path: _Path, bad: Container[_Path]) -> bool:
-    """Whether ``path`` is, or is under, a path in ``bad``: each of its prefixes is looked up, so
-    the cost is the path's length, not the number of bad paths."""
-    return any(path[:n] in bad for n in range(len(path) + 1))
 
 
 def _too_deep(data: Mapping[str, Any]) -> str | None:
@@ -606,23 +499,11 @@ def _too_deep(data: Mapping[str, Any]) -> str | None:
     return None
 
 
-_MISSING = object()
-
-
 def _has(data: object, part: str | int) -> bool:
     """Whether the table or array ``data`` has the key or index ``part``."""
     if isinstance(data, Mapping):
         return part in data
     return isinstance(data, list | tuple) and isinstance(part, int) and 0 <= part < len(data)
-
-
-def _at(data: Any, path: _Path) -> object:
-    """The value at ``path`` in the raw data, or ``_MISSING``."""
-    for part in path:
-        if not _has(data, part):
-            return _MISSING
-        data = data[part]
-    return data
 
 
 def _in_file_order(problems: list[_Problem], data: Mapping[str, Any]) -> list[_Problem]:
@@ -650,115 +531,61 @@ def _in_file_order(problems: list[_Problem], data: Mapping[str, Any]) -> list[_P
     return sorted(problems, key=order)
 
 
-def _faults(exc: BaseException, path: _Path = (), shown: str = "", type_: Any = None,
-            owner: type | None = None, key: bool = False) -> Iterator[_Fault]:  # fmt: skip
-    """The leaves of a cattrs validation error, each with its key path (as cattrs's
-    ``transform_error`` walks it)."""
-    if isinstance(exc, cattrs.ClassValidationError):
-        with_notes, without = exc.group_exceptions()
-        for sub, note in with_notes:
-            where = f"{shown}.{note.name}" if shown else note.name
-            yield from _faults(sub, (*path, note.name), where, note.type, exc.cl)
-        for sub in without:
-            yield _Fault(path, shown, sub, None, None)
-    elif isinstance(exc, cattrs.IterableValidationError):
-        with_items, without = exc.group_exceptions()
-        for sub, item in with_items:
-            is_key = item.startswith("Structuring mapping key")
-            where = shown if is_key else f"{shown}[{item.index!r}]"
-            yield from _faults(sub, (*path, item.index), where, item.type, key=is_key)
-        for sub in without:
-            yield _Fault(path, shown, sub, None, None)
-    else:
-        yield _Fault(path, shown, exc, type_, owner, key)
+def _read(value: object, type_: Any, path: _Path, problems: list[_Problem], unread: set[_Path]
+          ) -> Any:  # fmt: skip
+    """``value`` read as a ``type_`` in one pass: tables and arrays built, scalars left as they
+    are for :meth:`ServeConfig._check` (an int made a float where a float is expected). Each
+    problem of shape goes to ``problems`` and the rest is still read: a table or an array of the
+    wrong kind reads as an empty one, extra and non-string keys are left out, a missing required
+    value reads as None; such a stand-in's path goes to ``unread``, where no check reports it."""
 
+    def problem(order: _Path, text: str, where: _Path = path) -> None:
+        problems.append(_Problem(order, f"{_dotted(where)}: {text}"))
 
-def _expected(type_: Any) -> str | None:
-    """What a value of ``type_`` must be, in the words of a message."""
-    options = [t for t in get_args(type_) if t is not type(None)] if _is_union(type_) else []
-    if len(options) == 1:
-        type_ = options[0]
-    if attrs.has(type_) or get_origin(type_) is dict:
-        return "a table"
+    def wrong(kind: str) -> None:
+        problem(path, f"must be {kind}, got {shown(value)}")
+        unread.add(path)
+
+    if get_origin(type_) in (Union, UnionType):  # every union here is ``X | None``
+        if value is None:
+            return None
+        type_ = get_args(type_)[0]
+    if attrs.has(type_):
+        table = value if isinstance(value, Mapping) else {}
+        if table is not value:
+            wrong("a table")
+        fields = attrs.fields_dict(type_)
+        extra = [key for key in table if key not in fields]
+        if extra:
+            problem((*path, extra[0]), f"extra fields found ({', '.join(sorted(map(str, extra)))})")
+        types, kwargs = get_type_hints(type_), {}
+        for name, field in fields.items():
+            at = (*path, name)
+            if name in table:
+                kwargs[name] = _read(table[name], types[name], at, problems, unread)
+            elif field.default is attrs.NOTHING:
+                if table is value:  # else its table is reported
+                    problem(at, "required field missing", at)
+                kwargs[name] = None
+                unread.add(at)
+        return type_(**kwargs)
     if get_origin(type_) is tuple:
-        return "an array"
-    return None
-
-
-def _is_union(type_: Any) -> bool:
-    return get_origin(type_) in (Union, UnionType)
-
-
-def _describe(fault: _Fault, data: object) -> _Problem:
-    """The problem a structuring fault is, as a message."""
-    where = fault.shown or "(top level)"
-    if isinstance(fault.exc, cattrs.ForbiddenExtraKeysError):
-        extra = fault.exc.extra_fields
-        node = _at(data, fault.path)
-        first = next((k for k in node if k in extra), None) if isinstance(node, Mapping) else None
-        names = ", ".join(sorted(map(str, extra)))
-        order = fault.path if first is None else (*fault.path, first)
-        return _Problem(order, f"{where}: extra fields found ({names})")
-    if isinstance(fault.exc, KeyError):
-        return _Problem(fault.path, f"{where}: required field missing")
-    expected = fault.exc.expected if isinstance(fault.exc, _WrongType) else _expected(fault.type)
-    if expected is None:
-        text = cattrs.v.format_exception(fault.exc, fault.type)
-    elif fault.path == ("workers",) and expected == "an array":
-        text = f"must be an array of tables ([[workers]]), got {_show(_at(data, fault.path))}"
-    elif fault.key:
-        text = f"a key must be {expected}, got {_show(fault.path[-1])}"
-    else:
-        text = f"must be {expected}, got {_show(_at(data, fault.path))}"
-    return _Problem(fault.path, f"{where}: {text}")
-
-
-def _repair(data: dict[str, Any], fault: _Fault, copies: dict[int, Any]) -> bool:
-    """Leave the value ``fault`` refused out of ``data`` (its default applies) or put a
-    placeholder in its place, so that the rest can be structured and checked; False where
-    nothing fits. ``data`` is changed in place (see :func:`_writable`)."""
-    if isinstance(fault.exc, cattrs.ForbiddenExtraKeysError):
-        table = _writable(data, fault.path, copies)
-        for extra in fault.exc.extra_fields:
-            table.pop(extra, None)
-        return True
-    if not fault.path:
-        return False
-    key, above = fault.path[-1], fault.path[:-1]
-    parent = _at(data, above)
-    if isinstance(parent, list | tuple) and isinstance(key, int):
-        if _expected(fault.type) != "a table":
-            return False
-        _writable(data, above, copies)[key] = {}
-        return True
-    if not isinstance(parent, Mapping):
-        return False
-    if fault.owner is not None:  # a field: its default, or a placeholder when it has none
-        field = attrs.fields_dict(fault.owner).get(str(key))
-        if field is None:
-            return False
-        if field.default is attrs.NOTHING:
-            if fault.type is not str:
-                return False
-            _writable(data, above, copies)[key] = ""
-            return True
-    _writable(data, above, copies).pop(key, None)
-    return True
-
-
-def _writable(data: dict[str, Any], path: _Path, copies: dict[int, Any]) -> Any:
-    """The table or array at ``path`` in ``data``, which must be in ``copies``; it and those above
-    it are copied the first time (a table to a dict, an array to a list), so that a repair never
-    changes the caller's data and copies each table or array once, not once per repair.
-    ``copies`` holds the copies by id, and keeps them alive so that no id is reused."""
-    node: Any = data
-    for part in path:
-        child = node[part]
-        if id(child) not in copies:
-            child = dict(child) if isinstance(child, Mapping) else list(child)
-            copies[id(child)] = node[part] = child
-        node = child
-    return node
+        if not isinstance(value, list | tuple):
+            wrong("an array of tables ([[workers]])" if path == ("workers",) else "an array")
+            return ()
+        item = get_args(type_)[0]  # ``tuple[X, ...]``
+        return tuple(_read(v, item, (*path, i), problems, unread) for i, v in enumerate(value))
+    if get_origin(type_) is dict:
+        if not isinstance(value, Mapping):
+            wrong("a table")
+            return {}
+        for key in value:
+            if not isinstance(key, str):
+                problem((*path, key), f"a key must be a string, got {shown(key)}")
+        return {key: v for key, v in value.items() if isinstance(key, str)}
+    if type_ is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value) if abs(value) <= sys.float_info.max else value  # else not finite
+    return value
 
 
 def _config_error(problems: tuple[str, ...]) -> ConfigError:
