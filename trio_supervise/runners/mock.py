@@ -15,7 +15,6 @@ arrives mid-decode joins at the next step. A step sleeps ``delay`` seconds (virt
 
 from __future__ import annotations
 
-import contextlib
 import zlib
 from collections.abc import AsyncIterator
 from typing import Any, final
@@ -123,14 +122,12 @@ class MockRunner:
         self.record.loads += 1
         self.record.devices.append(device.name)
 
-    async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
+    def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
         """One chunk per request per step until each reaches max_tokens or a stop sequence,
-        in steps shared with the other batches executing at once."""
+        in steps shared with the other batches executing at once (the stepper's own async
+        generator, handed over as it is: one generator less for each chunk to pass through)."""
         self.record.executes.append((self.instance, batch.seq, tuple(r.id for r in batch.requests)))
-        decoding = [_Decoding(request) for request in batch.requests]
-        async with contextlib.aclosing(self._stepper.stream(batch, decoding)) as chunks:
-            async for chunk in chunks:
-                yield chunk
+        return self._stepper.stream(batch, [_Decoding(request) for request in batch.requests])
 
     async def _step(self, states: list[_Decoding]) -> list[Chunk]:
         """One token for each state, after one sleep (none when all are first tokens: a

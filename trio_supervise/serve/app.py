@@ -287,7 +287,8 @@ class App:
         content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
         if content_type.split(b";")[0].strip().lower() != b"application/json":
             # Also what keeps a browser's cross-site form or text/plain post out.
-            message = f"the body must be application/json, got {content_type.decode('latin-1')!r}"
+            got = shown(content_type.decode("latin-1"))
+            message = f"the body must be application/json, got {got}"
             error = _error_object(message, "UnsupportedMediaType", 415)
             await self._refuse(receive, send, 415, error)
             return
