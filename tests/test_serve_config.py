@@ -213,6 +213,8 @@ def test_an_int_is_a_float_and_none_is_an_unset_optional() -> None:
         ({"server": {"max_connections": 1_000_001}},
          "server.max_connections: must be <= 1000000, got 1000001"),
         ({"server": {"body_timeout": 0}}, "server.body_timeout: must be > 0, got 0.0"),
+        ({"server": {"send_timeout": 3_000_000}},
+         "server.send_timeout: must be <= 2e+06, got 3000000.0"),
         ({"server": {"keep_alive_timeout": 0.0005}},
          "server.keep_alive_timeout: must be >= 0.001 (a millisecond), got 0.0005"),
         ({"server": {"within": 1e-4}},

@@ -549,3 +549,57 @@ async def test_a_client_that_stops_reading_is_dropped_and_holds_no_slot_nor_the_
             assert worker is not None and worker.statistics().cancelled == 1
             handle.drain()
         reader.close()
+
+
+async def test_a_drain_cuts_a_slow_reader_after_drain_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that reads, but slowly, keeps a response being written past the drain (its
+    stream coalesced into one big write, and hypercorn's writes cannot be cancelled):
+    drain_timeout after the workers stopped, its connection is shut down (and the server says
+    so), serve returns, and the stream is cut (no [DONE]). Without it, the drain lasts until
+    the client has read the whole write (half a minute here; minutes for a slower one)."""
+    import socket
+
+    cfg = config(
+        server={"drain_timeout": 0.5, "send_timeout": 600},
+        runner_args={"delay": 0.0},
+        max_model_len=1_000_000,
+    )
+    served = trio.Event()
+    received = bytearray()
+    reader = trio.socket.socket()
+    reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    async with trio.open_nursery() as nursery:
+
+        async def run_server(task_status: Any) -> None:
+            await serve(cfg, task_status=task_status)
+            served.set()
+
+        handle = await nursery.start(run_server)
+        await reader.connect(handle.address)
+        body = json.dumps({"prompt": "a", "max_tokens": 1_000_000, "stream": True}).encode()
+        await reader.send(post(body))
+        received += await reader.recv(1024)
+        assert received.startswith(b"HTTP/1.1 200 ")
+        handle.drain()
+
+        async def read(pause: float) -> None:
+            try:
+                while data := await reader.recv(65536 if pause == 0 else 1024):
+                    received.extend(data)
+                    await trio.sleep(pause)
+            except OSError:
+                pass  # reset: the server shut the connection down
+
+        async with trio.open_nursery() as reading:
+            reading.start_soon(read, 2.0)  # slowly, on purpose
+            with trio.move_on_after(60):
+                await served.wait()
+            reading.cancel_scope.cancel()
+        with trio.fail_after(60):
+            await read(0)  # the rest, at once: what the server sent before it shut down
+        reader.close()
+    assert served.is_set()
+    assert b"data: [DONE]" not in received  # cut, not finished
+    assert "the drain cut 1 connection(s) still being written to" in caplog.text

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,18 +80,21 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
         config.validate()
         config.check_runners()
     except ConfigError as exc:
-        console.print(f"[red]{exc}[/red]", highlight=False)
+        console.print(str(exc), style="red", markup=False, highlight=False)
         return 2
 
     def listening(handle: Any) -> None:
         replicas = sum(w.replica_count for w in config.workers)
-        console.print(f"listening on {handle.url}; loading {replicas} replica(s)", highlight=False)
+        line = f"listening on {handle.url}; loading {replicas} replica(s)"
+        console.print(line, markup=False, highlight=False)
 
     class Ready:
         """serve's task status: says when every replica is ready (a drain may come first)."""
 
         def started(self, handle: Any = None) -> None:
-            console.print(f"serving {handle.pool.models} on {handle.url}", highlight=False)
+            console.print(
+                f"serving {handle.pool.models} on {handle.url}", markup=False, highlight=False
+            )
 
     async def main() -> None:
         await serve(config, handle_signals=True, on_listening=listening, task_status=Ready())
@@ -107,12 +111,17 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
             return code
         fatal = _leaves(exc, RestartIntensityExceeded | Unrecoverable)
         if fatal:
-            console.print(f"[red]gave up: {fatal[0]}[/red]", highlight=False)
+            console.print(f"gave up: {fatal[0]}", style="red", markup=False, highlight=False)
             return 1
-        unbound = [e for e in _leaves(exc, OSError) if e.errno in _BIND_ERRNOS]
-        if unbound:  # the port is taken, or the address is not this machine's
+        unbound = [  # the host does not resolve, the port is taken, the address not ours
+            e
+            for e in _leaves(exc, OSError)
+            if e.errno in _BIND_ERRNOS or isinstance(e, socket.gaierror)
+        ]
+        if unbound:
             where = f"{config.server.host}:{config.server.port}"
-            console.print(f"[red]cannot serve on {where}: {unbound[0]}[/red]", highlight=False)
+            message = f"cannot serve on {where}: {unbound[0]}"
+            console.print(message, style="red", markup=False, highlight=False)
             return 1
         raise
     console.print("drained", highlight=False)
@@ -168,16 +177,16 @@ def check_config(path: str) -> int:
 
     from .serve import ServeConfig
 
-    console = Console()
+    console = Console(soft_wrap=True)  # a problem a line, however long
     try:
         config = ServeConfig.from_toml(path)
         config.check_runners()
     except ConfigError as exc:
-        console.print(f"[red]{path}: invalid config[/red]")
+        console.print(f"{path}: invalid config", style="red", markup=False, highlight=False)
         for problem in exc.problems:
             console.print(f"  {problem}", markup=False, highlight=False)
         return 2
-    console.print(f"[green]{path}: valid[/green]; the effective config:")
+    console.print(f"{path}: valid; the effective config:", markup=False, highlight=False)
     console.print_json(json.dumps(config.to_dict()))
     return 0
 

@@ -169,6 +169,8 @@ _MAX_WAIT = 60.0
 _MAX_RESTARTS = 10_000
 _MAX_CONNECTIONS = 1_000_000
 _MAX_MODEL_LEN = 10_000_000
+_MAX_SEND_TIMEOUT = 2_000_000.0
+"""``TCP_USER_TIMEOUT`` is a 32-bit count of milliseconds."""
 _MAX_DEPTH = 64
 """Arrays and tables inside one another, the top-level table included, at most."""
 _MAX_FILE_BYTES = 16 * 1024 * 1024
@@ -286,7 +288,8 @@ class ServeConfig:
         for key in ("drain_timeout", "request_timeout", "within", "body_timeout",
                     "keep_alive_timeout", "send_timeout"):  # fmt: skip
             value = getattr(s, key)
-            check(("server", key), _timeout_rule(value), value)
+            most = _MAX_SEND_TIMEOUT if key == "send_timeout" else math.inf
+            check(("server", key), _timeout_rule(value, most), value)
         restarts = s.max_worker_restarts
         check(("server", "max_worker_restarts"), _count_rule(restarts, 0, _MAX_RESTARTS), restarts)
         check(("server", "max_connections"), _count_rule(s.max_connections, 1, _MAX_CONNECTIONS),
@@ -445,8 +448,9 @@ def _count_rule(value: object, low: int, high: int) -> str | None:
     return None
 
 
-def _timeout_rule(value: object) -> str | None:
-    """What is wrong with a timeout (a finite number of seconds, at least a millisecond)."""
+def _timeout_rule(value: object, most: float = math.inf) -> str | None:
+    """What is wrong with a timeout (a finite number of seconds, at least a millisecond, at
+    most ``most``)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return "must be a number"
     if not abs(value) <= sys.float_info.max:  # inf, nan, or an int too large for a float
@@ -455,6 +459,8 @@ def _timeout_rule(value: object) -> str | None:
         return "must be > 0"
     if value < _MIN_TIMEOUT:
         return f"must be >= {_MIN_TIMEOUT} (a millisecond)"
+    if value > most:
+        return f"must be <= {most:g}"
     return None
 
 

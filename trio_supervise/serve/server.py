@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import resource
 import signal
 import socket
+import stat
 from collections.abc import AsyncIterator, Callable
 from typing import final
 
@@ -44,8 +46,9 @@ class ServerHandle:
 
     @property
     def url(self) -> str:
-        """``http://host:port``."""
-        return f"http://{self.address[0]}:{self.address[1]}"
+        """``http://host:port`` (an IPv6 address in brackets)."""
+        host, port = self.address
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def drain(self) -> None:
         """Begin draining (idempotent): readyz and new requests get 503, in-flight requests
@@ -87,6 +90,7 @@ async def serve(
     """
     if not isinstance(config, ServeConfig):
         raise TypeError(f"serve takes a ServeConfig, got {config!r}")
+    drain_timeout = config.server.drain_timeout
     pool = WorkerPool(config)
     app = App(pool, Metrics())
     _make_room_for(config.server.max_connections)
@@ -110,7 +114,8 @@ async def serve(
         if handle_signals:  # before anything starts: a signal while loading drains too
             signals = stack.enter_context(trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT))
         async with trio.open_nursery() as http:
-            watching = trio.CancelScope()
+            watching = trio.CancelScope()  # the signal watcher
+            closing = trio.CancelScope()  # the closer of connections that outlast the drain
 
             async def http_server(task_status: trio.TaskStatus[list[str]]) -> None:
                 try:
@@ -121,7 +126,8 @@ async def serve(
                         task_status=task_status,
                     )
                 finally:
-                    watching.cancel()  # the server is down: no signal has anything to stop
+                    watching.cancel()  # the server is down: nothing left to stop or close
+                    closing.cancel()
 
             binds = await http.start(http_server)
             host, _, port = binds[0].removeprefix("http://").rpartition(":")
@@ -130,6 +136,7 @@ async def serve(
                 # In the outer nursery: a second signal stops everything at any stage, the
                 # HTTP server's graceful shutdown included.
                 http.start_soon(_on_signal, signals, handle, http, exit_code, watching)
+            local_port = int(port)
             if on_listening is not None:
                 try:
                     on_listening(handle)
@@ -139,8 +146,10 @@ async def serve(
                 await _run_pool(pool, app, handle, fatal, task_status)
             finally:
                 # The HTTP server stops accepting, lets each response in progress write its
-                # end (the workers have stopped, so each has one) and closes idle connections.
+                # end (the workers have stopped, so each has one) and closes idle connections;
+                # what is still being written after drain_timeout more is cut.
                 shutdown.set()
+                http.start_soon(_close_stragglers, local_port, drain_timeout, closing)
     if exit_code:
         raise SystemExit(exit_code[0])
     if fatal:
@@ -254,6 +263,49 @@ async def _watch_models(pool: WorkerPool, handle: ServerHandle, fatal: list[Base
         await pool._ready_changed.wait()
 
 
+async def _close_stragglers(port: int, after: float, scope: trio.CancelScope) -> None:
+    """Once the HTTP server has had ``after`` seconds to end its responses, shut down the
+    connections it still writes to (a slow reader: hypercorn's writes are shielded from
+    cancellation, so its own graceful timeout cannot end them)."""
+    with scope:
+        await trio.sleep(after)
+        closed = _shut_connections(port)
+        if closed:
+            logger.warning("the drain cut %d connection(s) still being written to", closed)
+
+
+def _shut_connections(port: int) -> int:
+    """Shut down (both ways) every TCP connection this process accepted on ``port``: a write
+    blocked on one then fails at once, and its task ends. Linux (``/proc/self/fd``); elsewhere
+    nothing. Returns how many."""
+    try:
+        fds = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        return 0
+    closed = 0
+    for fd in fds:
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            sock = socket.socket(fileno=os.dup(fd))  # a duplicate: closing it closes only it
+        except OSError:
+            continue
+        with sock:
+            try:
+                if (
+                    sock.family not in (socket.AF_INET, socket.AF_INET6)
+                    or sock.type != socket.SOCK_STREAM
+                    or sock.getsockname()[1] != port
+                ):
+                    continue
+                sock.getpeername()  # a listening socket has no peer: OSError, left alone
+                sock.shutdown(socket.SHUT_RDWR)
+                closed += 1
+            except OSError:
+                continue
+    return closed
+
+
 async def _on_signal(
     signals: AsyncIterator[int],
     handle: ServerHandle,
@@ -270,6 +322,7 @@ async def _on_signal(
                 logger.info("%s during the drain: stopping at once", name)
                 exit_code.append(128 + signum)
                 nursery.cancel_scope.cancel()
+                _shut_connections(handle.address[1])  # writes shielded from the cancel end too
                 return
             logger.info("%s: draining", name)
             handle.drain()
