@@ -603,3 +603,16 @@ async def test_a_drain_cuts_a_slow_reader_after_drain_timeout(
     assert served.is_set()
     assert b"data: [DONE]" not in received  # cut, not finished
     assert "the drain cut 1 connection(s) still being written to" in caplog.text
+
+
+def test_a_message_with_markup_is_printed_as_it_is(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich would read "[/x]" in a message as a closing tag and crash; messages are text."""
+    from trio_supervise._cli import main
+
+    path = tmp_path / "markup.toml"
+    path.write_text("[[workers]]\nname = 'm'\nrunner = 'no_such_module_[/x]:Factory'\n")
+    assert main(["serve", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_module_[/x]" in err and "Traceback" not in err
