@@ -339,15 +339,21 @@ async def read_all(process: trio.Process, output: bytes) -> bytes:
     return output
 
 
-LOADING = f"""
-[server]
-port = 0
-[[workers]]
-name = "slow"
-runner = "{MOCK}"
-runner_args = {{load_delay = 600.0}}
-device = "cpu"
-"""
+def serve_toml(server: dict[str, Any], **worker: Any) -> str:
+    """A serve config of one mock model on the CPU, as TOML text (port 0)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + "}"
+        return json.dumps(v)
+
+    table = {"name": "mock", "runner": MOCK, "device": "cpu", **worker}
+    lines = ["[server]", *(f"{k} = {value(v)}" for k, v in {"port": 0, **server}.items())]
+    lines += ["[[workers]]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    return "\n".join(lines) + "\n"
+
+
+LOADING = serve_toml({}, runner_args={"load_delay": 600.0})
 
 
 @pytest.mark.slow
@@ -367,16 +373,7 @@ async def test_sigterm_while_a_replica_loads_drains_and_exits_0(tmp_path: Path) 
 async def test_a_second_signal_during_the_drain_exits_at_once_with_one_line(
     tmp_path: Path, signum: int, code: int
 ) -> None:
-    toml = f"""
-[server]
-port = 0
-drain_timeout = 60
-[[workers]]
-name = "mock"
-runner = "{MOCK}"
-runner_args = {{delay = 0.05}}
-device = "cpu"
-"""
+    toml = serve_toml({"drain_timeout": 60}, runner_args={"delay": 0.05})
     with trio.fail_after(60):
         process, output = await serve_process(tmp_path, toml)
         output = await read_until(process, output, b"serving")
@@ -401,17 +398,9 @@ device = "cpu"
 
 @pytest.mark.slow
 async def test_a_pool_that_gives_up_exits_1_with_one_line(tmp_path: Path) -> None:
-    toml = f"""
-[server]
-port = 0
-max_worker_restarts = 0
-[[workers]]
-name = "broken"
-runner = "{MOCK}"
-runner_args = {{no_such_argument = 1}}
-device = "cpu"
-isolation = "process"
-"""
+    toml = serve_toml(
+        {"max_worker_restarts": 0}, runner_args={"no_such_argument": 1}, isolation="process"
+    )
     with trio.fail_after(60):
         process, output = await serve_process(tmp_path, toml)
         output = await read_all(process, output)
