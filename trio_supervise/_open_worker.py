@@ -56,8 +56,9 @@ async def open_worker(
             (a Ray actor, placed by Ray on any node of a cluster; a fresh actor on every
             restart). With ``"process"`` and ``"ray"`` the factory must be an import path and
             ``runner_args`` plain data.
-        heartbeat_timeout: with ``isolation="process"``, seconds without any frame from the
-            child before it is taken for dead.
+        heartbeat_timeout: with ``isolation="process"`` or ``"ray"``, seconds without any
+            frame (or heartbeat answer) from the child process or actor before it is taken for
+            dead.
         standby: with ``isolation="process"`` or ``"ray"``, keep one spare process (or actor)
             parked (runner built,
             device opened): a restart probes it and swaps it in, then parks the next one.

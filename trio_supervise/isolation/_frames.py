@@ -1,4 +1,5 @@
-"""The wire protocol between a worker and its child process: length-prefixed msgspec frames.
+"""The wire protocol between a worker and its child tier in a child process or a Ray actor:
+length-prefixed msgspec frames (a Ray actor's come as the items of Ray's calls and streams).
 
 Each frame is a 4-byte big-endian length, then that many bytes of msgpack: one of the tagged
 structs below. A length over :data:`MAX_FRAME` (16 MiB), or bytes that do not decode to a known

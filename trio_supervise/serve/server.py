@@ -76,8 +76,8 @@ async def serve(
         ``/readyz``, gives in-flight requests ``drain_timeout`` seconds, fails the rest with
         ``WorkerStopped``, stops the workers, and only then shuts the HTTP server down
         gracefully: every response in progress writes its end (a stream its error event and
-        ``[DONE]``) before its connection closes. A drain while the replicas still load (or
-        restart) stops them at once, and ``serve`` returns without calling
+        ``[DONE]``) before its connection closes. A drain while the replicas still load (the
+        first time) stops them at once, and ``serve`` returns without calling
         ``task_status.started`` (so ``nursery.start(serve, ...)`` raises trio's RuntimeError
         then; the CLI calls ``serve`` directly).
 
