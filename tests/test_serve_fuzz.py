@@ -95,7 +95,7 @@ fields = {
     "continuation": st.sampled_from(["auto", "replay", "resume", "off", "sideways"]),
 }
 bodies = st.one_of(
-    any_json.map(lambda v: json.dumps(v)),  # ensure_ascii: a lone surrogate as \\udXXX
+    any_json.map(json.dumps),  # ensure_ascii: a lone surrogate goes as an \\udXXX escape
     st.fixed_dictionaries(
         {}, optional={name: value | any_json for name, value in fields.items()}
     ).map(json.dumps),

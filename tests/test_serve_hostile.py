@@ -3,6 +3,7 @@ the red team found, over real HTTP on loopback (real clock, each test bounded by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -574,12 +575,10 @@ async def test_a_drain_cuts_a_slow_reader_after_drain_timeout(
         handle.drain()
 
         async def read(pause: float) -> None:
-            try:
+            with contextlib.suppress(OSError):  # a reset: the server shut the connection down
                 while data := await reader.recv(65536 if pause == 0 else 1024):
                     received.extend(data)
                     await trio.sleep(pause)
-            except OSError:
-                pass  # reset: the server shut the connection down
 
         async with trio.open_nursery() as reading:
             reading.start_soon(read, 2.0)  # slowly, on purpose
@@ -605,3 +604,17 @@ def test_a_message_with_markup_is_printed_as_it_is(
     assert main(["serve", str(path)]) == 2
     err = capsys.readouterr().err
     assert "no_such_module_[/x]" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(("value", "read"), [(None, None), (2048, 2048), ("4096", None), (0, None)])
+def test_a_runner_says_its_max_model_len_or_gets_a_clear_error(value: Any, read: Any) -> None:
+    from trio_supervise._runner import runner_max_model_len
+
+    class Runner:
+        max_model_len = value
+
+    if read is None and value is not None:
+        with pytest.raises(ts.ConfigError, match=r"max_model_len must be an int >= 1 or None"):
+            runner_max_model_len(Runner)
+    else:
+        assert runner_max_model_len(Runner) == read

@@ -147,9 +147,9 @@ def _log_warnings_to_stderr() -> None:
 
 def _leaves(exc: BaseException, kind: Any) -> list[Any]:
     """The exceptions of ``kind`` in ``exc``, however deep in exception groups."""
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner, kind)]
-    return [exc] if isinstance(exc, kind) else []
+    from ._errors import leaves
+
+    return [leaf for leaf in leaves(exc) if isinstance(leaf, kind)]
 
 
 def default_config() -> Any:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 __all__ = [
@@ -305,6 +306,16 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+def leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions in ``exc``, however deep in exception groups (``exc`` itself if it is
+    not a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from leaves(inner)
+    else:
+        yield exc
 
 
 def shown(value: object) -> str:

@@ -31,12 +31,12 @@ from __future__ import annotations
 import bisect
 import enum
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeAlias, TypeGuard, final
 
 import attrs
 
-from ._errors import ContextPoisoned, InvalidPolicy, OutOfMemory, Unrecoverable
+from ._errors import ContextPoisoned, InvalidPolicy, OutOfMemory, Unrecoverable, leaves
 
 __all__ = [
     "DEVICE_POLICY",
@@ -115,14 +115,6 @@ def _check_number(name: str, value: object, *, minimum: float, strict: bool = Fa
         raise _fail(f"{name} must be a finite number {op} {minimum:g}, got {value!r}")
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            yield from _leaves(exc)
-        else:
-            yield exc
-
-
 def _refuse_non_exception(exc: object) -> None:
     if not isinstance(exc, Exception):
         name = type(exc).__name__
@@ -141,7 +133,7 @@ def decide(decider: Decider, exc: Exception) -> Directive:
     """
     _refuse_non_exception(exc)
     if isinstance(exc, BaseExceptionGroup):
-        return max(decide(decider, leaf) for leaf in _leaves(exc) if isinstance(leaf, Exception))
+        return max(decide(decider, leaf) for leaf in leaves(exc) if isinstance(leaf, Exception))
     directive = decider(exc)
     if not isinstance(directive, Directive):
         raise _fail(f"decider {decider!r} must return a Directive, got {directive!r} for {exc!r}")

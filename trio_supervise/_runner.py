@@ -122,6 +122,15 @@ def runner_deterministic(runner: Any) -> bool:
     return deterministic
 
 
+def runner_max_model_len(runner_or_factory: Any) -> int | None:
+    """``max_model_len`` of a runner (or its class): the most tokens a request may have, prompt
+    plus completion; None when it says nothing. Checked."""
+    value = getattr(runner_or_factory, "max_model_len", None)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"runner.max_model_len must be an int >= 1 or None, got {value!r}")
+    return value
+
+
 def tell_generation(runner: Any, generation: int) -> None:
     """Set ``runner.generation`` (the tier's incarnation, 1 for the first) before ``load``.
 

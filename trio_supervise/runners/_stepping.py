@@ -35,9 +35,9 @@ import attrs
 import trio
 
 from .._errors import RunnerError
-from .._types import Batch, Chunk, Request
+from .._types import Batch, Chunk, FinishReason, Request, SamplingParams
 
-__all__ = ["Decoding", "Stepper"]
+__all__ = ["Decoding", "Stepper", "ending"]
 
 
 class Decoding(Protocol):
@@ -165,6 +165,16 @@ class Stepper(Generic[S]):
             if member.joined:  # else it left while the step awaited the device
                 member.buffer.extend(mine)
                 member.states = [s for s, c in zip(member.states, mine, strict=True) if not c.final]
+
+
+def ending(text: str, produced: int, params: SamplingParams) -> FinishReason | None:
+    """How a request whose output so far is ``text`` (``produced`` tokens) ends now: ``STOP``
+    when the text ends with a stop sequence, ``LENGTH`` at ``max_tokens``, else None."""
+    if any(text.endswith(stop) for stop in params.stop):
+        return FinishReason.STOP
+    if produced >= params.max_tokens:
+        return FinishReason.LENGTH
+    return None
 
 
 def _copy_for_another(error: Exception) -> BaseException:

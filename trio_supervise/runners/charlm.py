@@ -51,8 +51,8 @@ import numpy.typing as npt
 import trio
 
 from .._errors import BadRequest, ConfigError, RunnerError
-from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
-from ._stepping import Stepper
+from .._types import Batch, Chunk, RebuildCause, Request, SamplingParams, Usage
+from ._stepping import Stepper, ending
 
 __all__ = [
     "WEIGHTS_FILE",
@@ -290,11 +290,7 @@ def _advance(model: CharModel, state: _Active, logits: npt.NDArray[numpy.float64
     state.token_ids.append(token)
     state.text += char
     state.completion_tokens += 1
-    reason: FinishReason | None = None
-    if any(state.text.endswith(stop) for stop in params.stop):
-        reason = FinishReason.STOP
-    elif state.completion_tokens >= params.max_tokens:
-        reason = FinishReason.LENGTH
+    reason = ending(state.text, state.completion_tokens, params)
     usage = None if reason is None else Usage(state.prompt_tokens, state.completion_tokens)
     return Chunk(request.id, (token,), char, reason, usage)
 

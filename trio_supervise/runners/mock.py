@@ -22,8 +22,8 @@ from typing import Any, final
 import attrs
 import trio
 
-from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
-from ._stepping import Stepper
+from .._types import Batch, Chunk, RebuildCause, Request, Usage
+from ._stepping import Stepper, ending
 
 __all__ = ["MockRecord", "MockRunner"]
 
@@ -145,12 +145,7 @@ class MockRunner:
         text = text_of(token)
         state.text += text
         state.position = position + 1
-        params = request.params
-        reason = None
-        if any(state.text.endswith(stop) for stop in params.stop):
-            reason = FinishReason.STOP
-        elif position + 1 >= params.max_tokens:
-            reason = FinishReason.LENGTH
+        reason = ending(state.text, state.position, request.params)
         usage = None
         if reason is not None:
             prompt = request.prompt

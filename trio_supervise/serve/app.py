@@ -124,8 +124,7 @@ def parse_completion(body: bytes) -> tuple[dict[str, Any], SamplingParams]:
     prompt = data.get("prompt")
     if not isinstance(prompt, str):
         raise BadRequest(f"prompt must be a string, got {shown(prompt)}")
-    n = _field_int(data, "n", 1, 1, 1)
-    assert n == 1
+    _field_int(data, "n", 1, 1, 1)  # one choice per request
     stop = data.get("stop")
     if stop is None:
         stop = []
@@ -376,6 +375,7 @@ class App:
     async def _whole(
         self, receive: Receive, send: Send, stream: Any, model: str, started: float
     ) -> None:
+        failed: BaseException | None = None
         async with _until_disconnect(receive) as work:
             with work:
                 try:
@@ -383,19 +383,15 @@ class App:
                 except Exception as exc:
                     if not isinstance(exc, InferenceError):
                         logger.exception("completion failed")
-                    outcome: tuple[int, dict[str, Any], BaseException | None] = (0, {}, exc)
-                else:
-                    body = _completion(stream.request, model, text, reason, usage)
-                    outcome = (200, body, None)
+                    failed = exc
             if work.cancelled_caught:
                 return  # the client left: collect() closed the stream, cancelling the request
             # The answer is written outside the work's scope: a disconnect cannot cut it.
-            status, body, error = outcome
-            if error is not None:
-                await self._error(send, error, model)
+            if failed is not None:
+                await self._error(send, failed, model)
                 return
             self.metrics.finished(model, trio.current_time() - started)
-            await _json(send, status, body)
+            await _json(send, 200, _completion(stream.request, model, text, reason, usage))
 
     async def _stream(
         self, receive: Receive, send: Send, stream: Any, model: str, started: float

@@ -46,7 +46,7 @@ from .._errors import (
 )
 from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
 from .._requests import Collected, RequestStream, collect
-from .._runner import resolve_factory, runner_attributes
+from .._runner import resolve_factory, runner_attributes, runner_max_model_len
 from .._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
 from .._types import Batch, Chunk, Request
 from .._worker import Worker, WorkerState
@@ -188,8 +188,8 @@ class PoolStream:
 
     def _may_move(self) -> tuple[bool, Continuation | None]:
         """Whether it may go to another replica, and what continues it there (after output)."""
-        replicas = self._pool.replicas[self._model]
         pool = self._pool
+        replicas = pool.replicas[self._model]
         if self._closed or pool.draining or pool.stopped or all(_stopped(r) for r in replicas):
             return False, None
         if not self._got_chunk:
@@ -544,9 +544,9 @@ def _max_model_len(w: WorkerConfig) -> int:
     if w.max_model_len is not None:
         return w.max_model_len
     if w.isolation == "inline":
-        value = getattr(resolve_factory(w.runner), "max_model_len", None)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
-            return value
+        own = runner_max_model_len(resolve_factory(w.runner))
+        if own is not None:
+            return own
     return DEFAULT_MAX_MODEL_LEN
 
 
