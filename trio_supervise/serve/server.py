@@ -10,7 +10,7 @@ import signal
 import socket
 import stat
 from collections.abc import AsyncIterator, Callable
-from typing import final
+from typing import Any, final
 
 import attrs
 import trio
@@ -97,7 +97,7 @@ async def serve(
     hypercorn_config = HypercornConfig()
     server = config.server
     hypercorn_config.bind = [
-        _bind(server.host, server.port, reuse_port=server.reuse_port,
+        _bind(await _resolve(server.host, server.port), reuse_port=server.reuse_port,
               send_timeout=server.send_timeout)
     ]  # fmt: skip
     # Once the workers have stopped, every response ends at once: this bounds the wait for
@@ -219,8 +219,18 @@ def _make_room_for(max_connections: int) -> None:
         )  # fmt: skip
 
 
-def _bind(host: str, port: int, *, reuse_port: bool, send_timeout: float) -> str:
-    """A listening socket of our own for ``host:port``, handed to hypercorn by fd.
+async def _resolve(host: str, port: int) -> tuple[Any, ...]:
+    """``(family, type, proto, canonname, sockaddr)`` to listen on ``host:port``: a name is
+    resolved off the event loop (trio's getaddrinfo runs in a thread)."""
+    infos = await trio.socket.getaddrinfo(
+        host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    return tuple(infos[0])
+
+
+def _bind(where: tuple[Any, ...], *, reuse_port: bool, send_timeout: float) -> str:
+    """A listening socket of our own for ``where`` (from :func:`_resolve`), handed to
+    hypercorn by fd.
 
     Every connection accepted on it inherits ``TCP_USER_TIMEOUT``: a client that takes none of
     the data sent to it for ``send_timeout`` seconds (it stopped reading, its window is shut) is
@@ -229,10 +239,7 @@ def _bind(host: str, port: int, *, reuse_port: bool, send_timeout: float) -> str
     request, its connection and the server's shutdown forever. With ``reuse_port``,
     ``SO_REUSEPORT`` too (hypercorn sets it only for its own worker processes).
     """
-    bare = host.strip("[]")
-    family, kind, proto, _, address = socket.getaddrinfo(
-        bare, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    family, kind, proto, _, address = where
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
