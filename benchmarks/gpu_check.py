@@ -1,14 +1,14 @@
 """The GPU check: run the ``gpu`` tests on a CUDA machine and print a short summary table.
 
-``python benchmarks/gpu_check.py`` runs ``python -m pytest -q -m gpu tests/test_gpu.py`` (and only
-that) in a child process, then prints: the GPU's name, the CuPy and CUDA versions, each gpu test's
-result (read from pytest's ``--junitxml`` report), the event-loop lag measured while the GPU was
-busy (DESIGN.md target: under 5 ms), how long a process-isolated worker took from a real sticky
-CUDA error in its child to the next chunk served by a fresh child ("process recovery (cold)":
-a new Python, CuPy import, CUDA context and kernel compile included), and a throughput
-comparison in this process: a matmul loop
-through ``CupyDevice.run_sync`` against the same loop in plain CuPy (DESIGN.md target: the
-framework within 3%, a ratio of at least 0.97). The ratio is reported, not enforced.
+``python benchmarks/gpu_check.py`` runs ``python -m pytest -q -m gpu tests/devices/test_gpu.py``
+(and only that) in a child process, then prints: the GPU's name, the CuPy and CUDA versions, each
+gpu test's result (read from pytest's ``--junitxml`` report), the event-loop lag measured while the
+GPU was busy (DESIGN.md target: under 5 ms), how long a process-isolated worker took from a real
+sticky CUDA error in its child to the next chunk served by a fresh child ("process recovery (cold)":
+a new Python, CuPy import, CUDA context and kernel compile included), and a throughput comparison in
+this process: a matmul loop through ``CupyDevice.run_sync`` against the same loop in plain CuPy
+(DESIGN.md target: the framework within 3%, a ratio of at least 0.97). The ratio is reported, not
+enforced.
 
 Exit status: 0 when every gpu test passed; 1 when one failed or errored, or none ran; 2 when there
 is no CUDA device (the message says "no CUDA device"); 3 when a Python package is missing.
@@ -66,7 +66,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TEST_FILE = "tests/test_gpu.py"
+TEST_FILE = "tests/devices/test_gpu.py"
 
 WHEELS = (
     "trio==0.35.0",
@@ -115,8 +115,9 @@ LAG_TARGET_MS = 5.0
 THROUGHPUT_TARGET = 0.97
 """DESIGN.md: framework throughput within 3% of a direct CuPy loop."""
 STICKY_EXIT_CODE = 70
-"""``trio_supervise._child.STICKY_EXIT_CODE`` (not imported: this module imports only the standard
-library): a child that exits with it reported a sticky error and ``os._exit``ed on its own."""
+"""``trio_supervise.isolation._host.STICKY_EXIT_CODE`` (not imported: this module imports only
+the standard library): a child that exits with it reported a sticky error and ``os._exit``ed on
+its own."""
 
 
 def wheel_commands() -> list[str]:
@@ -424,8 +425,8 @@ def print_table(summary: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
-            "Run the gpu tests (tests/test_gpu.py) on a CUDA machine and print a summary: GPU, "
-            "versions, each test's result, event-loop lag, process-isolated recovery from a "
+            "Run the gpu tests (tests/devices/test_gpu.py) on a CUDA machine and print a summary: "
+            "GPU, versions, each test's result, event-loop lag, process-isolated recovery from a "
             "sticky error and framework/direct throughput. "
             "Exit 0: all passed; 1: a test failed or none ran; 2: no CUDA device; "
             "3: a package is missing (see --print-wheels)."

@@ -29,8 +29,8 @@ import attrs
 from sphinx.ext.napoleon.docstring import GoogleDocstring
 
 import trio_supervise
-from trio_supervise import _worker
-from trio_supervise._worker import WorkerState
+from trio_supervise.worker import _worker
+from trio_supervise.worker._worker import WorkerState
 
 HERE = Path(__file__).parent
 GENERATED = HERE / "_generated"
@@ -74,7 +74,8 @@ nitpicky = True
 
 # The public modules. A name they export is documented under the public path
 # (``trio_supervise.Policy``), while annotations and docstrings name it by the module that
-# defines it (``trio_supervise._policy.Policy``): resolve_private_names maps one to the other.
+# defines it (``trio_supervise.supervision._policy.Policy``): resolve_private_names maps one to
+# the other.
 PUBLIC_MODULES = (
     "trio_supervise",
     "trio_supervise.testing",
@@ -116,7 +117,7 @@ nitpick_ignore_regex = [
 # entry: each one is listed here, with who can remove it.
 nitpick_ignore = [
     # The buffer behind a RequestStream, named in the signatures of RequestStream and PoolStream.
-    ("py:class", "trio_supervise._requests.RequestState"),
+    ("py:class", "trio_supervise.tier._requests.RequestState"),
 ]
 
 
@@ -247,7 +248,7 @@ def _is_type_variable(target: str) -> bool:
 def resolve_private_names(app: Any, env: Any, node: Any, contnode: Any) -> Any:
     """A ``missing-reference`` hook for references into the package that Sphinx cannot place.
 
-    - ``trio_supervise._policy.Policy`` (and its members): the entry of the public name.
+    - ``trio_supervise.supervision._policy.Policy`` (and its members): the entry of the public name.
     - A bare name in a docstring (``:class:`Worker``` in ``serve/pool.py``): the one public
       name it can mean, from any public module.
     - A type variable (``T`` in ``run_sync(fn: Callable[..., T]) -> T``): plain text, since type

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 import trio_supervise as ts
-from trio_supervise._worker import WorkerState
+from trio_supervise.worker._worker import WorkerState
 
 ROOT = Path(__file__).parent.parent
 DOCS_DIR = ROOT / "docs"

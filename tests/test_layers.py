@@ -20,21 +20,21 @@ PACKAGE = Path(trio_supervise.__file__).parent
 
 # The parent tier of a worker: what callers hold, and what decides about requests.
 PARENT_SIDE = {
-    "trio_supervise._worker",
-    "trio_supervise._open_worker",
-    "trio_supervise._admission",
-    "trio_supervise._settlement",
-    "trio_supervise._worker_options",
-    "trio_supervise._worker_state",
+    "trio_supervise.worker._worker",
+    "trio_supervise.worker._open_worker",
+    "trio_supervise.worker._admission",
+    "trio_supervise.worker._settlement",
+    "trio_supervise.worker._options",
+    "trio_supervise.worker._state",
 }
 # The child tier and everything it is built from: none of it may know the parent tier.
 CHILD_SIDE = [
-    "trio_supervise._tier",
-    "trio_supervise._port",
-    "trio_supervise._requests",
-    "trio_supervise._runner",
+    "trio_supervise.tier._tier",
+    "trio_supervise.tier._port",
+    "trio_supervise.tier._requests",
+    "trio_supervise.tier._runner",
     "trio_supervise._types",
-    "trio_supervise._child",
+    "trio_supervise.isolation._host",
     "trio_supervise.isolation.process",
     "trio_supervise.isolation._child_process",
     "trio_supervise.isolation.ray",
@@ -131,8 +131,8 @@ def reachable(edges: dict[str, set[str]], start: str) -> set[str]:
 def test_the_graph_is_read_from_every_import() -> None:
     edges = graph()
     # A relative import, a lazy one inside a function, and one under TYPE_CHECKING all count.
-    assert "trio_supervise._tier" in edges["trio_supervise._worker"]
-    assert "trio_supervise.isolation.process" in edges["trio_supervise._worker"]
+    assert "trio_supervise.tier._tier" in edges["trio_supervise.worker._worker"]
+    assert "trio_supervise.isolation.process" in edges["trio_supervise.worker._worker"]
     assert "trio_supervise.devices._context" in edges["trio_supervise.devices._cpu"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 

@@ -3,8 +3,6 @@
 The public API lives here; modules with a leading underscore are private.
 """
 
-from ._breaker import BreakerState, CircuitBreaker
-from ._continuation import Continuation
 from ._errors import (
     Backpressure,
     BadRequest,
@@ -30,12 +28,11 @@ from ._errors import (
     Unauthorized,
     Unrecoverable,
     WorkerStopped,
-    classify_cuda_error,
 )
-from ._events import EventKind, EventSubscription, SupervisionEvent
-from ._open_worker import open_worker
-from ._policy import (
-    DEVICE_POLICY,
+from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
+from .devices._cuda_errors import classify_cuda_error
+from .supervision._events import EventKind, EventSubscription, SupervisionEvent
+from .supervision._policy import (
     Backoff,
     Decider,
     Decision,
@@ -50,10 +47,8 @@ from ._policy import (
     on,
     rules,
 )
-from ._requests import RequestStream
-from ._runner import ModelRunner, open_chunks
-from ._supervised import supervised
-from ._supervisor import (
+from .supervision._supervised import supervised
+from .supervision._supervisor import (
     ChildInfo,
     ChildSpec,
     ChildStatus,
@@ -62,8 +57,12 @@ from ._supervisor import (
     SupervisorHandle,
     SupervisorStatistics,
 )
-from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
-from ._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics
+from .tier._breaker import BreakerState, CircuitBreaker
+from .tier._continuation import Continuation
+from .tier._requests import RequestStream
+from .tier._runner import DEVICE_POLICY, ModelRunner, open_chunks
+from .worker._open_worker import open_worker
+from .worker._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics
 
 __version__ = "0.1.0.dev0"
 

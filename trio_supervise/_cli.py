@@ -12,7 +12,8 @@ from typing import Any, TextIO
 
 from . import __version__
 from ._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
-from ._policy import DEVICE_POLICY, Directive, Policy
+from .supervision._policy import Directive, Policy
+from .tier._runner import DEVICE_POLICY
 
 # A scripted run: (time in seconds, the failure at that time).
 _DEMO_SCRIPT: tuple[tuple[float, Exception], ...] = (
@@ -147,7 +148,7 @@ def _log_warnings_to_stderr() -> None:
 
 def _leaves(exc: BaseException, kind: Any) -> list[Any]:
     """The exceptions of ``kind`` in ``exc``, however deep in exception groups."""
-    from ._errors import leaves
+    from .supervision._errors import leaves
 
     return [leaf for leaf in leaves(exc) if isinstance(leaf, kind)]
 

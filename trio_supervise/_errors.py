@@ -6,15 +6,24 @@ work (a request, a batch, a worker) derive from :class:`InferenceError`, which c
 seconds to wait first, if the raiser knows). Misuse by the caller (a bad policy, a bad config)
 also derives from :class:`ValueError`.
 
-This is the bottom layer: it imports nothing of the library.
+Supervision's own generic errors (:class:`SuperviseError` and its kin) live in
+:mod:`.supervision._errors`; this module adds the errors of inference on top of them.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator
 from typing import Any, ClassVar
+
+from .supervision._errors import (
+    ChildStopped,
+    InvalidPolicy,
+    ReadinessTimeout,
+    RestartIntensityExceeded,
+    SuperviseError,
+    TooManyChildren,
+)
 
 __all__ = [
     "Backpressure",
@@ -41,12 +50,7 @@ __all__ = [
     "Unauthorized",
     "Unrecoverable",
     "WorkerStopped",
-    "classify_cuda_error",
 ]
-
-
-class SuperviseError(Exception):
-    """The root of every error raised by trio-supervise."""
 
 
 class InferenceError(SuperviseError):
@@ -215,17 +219,6 @@ class CircuitOpen(InferenceError):
     retryable_by_default = True
 
 
-class RestartIntensityExceeded(SuperviseError):
-    """More restarts than a policy's :class:`~trio_supervise.RestartIntensity` allows.
-
-    The supervisor gave up; it is raised from (chained to) the last failure.
-    """
-
-
-class InvalidPolicy(SuperviseError, ValueError):
-    """A policy value was built with a bad argument; the message says what was expected."""
-
-
 class ConfigError(SuperviseError, ValueError):
     """A worker, runner or service was configured wrongly; nothing was started.
 
@@ -235,87 +228,6 @@ class ConfigError(SuperviseError, ValueError):
     def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.problems = problems or (message,)
-
-
-class ChildStopped(SuperviseError):
-    """A supervised child stopped for good before it was ready, or was not there to be awaited.
-
-    Raised by ``nursery.start(supervised(...))`` and ``start_child`` instead of Trio's
-    "never called started", chained to the failure that stopped the child, if any.
-    """
-
-
-class ReadinessTimeout(SuperviseError):
-    """A child did not report ready (``task_status.started()``) within its readiness timeout.
-
-    It is a failure like any other, decided by the child's policy.
-    """
-
-
-class TooManyChildren(SuperviseError):
-    """A supervisor already runs its ``max_children`` children."""
-
-
-# CUDA status codes (runtime and driver share these numbers) that leave the context unusable:
-# illegal address, launch timeout, launch failure, illegal instruction, misaligned address,
-# invalid address space, invalid pc, hardware stack error, ECC and NVLink errors, unknown.
-STICKY_CUDA_STATUSES = frozenset(
-    {700, 702, 710, 714, 715, 716, 717, 718, 719, 721, 226, 214, 220, 999}
-)
-OOM_CUDA_STATUSES = frozenset({2})
-NO_DEVICE_CUDA_STATUSES = frozenset({35, 100})
-
-
-def classify_cuda_error(exc: BaseException) -> BaseException:
-    """Map a CuPy/CUDA exception to this library's taxonomy; return anything else unchanged.
-
-    ``CUDARuntimeError`` and ``CUDADriverError`` are recognised by their class name and
-    ``.status`` (duck-typed: a driver error cannot even be built without ``libcuda``). Sticky
-    codes become :class:`ContextPoisoned`, status 2 and CuPy's ``OutOfMemoryError`` become
-    :class:`OutOfMemory`, no device or driver (35, 100) becomes :class:`Unrecoverable`. The new
-    error is chained to the original (``__cause__``).
-    """
-    if isinstance(exc, InferenceError):
-        return exc
-    name = type(exc).__name__
-    mapped: InferenceError | None = None
-    if name == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
-        mapped = OutOfMemory(str(exc))
-    elif name in ("CUDARuntimeError", "CUDADriverError"):
-        status = getattr(exc, "status", None)
-        if status in STICKY_CUDA_STATUSES:
-            mapped = ContextPoisoned(f"sticky CUDA error {status}: {exc}")
-        elif status in OOM_CUDA_STATUSES:
-            mapped = OutOfMemory(f"CUDA out of memory ({status}): {exc}")
-        elif status in NO_DEVICE_CUDA_STATUSES:
-            mapped = Unrecoverable(f"no usable CUDA device or driver ({status}): {exc}")
-    if mapped is None:
-        return exc
-    mapped.__cause__ = exc
-    return mapped
-
-
-def is_sticky_cuda_error(exc: BaseException) -> bool:
-    """Whether ``exc``, or an exception it was raised from, is a sticky CUDA error (one that
-    poisons the whole process, so that only a fresh process can use the device again)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if type(seen).__name__ in ("CUDARuntimeError", "CUDADriverError") and (
-            getattr(seen, "status", None) in STICKY_CUDA_STATUSES
-        ):
-            return True
-        seen = seen.__cause__
-    return False
-
-
-def leaves(exc: BaseException) -> Iterator[BaseException]:
-    """The exceptions in ``exc``, however deep in exception groups (``exc`` itself if it is
-    not a group)."""
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            yield from leaves(inner)
-    else:
-        yield exc
 
 
 def shown(value: object) -> str:

@@ -12,8 +12,9 @@ from typing import Any, TypeVar, final
 
 import trio
 
-from .._errors import ContextPoisoned, Unrecoverable, classify_cuda_error
+from .._errors import ContextPoisoned, Unrecoverable
 from ._context import MemoryInfo
+from ._cuda_errors import classify_cuda_error
 
 T = TypeVar("T")
 

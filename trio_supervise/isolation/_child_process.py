@@ -1,6 +1,6 @@
 """One child process of a process-isolated worker, from the parent's side.
 
-Started as ``python -m trio_supervise._child FD`` with ``trio.run_process``
+Started as ``python -m trio_supervise.isolation._host FD`` with ``trio.run_process``
 (``start_new_session=True``, never forked), with one end of a ``socketpair`` as ``FD``; its
 stdout and stderr drained into logging, with its pid and generation; its frames read. An exit
 of the process (code 0 included), end of file, a malformed frame, or no frame for the heartbeat
@@ -66,7 +66,7 @@ class ChildProcess:
     async def run(self, *, task_status: trio.TaskStatus[ChildProcess]) -> None:
         parent_end, child_end = socket.socketpair()
         self._socket = trio.SocketStream(trio.socket.from_stdlib_socket(parent_end))
-        command = [sys.executable, "-m", "trio_supervise._child", str(child_end.fileno())]
+        command = [sys.executable, "-m", "trio_supervise.isolation._host", str(child_end.fileno())]
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:

@@ -37,10 +37,11 @@ from typing import Any
 
 import trio
 
-from .._child import CHILD_ENV, STICKY_EXIT_CODE, _Child
-from .._errors import ChildDied, ContextPoisoned, classify_cuda_error
-from .._runner import tell_generation
+from .._errors import ChildDied, ContextPoisoned
+from ..devices._cuda_errors import classify_cuda_error
+from ..tier._runner import tell_generation
 from . import _frames as frames
+from ._host import CHILD_ENV, STICKY_EXIT_CODE, _Child
 
 __all__ = ["RayChildActor", "probe_task"]
 

@@ -1,6 +1,6 @@
 """The process tier: the runner lives in a child process that the worker can always replace.
 
-The parent side of :mod:`trio_supervise._child`. A :class:`ProcessTier` is a :class:`Tier`
+The parent side of :mod:`trio_supervise.isolation._host`. A :class:`ProcessTier` is a :class:`Tier`
 whose runner is a :class:`ChildRunner`, a proxy that turns ``execute`` into frames and frames
 back into chunks, so dispatch, routing, the hang watchdog and the decisions about batch errors
 are the inline tier's own. What this module adds is the processes' life:
@@ -27,9 +27,9 @@ import attrs
 import trio
 
 from .._errors import BadRequest
-from .._port import TierPort
-from .._tier import Tier
 from .._types import Batch, Chunk, RebuildCause
+from ..tier._port import TierPort
+from ..tier._tier import Tier
 from . import _frames as frames
 from ._child_process import ChildProcess
 
@@ -273,6 +273,11 @@ class ProcessTier(Tier):
     def process(self) -> trio.Process | None:
         """The child process."""
         return None if self.child is None else self.child.process
+
+    def placement(self) -> dict[str, Any]:
+        """The child process's ``pid``."""
+        process = self.process
+        return {} if process is None else {"pid": process.pid}
 
     async def send(self, message: Any) -> None:
         """Send a frame to the child."""

@@ -34,12 +34,12 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import trio
 
-from .._child import HEARTBEAT_INTERVAL
 from .._errors import ChildDied, ConfigError, HungWorker
-from .._port import TierPort
-from .._tier import Tier
+from ..tier._port import TierPort
+from ..tier._tier import Tier
 from . import _frames as frames
 from ._child_process import STOP_GRACE
+from ._host import HEARTBEAT_INTERVAL
 from .process import ChildRunner, ProcessSpec
 
 if TYPE_CHECKING:
@@ -500,6 +500,10 @@ class RayTier(Tier):
         """Where the actor runs: ``actor_id``, ``node_id``, ``node_ip``, ``pid``, and its Ray
         ``name`` (``ray_options`` name, worker name, a count; None when unnamed)."""
         return {} if self.actor is None else dict(self.actor.identity)
+
+    def placement(self) -> dict[str, Any]:
+        """Where the actor runs (:attr:`where`)."""
+        return self.where
 
     async def _load(self) -> None:
         actors, spec = self.actors, self.actors.spec.process

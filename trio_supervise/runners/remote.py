@@ -44,7 +44,6 @@ from typing import Any, cast
 import httpx
 import trio
 
-from .._breaker import CircuitBreaker
 from .._errors import (
     BadRequest,
     CircuitOpen,
@@ -59,9 +58,10 @@ from .._errors import (
     Unauthorized,
     Unrecoverable,
 )
-from .._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
 from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
 from ..devices import DeviceContext
+from ..supervision._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
+from ..tier._breaker import CircuitBreaker
 
 __all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status", "retry_after_seconds"]
 

@@ -26,9 +26,9 @@ import attrs
 import cattrs
 
 from .._errors import ConfigError, shown
-from .._policy import Backoff, Policy, RestartIntensity
-from .._runner import resolve_factory
-from .._worker_options import check_ray
+from ..supervision._policy import Backoff, Policy, RestartIntensity
+from ..tier._runner import resolve_factory
+from ..worker._options import check_ray
 
 __all__ = [
     "BackoffConfig",
@@ -181,7 +181,7 @@ _converter = cattrs.Converter()
 """Unstructures a config for :meth:`ServeConfig.to_dict` (tuples as lists)."""
 
 
-class _Problem(NamedTuple):  # not attrs: tests/test_serving_docs.py documents attrs classes
+class _Problem(NamedTuple):  # not attrs: tests/serve/test_serving_docs.py documents attrs classes
     """One problem: its text, and the key path that places it in file order."""
 
     order: _Path

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from .._breaker import BreakerState
+from ..tier._breaker import BreakerState
 
 if TYPE_CHECKING:
     from .pool import WorkerPool

@@ -31,7 +31,6 @@ from typing import Any, final
 import attrs
 import trio
 
-from .._continuation import Continuation, continuation_mode
 from .._errors import (
     Backpressure,
     BadRequest,
@@ -44,12 +43,13 @@ from .._errors import (
     WorkerStopped,
     shown,
 )
-from .._policy import DEVICE_POLICY, Directive, Policy, RestartIntensity, RestartType, rules
-from .._requests import Collected, RequestStream, collect
-from .._runner import resolve_factory, runner_attributes, runner_max_model_len
-from .._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
 from .._types import Batch, Chunk, Request
-from .._worker import Worker, WorkerState
+from ..supervision._policy import Directive, Policy, RestartIntensity, RestartType, rules
+from ..supervision._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
+from ..tier._continuation import Continuation, continuation_mode
+from ..tier._requests import Collected, RequestStream, collect
+from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes, runner_max_model_len
+from ..worker._worker import Worker, WorkerState
 from .config import ServeConfig, WorkerConfig
 
 __all__ = ["ModelNotFound", "PoolStream", "Replica", "WorkerPool"]
@@ -557,6 +557,6 @@ def _stopped(replica: Replica) -> bool:
 
 
 def _copy(error: InferenceError) -> InferenceError:
-    from .._requests import error_for_request
+    from ..tier._requests import error_for_request
 
     return error_for_request(error)

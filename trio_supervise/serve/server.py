@@ -18,7 +18,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from .._errors import Unrecoverable
-from .._worker import WorkerState
+from ..worker._worker import WorkerState
 from .app import App
 from .config import ServeConfig
 from .metrics import Metrics

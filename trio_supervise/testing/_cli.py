@@ -11,7 +11,8 @@ import attrs
 import trio
 
 from .._errors import ConfigError
-from .._policy import DEVICE_POLICY, Backoff, RestartIntensity
+from ..supervision._policy import Backoff, RestartIntensity
+from ..tier._runner import DEVICE_POLICY
 from ._chaos import ChaosReport, run_chaos
 from ._plan import Fault, FaultPlan
 
@@ -88,7 +89,7 @@ def worker_factory(args: argparse.Namespace) -> Any:
     The policy is DEVICE_POLICY with an intensity that allows the restarts the fault rate
     implies (the run tests survival; giving up has tests of its own), and a short backoff.
     """
-    from .._open_worker import open_worker
+    from ..worker._open_worker import open_worker
 
     expected_restarts = args.requests * args.fault_rate
     policy = attrs.evolve(

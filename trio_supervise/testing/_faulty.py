@@ -9,10 +9,10 @@ from typing import Any
 
 import trio
 
-from .._child import CHILD_ENV
 from .._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
-from .._runner import open_chunks, resolve_factory
 from .._types import Batch, Chunk, RebuildCause
+from ..isolation._host import CHILD_ENV
+from ..tier._runner import open_chunks, resolve_factory
 from ._plan import PROCESS_ONLY, Fault, FaultPlan, Trigger
 
 __all__ = ["FaultyRunner", "InjectedError"]

@@ -16,7 +16,7 @@ from typing import Any, final
 import attrs
 
 from .._errors import ConfigError
-from .._policy import _next_uniform
+from ..supervision._policy import _next_uniform
 
 __all__ = ["Fault", "FaultPlan", "Trigger"]
 

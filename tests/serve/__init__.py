@@ -1,0 +1,1 @@
+"""Tests of ``trio_supervise.serve``: config, pool, the HTTP API, hostile clients."""

@@ -1,0 +1,1 @@
+"""Tests of ``trio_supervise.supervision``: the policy, events, supervised, Supervisor."""

@@ -1,0 +1,1 @@
+"""Helpers the tests share: runners with faults, a scripted OpenAI backend, servers."""

@@ -1,0 +1,1 @@
+"""Tests of ``trio_supervise.testing``: the fault-injection harness."""

@@ -1,0 +1,1 @@
+"""Tests of ``trio_supervise.tier``: one incarnation, continuation, the circuit breaker."""

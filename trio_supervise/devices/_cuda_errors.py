@@ -1,0 +1,59 @@
+"""CUDA's errors in this library's taxonomy: which statuses poison a context, which are an
+out-of-memory, which mean there is no device at all."""
+
+from __future__ import annotations
+
+from .._errors import ContextPoisoned, InferenceError, OutOfMemory, Unrecoverable
+
+__all__ = ["classify_cuda_error", "is_sticky_cuda_error"]
+
+# CUDA status codes (runtime and driver share these numbers) that leave the context unusable:
+# illegal address, launch timeout, launch failure, illegal instruction, misaligned address,
+# invalid address space, invalid pc, hardware stack error, ECC and NVLink errors, unknown.
+STICKY_CUDA_STATUSES = frozenset(
+    {700, 702, 710, 714, 715, 716, 717, 718, 719, 721, 226, 214, 220, 999}
+)
+OOM_CUDA_STATUSES = frozenset({2})
+NO_DEVICE_CUDA_STATUSES = frozenset({35, 100})
+
+
+def classify_cuda_error(exc: BaseException) -> BaseException:
+    """Map a CuPy/CUDA exception to this library's taxonomy; return anything else unchanged.
+
+    ``CUDARuntimeError`` and ``CUDADriverError`` are recognised by their class name and
+    ``.status`` (duck-typed: a driver error cannot even be built without ``libcuda``). Sticky
+    codes become :class:`ContextPoisoned`, status 2 and CuPy's ``OutOfMemoryError`` become
+    :class:`OutOfMemory`, no device or driver (35, 100) becomes :class:`Unrecoverable`. The new
+    error is chained to the original (``__cause__``).
+    """
+    if isinstance(exc, InferenceError):
+        return exc
+    name = type(exc).__name__
+    mapped: InferenceError | None = None
+    if name == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
+        mapped = OutOfMemory(str(exc))
+    elif name in ("CUDARuntimeError", "CUDADriverError"):
+        status = getattr(exc, "status", None)
+        if status in STICKY_CUDA_STATUSES:
+            mapped = ContextPoisoned(f"sticky CUDA error {status}: {exc}")
+        elif status in OOM_CUDA_STATUSES:
+            mapped = OutOfMemory(f"CUDA out of memory ({status}): {exc}")
+        elif status in NO_DEVICE_CUDA_STATUSES:
+            mapped = Unrecoverable(f"no usable CUDA device or driver ({status}): {exc}")
+    if mapped is None:
+        return exc
+    mapped.__cause__ = exc
+    return mapped
+
+
+def is_sticky_cuda_error(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a sticky CUDA error (one that
+    poisons the whole process, so that only a fresh process can use the device again)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if type(seen).__name__ in ("CUDARuntimeError", "CUDADriverError") and (
+            getattr(seen, "status", None) in STICKY_CUDA_STATUSES
+        ):
+            return True
+        seen = seen.__cause__
+    return False

@@ -1,0 +1,414 @@
+"""The restartable child tier: one incarnation's device context, runner and batches.
+
+Theory of operation
+-------------------
+An incarnation is built from a :class:`~._port.TierPort` and knows nothing else of its worker.
+It builds the runner (``factory(**runner_args)``), opens its device, ``load``s it within the
+readiness timeout (past it: :class:`HungWorker`), calls ``port.ready(deterministic)``, then
+takes jobs from ``port.jobs`` (a memory channel), up to ``runner.max_concurrency`` at once, each
+in a task of the tier's own nursery. Chunks go straight into each request's buffer (its
+``RequestState``), which drops what a replayed run delivered already.
+
+A batch's failure is decided here, with the port's decider (``classify_cuda_error``, then
+``decide``): RESUME fails only that batch's unfinished requests and dispatch goes on; anything
+else becomes the tier's one fatal error: the tier's scope is cancelled, the runner closed and
+the device context closed (after a probe: an inline tier whose device fails the probe after a
+poisoning cannot recover in this process, so the error becomes :class:`Unrecoverable`), and the
+error is raised to ``supervised``, which restarts, stops or escalates. The jobs left in
+:attr:`Tier.in_flight` are the worker's to settle once it learns that decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import trio
+
+from .._errors import (
+    ContextPoisoned,
+    HungWorker,
+    RunnerError,
+    Unrecoverable,
+)
+from .._types import Batch, Chunk, RebuildCause, chunk_problem
+from ..devices import CpuDevice, DeviceContext
+from ..devices._cuda_errors import classify_cuda_error
+from ..supervision._policy import Directive
+from ._breaker import BreakerState, CircuitBreaker
+from ._port import Job, TierPort
+from ._requests import RequestState, error_for_request
+from ._runner import runner_attributes, runner_deterministic, tell_generation
+
+__all__ = ["Gate", "RestartRequested", "Tier"]
+
+logger = logging.getLogger("trio_supervise")
+
+CLOSE_TIMEOUT = 5.0
+"""Seconds a runner's ``aclose`` and a device probe get while a tier is torn down."""
+
+
+class RestartRequested(Exception):
+    """An operator asked for a restart (``worker.restart()``); the worker's policy resumes it."""
+
+    retry_after = 0.0
+
+
+class Gate:
+    """Open or closed; ``wait_open`` returns with no checkpoint between the check and the caller."""
+
+    def __init__(self) -> None:
+        self.is_open = True
+        self._lot = trio.lowlevel.ParkingLot()
+
+    def close(self) -> None:
+        self.is_open = False
+
+    def open(self) -> None:
+        self.is_open = True
+        self._lot.unpark_all()
+
+    async def wait_open(self) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self.is_open:
+            await self._lot.park()
+
+
+class Tier:
+    """One incarnation of the child tier (see the module docstring)."""
+
+    def __init__(self, port: TierPort) -> None:
+        self.port = port
+        self.name = port.name
+        self.generation = port.generation
+        self.runner: Any = None
+        self.deterministic = False  # the runner's promise, once loaded (runner_deterministic)
+        self.device: DeviceContext | None = None
+        self.fatal: BaseException | None = None
+        self.failed_job: Job | None = None  # the batch whose failure ended this incarnation
+        self.dispatch_gate = Gate()  # closed: no job is taken from the queue
+        self.execute_gate = Gate()  # closed (while rebuilding): no batch starts executing
+        self.active = 0  # jobs taken from the queue and not yet settled
+        self.idle = trio.Event()  # set while active == 0
+        self.idle.set()
+        self.in_flight: set[Job] = set()  # taken, and not settled here (the worker settles them)
+        self.held: Job | None = None  # received as the dispatch gate closed: still queued
+        self._scope = trio.CancelScope()
+        self.nursery: trio.Nursery | None = None
+
+    def fail(self, error: BaseException) -> None:
+        """End this incarnation with ``error`` (the first one wins)."""
+        if self.fatal is None:
+            self.fatal = error
+        self._scope.cancel()
+
+    # --- what the worker asks of a tier ---------------------------------------------------------
+
+    def take_unsettled(self) -> tuple[list[Job], Job | None]:
+        """Hand over what this tier leaves unsettled, and forget it: the jobs in flight, and the
+        job it held as its dispatch gate closed (it never left the queue)."""
+        jobs, held = list(self.in_flight), self.held
+        self.in_flight.clear()
+        self.held = None
+        return jobs, held
+
+    async def rebuild_session(self, cause: RebuildCause) -> None:
+        """Call the runner's ``rebuild_session(cause)`` while no batch starts (batches already
+        streaming go on). A failure is decided with the port's decider: anything but RESUME
+        ends this tier too. Raises the classified error (:func:`classify_cuda_error`)."""
+        self.dispatch_gate.close()
+        self.execute_gate.close()
+        try:
+            await self.runner.rebuild_session(cause)
+        except Exception as exc:
+            error = classify_cuda_error(exc)
+            if self.port.decide(error) is not Directive.RESUME:  # type: ignore[arg-type]
+                self.fail(error)
+            raise error from (None if error is exc else exc)
+        finally:
+            self.execute_gate.open()
+            self.dispatch_gate.open()
+
+    async def quiesce(self) -> None:
+        """Take no new batch; return once the batches taken already have ended."""
+        self.dispatch_gate.close()
+        await self.idle.wait()
+
+    def placement(self) -> dict[str, Any]:
+        """Where the runner runs: ``{}`` in this process; a child process's ``pid``; a Ray
+        actor's ``actor_id``, ``name``, ``node_id``, ``node_ip`` and ``pid``."""
+        return {}
+
+    @property
+    def breaker_state(self) -> BreakerState | None:
+        """The state of the runner's circuit breaker (``runner.breaker``), if it has one."""
+        breaker = getattr(self.runner, "breaker", None)
+        return breaker.state if isinstance(breaker, CircuitBreaker) else None
+
+    async def run(self) -> None:
+        """Load, report ready, run jobs; raise the error that ended this incarnation."""
+        try:
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    self.nursery = nursery  # for a tier's helper tasks (a child process, ...)
+                    await self._load()
+                    self.port.ready(self.deterministic)
+                    await self._dispatch(nursery)
+        except Exception as exc:  # from load or dispatch; batches report through fail()
+            if isinstance(exc, ExceptionGroup) and len(exc.exceptions) == 1:
+                exc = exc.exceptions[0]  # the nursery wraps what its body raised
+            if self.fatal is None:
+                self.fatal = classify_cuda_error(exc)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._teardown()
+        assert self.fatal is not None, "a tier only ends by failing"
+        raise self.fatal
+
+    async def _load(self) -> None:
+        port = self.port
+        timeout = port.readiness_timeout
+        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
+            self.runner = port.factory(**port.runner_args)
+            tell_generation(self.runner, self.generation)
+            self.concurrency, _, needs_device = runner_attributes(self.runner)
+            self.deterministic = runner_deterministic(self.runner)
+            self._watch_breaker()
+            self.device = port.open_device() if needs_device else CpuDevice()
+            await self.runner.load(self.device)
+        if scope.cancelled_caught:
+            raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
+
+    def _watch_breaker(self) -> None:
+        """A runner's circuit breaker (``runner.breaker``) reports its changes as events."""
+        breaker = getattr(self.runner, "breaker", None)
+        if not isinstance(breaker, CircuitBreaker):
+            return
+        # A breaker kept across tiers (passed in runner_args) is wrapped once, not per tier.
+        theirs = getattr(breaker.on_change, "wrapped_by_tier", breaker.on_change)
+        report = self.port.breaker_changed
+
+        def on_change(old: BreakerState, new: BreakerState) -> None:
+            if theirs is not None:
+                theirs(old, new)
+            report(old, new)
+
+        on_change.wrapped_by_tier = theirs  # type: ignore[attr-defined]
+        breaker.on_change = on_change
+
+    async def _teardown(self) -> None:
+        device, runner = self.device, self.runner
+        if device is not None and isinstance(self.fatal, ContextPoisoned):
+            await self._probe(device, self.fatal)
+        if runner is not None:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                try:
+                    await runner.aclose()
+                except Exception:
+                    logger.exception("%s: runner.aclose() failed", self.name)
+            if scope.cancelled_caught:
+                logger.warning("%s: runner.aclose() took over %gs", self.name, CLOSE_TIMEOUT)
+        if device is not None:
+            await self._close_device(device)
+
+    async def _close_device(self, device: DeviceContext) -> None:
+        """Close the device context without blocking the event loop on the GPU.
+
+        Freeing a CUDA memory pool waits for the device, so anything but the CPU closes in a
+        thread, abandoned after CLOSE_TIMEOUT (a hung device cannot be waited for).
+        """
+        try:
+            if isinstance(device, CpuDevice):
+                device.close()
+                return
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                await trio.to_thread.run_sync(device.close, abandon_on_cancel=True)
+            if scope.cancelled_caught:
+                logger.warning("%s: closing %s took over %gs", self.name, device.name,
+                               CLOSE_TIMEOUT)  # fmt: skip
+        except Exception:
+            logger.exception("%s: closing device %s failed", self.name, device.name)
+
+    async def _probe(self, device: DeviceContext, error: BaseException) -> None:
+        """After a poisoning: can this process still use the device? If not, say the cure."""
+        failure: BaseException | None = None
+        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+            try:
+                await device.probe()
+            except Exception as exc:
+                failure = exc
+        if scope.cancelled_caught:
+            failure = HungWorker(f"the device probe did not answer within {CLOSE_TIMEOUT:g}s")
+        if failure is None:
+            return
+        stop = Unrecoverable(
+            f"the device context on {device.name} is poisoned and cannot recover in this "
+            f"process (probe: {failure!r}); run the worker with isolation='process' so that "
+            "a fresh process can take over"
+        )
+        stop.__cause__ = error
+        self.fatal = stop
+        if self.failed_job is not None:
+            self.failed_job.error = stop
+
+    async def _dispatch(self, nursery: trio.Nursery) -> None:
+        slots = trio.Semaphore(self.concurrency)
+        while True:
+            await slots.acquire()
+            job = await self._take_job()
+            self.active += 1
+            if self.active == 1:
+                self.idle = trio.Event()
+            if self.concurrency == 1:  # one batch at a time: no task to spawn
+                await self._run_batch(job, slots)
+            else:
+                nursery.start_soon(self._run_batch, job, slots)
+
+    async def _take_job(self) -> Job:
+        """The next job with an open request, from the port's channel (waits while there is
+        none, or while the dispatch gate is closed)."""
+        jobs, gate = self.port.jobs, self.dispatch_gate
+        while True:
+            await gate.wait_open()  # no checkpoint between this and taking a waiting job
+            try:
+                job = jobs.receive_nowait()  # one waits: take it now (receive() would yield)
+            except trio.WouldBlock:
+                job = await jobs.receive()
+            if not gate.is_open:
+                # Handed over as the gate closed (a rebuild or restart began): it has not left
+                # the queue yet. Held at its head, it goes back there if this tier ends first.
+                self.held = job
+                await gate.wait_open()
+                self.held = None
+            if not job.open_states():
+                continue  # every consumer left, or every deadline passed, while it waited
+            job.states = job.open_states()
+            counts = self.port.counts
+            job.seq, counts.batches = counts.batches, counts.batches + 1
+            job.generation = self.generation
+            self.in_flight.add(job)
+            return job
+
+    async def _run_batch(self, job: Job, slots: trio.Semaphore) -> None:
+        try:
+            await self.execute_gate.wait_open()
+            # No checkpoint from here to the runner's first step: a rebuild that starts later
+            # finds this batch executing, as it should.
+            try:
+                await self._execute(job)
+            except Exception as exc:
+                self._batch_failed(job, exc)
+            # Settled (finished, or resumed). A batch cancelled because the tier ended is not:
+            # the worker settles it when it learns what the supervisor decided.
+            if job.error is None:
+                self.in_flight.discard(job)
+        finally:
+            slots.release()
+            self.active -= 1
+            if self.active == 0:
+                self.idle.set()
+
+    async def _execute(self, job: Job) -> None:
+        cancelled: set[str] = set()
+        for state in job.states:
+            state.attempts += 1  # a run is counted when it starts executing
+            state.produced_this_attempt = False
+            state.cancelled_ids = cancelled
+            if not state.open:
+                cancelled.add(state.id)
+        by_id = {state.id: state for state in job.states}
+        assert job.seq is not None
+        batch = Batch(tuple(s.run_request for s in job.states), job.seq, cancelled=cancelled)
+        hang = self.port.hang_timeout
+        if hang is None:
+            await self._stream(batch, by_id, None)
+            return
+        with trio.CancelScope(deadline=trio.current_time() + hang) as watchdog:
+            await self._stream(batch, by_id, watchdog)
+        if watchdog.cancelled_caught:
+            raise HungWorker(f"batch {batch.seq} made no progress for hang_timeout={hang:g}s")
+
+    async def _stream(
+        self, batch: Batch, by_id: dict[str, RequestState], watchdog: trio.CancelScope | None
+    ) -> None:
+        """Route the runner's chunks to their requests; each chunk extends the watchdog."""
+        produced = self.runner.execute(batch)
+        if hasattr(produced, "__aenter__") and not hasattr(produced, "__anext__"):
+            # A runner with concurrent streams (trio.as_safe_channel): its nursery lives in
+            # this context manager, in this task.
+            async with produced as chunks:
+                await self._route_all(chunks, batch, by_id, watchdog)
+        else:
+            await self._route_all(produced, batch, by_id, watchdog)
+        unfinished = [s.id for s in by_id.values() if s.open]
+        if unfinished:
+            raise RunnerError(f"batch {batch.seq} ended without finishing requests {unfinished}")
+
+    async def _route_all(
+        self,
+        chunks: Any,
+        batch: Batch,
+        by_id: dict[str, RequestState],
+        watchdog: trio.CancelScope | None,
+    ) -> None:
+        hang = self.port.hang_timeout
+        get = by_id.get
+        tokens = 0
+        try:
+            async for chunk in chunks:
+                if watchdog is not None:
+                    watchdog.deadline = trio.current_time() + hang  # type: ignore[operator]
+                # Inline fast path of _route for a well-formed chunk of an open request.
+                state = get(chunk.request_id) if type(chunk) is Chunk else None
+                if (
+                    state is not None
+                    and state.outcome is None
+                    and chunk.error is None
+                    and type(chunk.token_ids) is tuple
+                ):
+                    tokens += state.push(chunk)
+                else:
+                    self._route(by_id, chunk, batch)
+        finally:
+            self.port.counts.tokens += tokens
+            # Close an unfinished async generator here, in this task, even when cancelled.
+            if getattr(chunks, "ag_frame", None) is not None:
+                with trio.CancelScope(shield=True):
+                    await chunks.aclose()
+
+    def _route(self, by_id: dict[str, RequestState], chunk: Chunk, batch: Batch) -> None:
+        problem = chunk_problem(chunk)
+        if problem is not None:
+            raise RunnerError(f"batch {batch.seq}: {problem}")
+        state = by_id.get(chunk.request_id)
+        if state is None:
+            raise RunnerError(
+                f"batch {batch.seq}: the runner sent a chunk for request {chunk.request_id!r}, "
+                "which is not in the batch"
+            )
+        if state.open:
+            self.port.counts.tokens += state.push(chunk)
+        elif state.outcome == "finished":
+            raise RunnerError(
+                f"batch {batch.seq}: the runner sent a chunk for request {state.id!r} "
+                "after finishing it"
+            )
+        # else: its consumer left, or it failed already (e.g. its deadline): dropped quietly.
+
+    def _batch_failed(self, job: Job, exc: Exception) -> None:
+        """Decide a batch's failure here: RESUME fails only its requests, else the tier ends."""
+        error = classify_cuda_error(exc)
+        if self.port.decide(error) is Directive.RESUME:  # type: ignore[arg-type]
+            retry_after = getattr(error, "retry_after", None)
+            for state in job.open_states():
+                own = error_for_request(error)
+                if own.retry_after is None and retry_after is not None:
+                    own.retry_after = retry_after
+                state.fail(own)
+            self.port.counts.resumed += 1
+            return
+        job.error = error
+        if self.fatal is None:
+            self.failed_job = job
+        self.fail(error)

@@ -1,0 +1,63 @@
+"""Settlement: the outcome of every request that was on a tier when the supervisor decided.
+
+A tier that ends leaves its unsettled jobs in ``tier.in_flight`` (and at most one job it took as
+its dispatch gate closed, ``tier.held``, which never left the queue in spirit). Once the worker
+learns the decision from the supervision events, it settles them here:
+
+* RESTART (or an operator restart, resumed): a request with attempts left runs again, ahead of
+  everything queued, when it is idempotent and got no chunk on its last run, or when it is
+  continued (:mod:`._continuation`: it delivered output, and its next run goes on from there);
+  any other gets a ``ContextPoisoned`` of its own (a copy of the error when it was one, else a
+  new one chained to it).
+* STOP, ESCALATE, give-up: the failing batch's requests get their own copy of its error; every
+  other open request ``WorkerStopped``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from .._errors import ContextPoisoned, WorkerStopped
+from ..tier._port import Job
+from ..tier._requests import RequestState, error_for_request
+
+__all__ = ["settle_restart", "settle_stop"]
+
+
+def settle_restart(
+    in_flight: Iterable[Job],
+    error: BaseException | None,
+    max_attempts: int,
+    deterministic: bool | None,
+) -> tuple[list[RequestState], int]:
+    """Fail what may not run again; return what may, in batch order, to be queued first, and
+    how many of them are continued (they delivered output already)."""
+    again: list[RequestState] = []
+    continued = 0
+    for job in sorted(in_flight, key=lambda j: j.seq or 0):
+        for state in job.open_states():
+            run = state.run_again(deterministic, max_attempts)
+            if run is not None:
+                again.append(state)
+                continued += run == "continued"
+            elif isinstance(error, ContextPoisoned):
+                state.fail(error_for_request(error))
+            else:
+                poisoned = ContextPoisoned(
+                    f"the worker restarted while request {state.id!r} was running"
+                )
+                poisoned.__cause__ = error
+                state.fail(poisoned)
+    return again, continued
+
+
+def settle_stop(
+    in_flight: Iterable[Job], open_states: Iterable[RequestState], name: str, reason: str
+) -> None:
+    """The failing batch's requests get their own error; every other open one WorkerStopped."""
+    for job in in_flight:
+        if job.error is not None:
+            for state in job.open_states():
+                state.fail(error_for_request(job.error))
+    for state in list(open_states):
+        state.fail(WorkerStopped(f"worker {name!r} {reason} before request {state.id!r} finished"))
