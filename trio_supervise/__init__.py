@@ -31,31 +31,31 @@ from ._errors import (
 )
 from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
 from .devices._cuda_errors import classify_cuda_error
-from .supervision._events import EventKind, EventSubscription, SupervisionEvent
-from .supervision._policy import (
+from .supervision import (
     Backoff,
+    ChildInfo,
+    ChildSpec,
+    ChildStatus,
     Decider,
     Decision,
     Directive,
+    EventKind,
+    EventSubscription,
     Policy,
     PolicyState,
     RestartIntensity,
     RestartType,
     Rule,
     Rules,
-    decide,
-    on,
-    rules,
-)
-from .supervision._supervised import supervised
-from .supervision._supervisor import (
-    ChildInfo,
-    ChildSpec,
-    ChildStatus,
     Strategy,
+    SupervisionEvent,
     Supervisor,
     SupervisorHandle,
     SupervisorStatistics,
+    decide,
+    on,
+    rules,
+    supervised,
 )
 from .tier._breaker import BreakerState, CircuitBreaker
 from .tier._continuation import Continuation

@@ -12,7 +12,7 @@ from typing import Any, TextIO
 
 from . import __version__
 from ._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
-from .supervision._policy import Directive, Policy
+from .supervision import Directive, Policy
 from .tier._runner import DEVICE_POLICY
 
 # A scripted run: (time in seconds, the failure at that time).
@@ -148,7 +148,7 @@ def _log_warnings_to_stderr() -> None:
 
 def _leaves(exc: BaseException, kind: Any) -> list[Any]:
     """The exceptions of ``kind`` in ``exc``, however deep in exception groups."""
-    from .supervision._errors import leaves
+    from .supervision import leaves
 
     return [leaf for leaf in leaves(exc) if isinstance(leaf, kind)]
 

@@ -16,7 +16,7 @@ import functools
 import math
 from typing import Any, ClassVar
 
-from .supervision._errors import (
+from .supervision import (
     ChildStopped,
     InvalidPolicy,
     ReadinessTimeout,

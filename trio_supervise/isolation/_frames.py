@@ -25,8 +25,8 @@ import msgspec
 from .. import _errors
 from .._errors import ConfigError, InferenceError, RunnerError, SuperviseError
 from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
-from ..supervision._policy import Backoff, Directive, Policy, RestartIntensity, Rules, on
-from ..supervision._policy import rules as rules_
+from ..supervision import Backoff, Directive, Policy, RestartIntensity, Rules, on
+from ..supervision import rules as rules_
 
 __all__ = [
     "MAX_FRAME",

@@ -60,7 +60,7 @@ from .._errors import (
 )
 from .._types import Batch, Chunk, FinishReason, RebuildCause, Request, Usage
 from ..devices import DeviceContext
-from ..supervision._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
+from ..supervision import Backoff, Directive, Policy, RestartIntensity, on, rules
 from ..tier._breaker import CircuitBreaker
 
 __all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status", "retry_after_seconds"]

@@ -26,7 +26,7 @@ import attrs
 import cattrs
 
 from .._errors import ConfigError, shown
-from ..supervision._policy import Backoff, Policy, RestartIntensity
+from ..supervision import Backoff, Policy, RestartIntensity
 from ..tier._runner import resolve_factory
 from ..worker._options import check_ray
 

@@ -44,8 +44,17 @@ from .._errors import (
     shown,
 )
 from .._types import Batch, Chunk, Request
-from ..supervision._policy import Directive, Policy, RestartIntensity, RestartType, rules
-from ..supervision._supervisor import ChildSpec, Strategy, Supervisor, SupervisorHandle
+from ..supervision import (
+    ChildSpec,
+    Directive,
+    Policy,
+    RestartIntensity,
+    RestartType,
+    Strategy,
+    Supervisor,
+    SupervisorHandle,
+    rules,
+)
 from ..tier._continuation import Continuation, continuation_mode
 from ..tier._requests import Collected, RequestStream, collect
 from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes, runner_max_model_len

@@ -7,3 +7,80 @@
 * ``_supervisor``: :class:`Supervisor`, many children with OTP strategies.
 * ``_errors``: the errors of supervision itself, the root of the library's taxonomy.
 """
+
+# What the other layers use, from the module that defines it.
+from ._errors import (
+    ChildStopped,
+    InvalidPolicy,
+    ReadinessTimeout,
+    RestartIntensityExceeded,
+    SuperviseError,
+    TooManyChildren,
+    leaves,
+)
+from ._events import Emitter, EventKind, EventSubscription, SupervisionEvent
+from ._policy import (
+    Backoff,
+    Decider,
+    Decision,
+    Directive,
+    Policy,
+    PolicyState,
+    RestartIntensity,
+    RestartType,
+    Rule,
+    Rules,
+    decide,
+    next_uniform,
+    on,
+    rules,
+)
+from ._supervised import supervised
+from ._supervisor import (
+    ChildInfo,
+    ChildSpec,
+    ChildStatus,
+    Strategy,
+    Supervisor,
+    SupervisorHandle,
+    SupervisorStatistics,
+)
+from ._toolkit import EventCallback, callbacks
+
+__all__ = [
+    "Backoff",
+    "ChildInfo",
+    "ChildSpec",
+    "ChildStatus",
+    "ChildStopped",
+    "Decider",
+    "Decision",
+    "Directive",
+    "Emitter",
+    "EventCallback",
+    "EventKind",
+    "EventSubscription",
+    "InvalidPolicy",
+    "Policy",
+    "PolicyState",
+    "ReadinessTimeout",
+    "RestartIntensity",
+    "RestartIntensityExceeded",
+    "RestartType",
+    "Rule",
+    "Rules",
+    "Strategy",
+    "SuperviseError",
+    "SupervisionEvent",
+    "Supervisor",
+    "SupervisorHandle",
+    "SupervisorStatistics",
+    "TooManyChildren",
+    "callbacks",
+    "decide",
+    "leaves",
+    "next_uniform",
+    "on",
+    "rules",
+    "supervised",
+]

@@ -266,7 +266,7 @@ class RestartIntensity:
 _MASK64 = (1 << 64) - 1
 
 
-def _next_uniform(rng: int) -> tuple[float, int]:
+def next_uniform(rng: int) -> tuple[float, int]:
     """SplitMix64: a uniform float in [0, 1) and the next generator state (both pure values)."""
     rng = (rng + 0x9E3779B97F4A7C15) & _MASK64
     z = rng
@@ -355,7 +355,7 @@ class Backoff:
         ``rng`` is the generator state (a :class:`PolicyState` carries it); the same state gives
         the same delay.
         """
-        u, rng = _next_uniform(rng)
+        u, rng = next_uniform(rng)
         return self.capped(streak) * (1.0 - self.jitter * u), rng
 
     def __repr__(self) -> str:

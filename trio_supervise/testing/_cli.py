@@ -11,7 +11,7 @@ import attrs
 import trio
 
 from .._errors import ConfigError
-from ..supervision._policy import Backoff, RestartIntensity
+from ..supervision import Backoff, RestartIntensity
 from ..tier._runner import DEVICE_POLICY
 from ._chaos import ChaosReport, run_chaos
 from ._plan import Fault, FaultPlan

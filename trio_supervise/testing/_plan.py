@@ -16,7 +16,7 @@ from typing import Any, final
 import attrs
 
 from .._errors import ConfigError
-from ..supervision._policy import _next_uniform
+from ..supervision import next_uniform
 
 __all__ = ["Fault", "FaultPlan", "Trigger"]
 
@@ -177,7 +177,7 @@ class FaultPlan:
                 seed = trigger.seed
                 if seed not in draws:
                     key = (seed * 0x9E3779B97F4A7C15 + seq) & (2**64 - 1)
-                    draws[seed], _ = _next_uniform(key)
+                    draws[seed], _ = next_uniform(key)
                     cumulative[seed] = 0.0
                 cumulative[seed] += trigger.rate
                 if draws[seed] < cumulative[seed]:

@@ -26,7 +26,7 @@ import attrs
 import trio
 
 from ..devices import DeviceContext
-from ..supervision._policy import Directive
+from ..supervision import Directive
 from ._breaker import BreakerState
 from ._requests import RequestState
 

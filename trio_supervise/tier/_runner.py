@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import trio
 
 from .._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
-from ..supervision._policy import Backoff, Directive, Policy, RestartIntensity, on, rules
+from ..supervision import Backoff, Directive, Policy, RestartIntensity, on, rules
 
 if TYPE_CHECKING:
     from .._types import Batch, Chunk, RebuildCause

@@ -35,7 +35,7 @@ from .._errors import (
 from .._types import Batch, Chunk, RebuildCause, chunk_problem
 from ..devices import CpuDevice, DeviceContext
 from ..devices._cuda_errors import classify_cuda_error
-from ..supervision._policy import Directive
+from ..supervision import Directive
 from ._breaker import BreakerState, CircuitBreaker
 from ._port import Job, TierPort
 from ._requests import RequestState, error_for_request

@@ -9,8 +9,7 @@ from typing import Any
 import trio
 
 from ..devices import DeviceContext
-from ..supervision._policy import Policy
-from ..supervision._toolkit import EventCallback
+from ..supervision import EventCallback, Policy
 from ._worker import Worker, WorkerState
 
 __all__ = ["open_worker"]

@@ -12,7 +12,7 @@ import msgspec
 
 from .._errors import ConfigError
 from ..devices import DeviceContext
-from ..supervision._policy import Policy
+from ..supervision import Policy
 from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes
 
 __all__ = ["WorkerOptions", "check_options"]

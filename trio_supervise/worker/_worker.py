@@ -30,10 +30,18 @@ from .._errors import BadRequest
 from .._types import Batch, RebuildCause, Request
 from ..devices import DeviceContext, open_device
 from ..devices._cuda_errors import classify_cuda_error
-from ..supervision._events import Emitter, EventKind, SupervisionEvent
-from ..supervision._policy import Decider, Directive, Policy, decide
-from ..supervision._supervised import supervised
-from ..supervision._toolkit import EventCallback, callbacks
+from ..supervision import (
+    Decider,
+    Directive,
+    Emitter,
+    EventCallback,
+    EventKind,
+    Policy,
+    SupervisionEvent,
+    callbacks,
+    decide,
+    supervised,
+)
 from ..tier._breaker import BreakerState
 from ..tier._continuation import Continuation
 from ..tier._port import Job, TierCounts, TierPort
