@@ -182,6 +182,10 @@ class BadRequest(InferenceError):
     """The request itself is invalid (says what was expected and what was got). Not retryable."""
 
 
+class ModelNotFound(BadRequest):
+    """No worker serves the requested model (a server's 404)."""
+
+
 class RunnerError(InferenceError):
     """The runner misbehaved or failed with an error that is not one of ours. Not retryable.
 

@@ -33,9 +33,9 @@ import trio
 
 from .._errors import (
     Backpressure,
-    BadRequest,
     CircuitOpen,
     InferenceError,
+    ModelNotFound,
     NetworkError,
     RateLimited,
     RequestTimeout,
@@ -66,10 +66,6 @@ __all__ = ["ModelNotFound", "PoolStream", "Replica", "WorkerPool"]
 
 _BACKEND_ERRORS = (CircuitOpen, NetworkError, RateLimited, ServerError)
 """A remote backend's failures: an idempotent request with no output yet tries another replica."""
-
-
-class ModelNotFound(BadRequest):
-    """No worker serves the requested model."""
 
 
 @final
