@@ -45,7 +45,15 @@ from ._supervisor import (
     SupervisorHandle,
     SupervisorStatistics,
 )
-from ._toolkit import EventCallback, callbacks
+from ._toolkit import (
+    EventCallback,
+    Readiness,
+    callbacks,
+    check_readiness_timeout,
+    emit_decision,
+    fatal_error,
+    run_incarnation,
+)
 
 __all__ = [
     "Backoff",
@@ -63,6 +71,7 @@ __all__ = [
     "InvalidPolicy",
     "Policy",
     "PolicyState",
+    "Readiness",
     "ReadinessTimeout",
     "RestartIntensity",
     "RestartIntensityExceeded",
@@ -77,10 +86,14 @@ __all__ = [
     "SupervisorStatistics",
     "TooManyChildren",
     "callbacks",
+    "check_readiness_timeout",
     "decide",
+    "emit_decision",
+    "fatal_error",
     "leaves",
     "next_uniform",
     "on",
     "rules",
+    "run_incarnation",
     "supervised",
 ]
