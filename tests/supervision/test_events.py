@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import trio_supervise as ts
-from trio_supervise.supervision._events import Emitter
+from trio_supervise.supervision import Emitter
 
 
 async def test_subscription_drops_the_oldest_and_counts() -> None:
@@ -28,16 +28,18 @@ async def test_a_waiting_receiver_is_woken_and_close_forgets_it() -> None:
     emitter = Emitter("sup")
     sub = emitter.subscribe()
     received = []
+    woken = trio.Event()
 
     async def reader() -> None:
         async for event in sub:
             received.append(event.kind)
+            woken.set()
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(reader)
-        await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked()  # the reader is parked, waiting
         emitter.emit("c", 1, ts.EventKind.READY)
-        await trio.testing.wait_all_tasks_blocked()
+        await woken.wait()
         assert received == [ts.EventKind.READY]
         emitter.close()
     await sub.aclose()

@@ -86,10 +86,13 @@ async def test_start_passes_the_first_readiness_through(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     generations: list[int] = []
+    second_ready = trio.Event()
 
     async def child(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         generations.append(len(generations) + 1)
         task_status.started(f"gen {len(generations)}")
+        if len(generations) == 2:
+            second_ready.set()
         await trio.sleep(5)
         raise ts.ContextPoisoned("x")
 
@@ -97,7 +100,7 @@ async def test_start_passes_the_first_readiness_through(
         value = await nursery.start(ts.supervised(child, POISON_POLICY, name="c"))
         assert value == "gen 1"
         assert trio.current_time() == 0.0
-        await trio.sleep(6.5)  # a second incarnation runs; nothing is passed again
+        await second_ready.wait()  # a second incarnation is ready; nothing is passed again
         assert generations == [1, 2]
         nursery.cancel_scope.cancel()
 
@@ -361,11 +364,13 @@ def test_the_driver_does_what_the_pure_policy_predicts(
 ) -> None:
     expected, expected_outcome = predict(schedule, restart, seed)
     recorder = Recorder()
+    schedule_done = trio.CancelScope()
 
     async def child(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         generation = len(recorder.times(EventKind.STARTED))
         if generation > len(schedule):
-            await trio.sleep_forever()  # the schedule ran out: stay up
+            schedule_done.cancel()  # the schedule ran out: it stays up, and the run ends here
+            await trio.sleep_forever()
         duration, how, ready = schedule[generation - 1]
         if ready:
             task_status.started()
@@ -378,7 +383,7 @@ def test_the_driver_does_what_the_pure_policy_predicts(
         run = ts.supervised(
             child, CONFORMANCE_POLICY, name="c", restart=restart, seed=seed, on_event=recorder
         )
-        with trio.move_on_after(1e6):
+        with trio.fail_after(1e6), schedule_done:
             try:
                 await run()
             except ts.RestartIntensityExceeded:

@@ -94,6 +94,15 @@ def spec(script: Script, name: str, policy: Policy = POLICY, **kwargs: Any) -> C
     return ChildSpec(name, script.child(name, **kwargs), policy, restart, shutdown)
 
 
+async def until(events: ts.EventSubscription, *wanted: tuple[str, EventKind, int]) -> None:
+    """Read ``events`` until every ``(child, kind, generation)`` in ``wanted`` has happened."""
+    missing = set(wanted)
+    async for event in events:
+        missing.discard((event.child, event.kind, event.generation))
+        if not missing:
+            return
+
+
 async def test_children_start_in_order_each_ready_before_the_next(autojump_clock: Clock) -> None:
     script = Script()
     supervisor = Supervisor(
@@ -140,7 +149,7 @@ async def test_one_for_one_restarts_only_the_failed_child_with_backoff(
     )
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(supervisor.run)
-        await trio.sleep(20)
+        await until(handle.subscribe(), ("b", EventKind.READY, 3))
         # b fails at 2, waits 1 s; fails again at 5, waits 2 s; then stays up.
         assert script.of("start") == [(0.0, "a"), (0.0, "b"), (0.0, "c"), (3.0, "b"), (7.0, "b")]
         assert script.of("stopped") == []
@@ -183,7 +192,7 @@ async def test_group_strategies_stop_in_reverse_then_restart_in_order(
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(supervisor.run)
         assert trio.current_time() == 2.0
-        await trio.sleep(30)
+        await until(handle.subscribe(), ("d", EventKind.READY, 2))
         # b fails at 11; siblings stop one at a time, 1 s each, in reverse order.
         assert script.of("stopped") == [(12.0 + i, name) for i, name in enumerate(stopped)]
         again = [(t, n) for t, n in script.of("start") if t >= 11]
@@ -211,7 +220,7 @@ async def test_temporary_siblings_are_not_restarted_by_a_group_restart(
     )
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(supervisor.run)
-        await trio.sleep(5)
+        await until(handle.subscribe(), ("bad", EventKind.READY, 2))
         assert [c.name for c in handle.which_children()] == ["trans", "bad"]
         assert [n for t, n in script.of("start") if t > 0] == ["trans", "bad"]
         nursery.cancel_scope.cancel()
@@ -241,7 +250,13 @@ async def test_restart_types_under_a_supervisor(autojump_clock: Clock) -> None:
     )
     async with trio.open_nursery() as nursery:
         handle = await nursery.start(supervisor.run)
-        await trio.sleep(5)
+        await until(
+            handle.subscribe(),
+            ("perm", EventKind.READY, 2),
+            ("trans", EventKind.STOPPED, 1),
+            ("trans2", EventKind.READY, 2),
+            ("temp", EventKind.STOPPED, 1),
+        )
         children = {c.name: (c.status, c.generation) for c in handle.which_children()}
         assert children == {
             "perm": (ChildStatus.RUNNING, 2),  # a normal return restarts a permanent child

@@ -22,9 +22,10 @@ from typing import Any, Protocol
 
 import trio
 
+from ._decider import Directive
 from ._errors import ChildStopped
 from ._events import Emitter, EventKind
-from ._policy import Directive, Policy, PolicyState, RestartType
+from ._policy import Policy, PolicyState, RestartType
 from ._toolkit import (
     EventCallback,
     Readiness,

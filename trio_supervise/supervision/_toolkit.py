@@ -1,17 +1,28 @@
-"""The supervisor's toolkit: what ``supervised``, :class:`Supervisor` and the worker's own restart
-loop share: a task status for one incarnation, running it, and turning a decision into its event
-or its exception."""
+"""What every supervision driver shares: one incarnation's run, and what a decision becomes.
 
-from __future__ import annotations
+A driver (``supervised``, :class:`Supervisor`, the worker's own restart loop) does three things
+around the pure policy, and does them the same way with these:
 
+* check its arguments: :func:`callbacks` (``on_event``), :func:`check_readiness_timeout`;
+* run one incarnation: :class:`Readiness` is the ``task_status`` it gets, and
+  :func:`run_incarnation` awaits it and returns its exception rather than raise it;
+* act on a :class:`Decision`: :func:`emit_decision` reports it as its event, and
+  :func:`fatal_error` is what the driver raises when it gives up or escalates.
+"""
+
+# No ``from __future__ import annotations`` here: attrs copies a converter's annotations (those of
+# ``callbacks``) into the ``__init__`` of the class that uses it, where strings would be resolved
+# against the wrong module's names.
 import math
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeAlias
 
 import trio
 
+from ._decider import Directive
 from ._errors import ReadinessTimeout, RestartIntensityExceeded
 from ._events import Emitter, EventKind, SupervisionEvent
-from ._policy import Decision, Directive
+from ._policy import Decision
 
 __all__ = [
     "EventCallback",
@@ -23,7 +34,40 @@ __all__ = [
     "run_incarnation",
 ]
 
-EventCallback = Callable[[SupervisionEvent], object]
+EventCallback: TypeAlias = Callable[[SupervisionEvent], object]
+"""An ``on_event`` observer: given every event, it must not change what happens."""
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+def callbacks(
+    on_event: EventCallback | Sequence[EventCallback] | None,
+) -> tuple[EventCallback, ...]:
+    """Normalise an ``on_event`` argument to a tuple of callables."""
+    if on_event is None:
+        return ()
+    items = (on_event,) if callable(on_event) else tuple(on_event)
+    for item in items:
+        if not callable(item):
+            raise TypeError(f"on_event must be a callable or a sequence of callables, got {item!r}")
+    return items
+
+
+def check_readiness_timeout(value: object) -> float | None:
+    """Validate a ``readiness_timeout`` argument: a finite number of seconds > 0, or None."""
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"readiness_timeout must be a finite number > 0 or None, got {value!r}")
+    return float(value)
+
+
+# --- one incarnation -----------------------------------------------------------------------------
 
 
 class Readiness:
@@ -63,30 +107,7 @@ async def run_incarnation(
     return None
 
 
-def check_readiness_timeout(value: object) -> float | None:
-    """Validate a ``readiness_timeout`` argument."""
-    if value is None:
-        return None
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"readiness_timeout must be a finite number > 0 or None, got {value!r}")
-    return float(value)
-
-
-def callbacks(
-    on_event: EventCallback | Sequence[EventCallback] | None,
-) -> tuple[EventCallback, ...]:
-    """Normalise an ``on_event`` argument to a tuple of callables."""
-    if on_event is None:
-        return ()
-    items = (on_event,) if callable(on_event) else tuple(on_event)
-    for item in items:
-        if not callable(item):
-            raise TypeError(f"on_event must be a callable or a sequence of callables, got {item!r}")
-    return items
+# --- what a decision becomes ---------------------------------------------------------------------
 
 
 def emit_decision(
@@ -96,7 +117,7 @@ def emit_decision(
     decision: Decision,
     error: Exception | None,
 ) -> None:
-    """The event that says what ``decision`` does."""
+    """Emit the event that says what ``decision`` does (GAVE_UP, RESUMED, RESTARTING, ...)."""
     directive = decision.directive
     if decision.gave_up:
         kind = EventKind.GAVE_UP
@@ -113,7 +134,7 @@ def emit_decision(
 
 
 def fatal_error(decision: Decision, error: Exception | None, who: str) -> BaseException:
-    """What a supervisor raises on give-up (chained to the failure) or ESCALATE (the failure)."""
+    """What a driver raises on give-up (chained to the failure) or ESCALATE (the failure)."""
     if decision.gave_up:
         exc = RestartIntensityExceeded(f"{who} gave up: {decision.reason}")
         exc.__cause__ = error  # as `raise exc from error` would
