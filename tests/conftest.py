@@ -1,14 +1,23 @@
+"""Shared fixtures: Hypothesis profiles, the session's local Ray, and the ``gpu`` skip.
+
+Trio runs the tasks that are ready together in a random order, drawn afresh in every run, and
+the tests must pass whatever the order: none seeds it. Inside a Hypothesis example the order is
+Hypothesis's to seed (Trio registers its generator with ``hypothesis.register_random``), so an
+example that fails replays with its order.
+"""
+
 import os
 from collections.abc import Iterator
 
 import pytest
-import trio
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a test's Ray: on loopback
 RAY_DAEMONS = ("raylet", "gcs_server")
 
-settings.register_profile("dev", max_examples=100)
+# No deadline in either: a test asserts what happens, never how long it takes (a loaded machine
+# may take seconds for an example).
+settings.register_profile("dev", max_examples=100, deadline=None)
 settings.register_profile(
     "ci",
     derandomize=True,
@@ -17,15 +26,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
-
-
-@pytest.fixture(autouse=True)
-def _deterministic_trio_scheduling() -> None:
-    """Trio shuffles each batch of runnable tasks with an unseeded generator (to shake out
-    order assumptions); it hands that generator to Hypothesis for the same reason we seed it
-    here: so that every run of a test schedules its tasks in the same order. A test must still
-    pass whatever the order; the seed only makes a failure repeatable."""
-    trio._core._run._r.seed(int(os.environ.get("TRIO_SCHEDULING_SEED", "0")))
 
 
 def ray_processes() -> list[int]:

@@ -243,6 +243,19 @@ async def test_a_healthy_worker_passes_the_checker() -> None:
     assert report.compared == 50  # it says it is deterministic: compared with a second run
 
 
+async def test_a_task_that_ends_soon_after_the_worker_is_no_leftover(autojump_clock: Clock) -> None:
+    @contextlib.asynccontextmanager
+    async def factory(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        yield BrokenWorker("none")
+        trio.lowlevel.spawn_system_task(trio.sleep, 0.5)  # ends within the check's grace
+
+    report = await run_chaos(
+        factory, requests=5, concurrency=2, plan=FaultPlan.none(), expected=expected
+    )
+    assert report.ok, report.summary()
+    assert trio.current_time() == 0.5  # the check woke when that task ended, not at its grace
+
+
 # --- chaos at scale ---------------------------------------------------------------------------
 
 

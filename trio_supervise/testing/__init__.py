@@ -6,9 +6,11 @@
 the package) adds the ``ts_mock_runner``, ``ts_fault_plan`` and ``ts_chaos`` fixtures.
 """
 
-from ._chaos import REMOTE_FAULT_ERRORS, ChaosReport, Violation, assert_survives, run_chaos
+from ._chaos import run_chaos
 from ._faulty import FaultyRunner, InjectedError
+from ._invariants import REMOTE_FAULT_ERRORS, Violation
 from ._plan import Fault, FaultPlan, Trigger
+from ._report import ChaosReport, assert_survives
 
 __all__ = [
     "REMOTE_FAULT_ERRORS",

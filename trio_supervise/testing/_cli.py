@@ -13,8 +13,9 @@ import trio
 from .._errors import ConfigError
 from ..supervision import Backoff, RestartIntensity
 from ..tier._runner import DEVICE_POLICY
-from ._chaos import ChaosReport, run_chaos
+from ._chaos import run_chaos
 from ._plan import Fault, FaultPlan
+from ._report import ChaosReport
 
 __all__ = ["add_chaos_parser", "run_chaos_command"]
 
