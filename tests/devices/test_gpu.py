@@ -381,8 +381,8 @@ seconds each on a warm machine; generous, for a first compile with an empty kern
 def _child_process(worker: Worker) -> Any:
     """The worker's current child process (a ``trio.Process``)."""
     tier: Any = worker._tier
-    assert tier is not None and tier.process is not None
-    return tier.process
+    assert tier is not None and tier.home.process is not None
+    return tier.home.process
 
 
 def _assert_gone(pid: int) -> None:

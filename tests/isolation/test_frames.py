@@ -1,4 +1,5 @@
-"""The process tier's wire protocol: frames round-trip, split anywhere, and refuse garbage."""
+"""The wire protocol of the process and Ray tiers: frames round-trip, split anywhere (on a
+socket) or whole (through Ray), and refuse garbage."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import trio_supervise as ts
+from trio_supervise.isolation import _codec as codec
 from trio_supervise.isolation import _frames as f
 
 REPLIES = [
@@ -30,8 +32,8 @@ MESSAGES = [
 
 @given(st.lists(st.integers(1, 40), min_size=1, max_size=30))
 def test_frames_survive_any_split_of_the_stream(cuts: list[int]) -> None:
-    stream = b"".join(f.encode(m) for m in REPLIES)
-    reader = f.FrameReader(from_child=True)
+    stream = b"".join(codec.encode(m) for m in REPLIES)
+    reader = codec.FrameReader(from_child=True)
     got, position = [], 0
     for cut in cuts:
         got += reader.feed(stream[position : position + cut])
@@ -42,19 +44,38 @@ def test_frames_survive_any_split_of_the_stream(cuts: list[int]) -> None:
 
 
 def test_each_direction_decodes_only_its_own_messages() -> None:
-    to_child = f.FrameReader(from_child=False)
-    assert to_child.feed(b"".join(f.encode(m) for m in MESSAGES)) == MESSAGES
-    with pytest.raises(f.MalformedFrame, match=r"^undecodable frame"):
-        to_child.feed(f.encode(f.BatchEnd(1)))
+    to_child = codec.FrameReader(from_child=False)
+    assert to_child.feed(b"".join(codec.encode(m) for m in MESSAGES)) == MESSAGES
+    with pytest.raises(codec.MalformedFrame, match=r"^undecodable frame"):
+        to_child.feed(codec.encode(f.BatchEnd(1)))
 
 
 def test_garbage_and_oversized_frames_are_malformed() -> None:
-    reader = f.FrameReader(from_child=True)
-    with pytest.raises(f.MalformedFrame, match=r"^frame length \d+ exceeds 16777216"):
+    reader = codec.FrameReader(from_child=True)
+    with pytest.raises(codec.MalformedFrame, match=r"^frame length \d+ exceeds 16777216"):
         reader.feed(b"\xff\xff\xff\xffgarbage")
-    reader = f.FrameReader(from_child=True)
-    with pytest.raises(f.MalformedFrame, match=r"^undecodable frame .*: b'hello'"):
+    reader = codec.FrameReader(from_child=True)
+    with pytest.raises(codec.MalformedFrame, match=r"^undecodable frame .*: b'hello'"):
         reader.feed(b"\x00\x00\x00\x05hello")
+
+
+def test_ray_payloads_carry_whole_frames_with_no_length_prefix() -> None:
+    assert codec.unpack_all(codec.pack_all(REPLIES)) == REPLIES
+    for message in MESSAGES:
+        assert codec.unpack(codec.pack(message), from_child=False) == message
+    with pytest.raises(codec.MalformedFrame, match=r"^undecodable frame"):
+        codec.unpack(codec.pack(f.BatchEnd(1)), from_child=False)
+    with pytest.raises(codec.MalformedFrame, match=r"^undecodable frame .*: b'hello'"):
+        codec.unpack_all(b"hello")
+
+
+def test_a_frame_over_the_limit_is_refused_before_it_is_sent() -> None:
+    huge = f.Execute(1, [f.RequestData("r", "x" * f.MAX_FRAME, 1, 1.0, 1.0, None, [], True, None)])
+    assert codec.encoding_problem(huge) == (
+        f"MalformedFrame: a frame of {f.MAX_FRAME + 42} bytes exceeds the 16777216-byte limit"
+    )
+    with pytest.raises(codec.MalformedFrame, match=r"^a frame of \d+ bytes exceeds"):
+        codec.pack(huge)
 
 
 def test_errors_cross_as_data() -> None:

@@ -24,9 +24,9 @@ def req(rid: str, max_tokens: int = 4, **kwargs: Any) -> Request:
 
 
 def child_pid(worker: ts.Worker) -> int:
-    tier = worker._tier
-    assert tier is not None and tier.process is not None  # type: ignore[attr-defined]
-    return int(tier.process.pid)  # type: ignore[attr-defined]
+    placement = worker.placement()
+    assert "pid" in placement, placement
+    return int(placement["pid"])
 
 
 async def spare_pid(worker: ts.Worker) -> int:
@@ -233,7 +233,7 @@ async def main():
     async with ts.open_worker("tests.support.child_runners:OnceRunner", device="cpu",
                               isolation="process", policy=ts.DEVICE_POLICY,
                               runner_args={"marker": sys.argv[1], "fault": "none"}) as worker:
-        print(worker._tier.process.pid, flush=True)
+        print(worker.placement()["pid"], flush=True)
         await trio.sleep_forever()
 
 trio.run(main)
@@ -257,10 +257,14 @@ async def test_a_sigkilled_parent_leaves_no_orphan(tmp_path: Path) -> None:
             line += await parent.stdout.receive_some()
         child = int(line)
         os.kill(child, 0)  # alive
-        parent.kill()
-        await parent.wait()
-        while running(child):  # noqa: ASYNC110 - another process's exit sets no event here
-            await trio.sleep(0.05)
+        exited = os.pidfd_open(child)  # readable once it exits (not our child: no waitpid)
+        try:
+            parent.kill()
+            await parent.wait()
+            await trio.lowlevel.wait_readable(exited)
+        finally:
+            os.close(exited)
+        assert not running(child)
 
 
 def running(pid: int) -> bool:
@@ -272,13 +276,18 @@ def running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.slow
 async def test_an_idle_child_outlives_the_thread_that_started_it(tmp_path: Path) -> None:
     # Trio starts processes from a worker thread and retires idle threads after 10 s: a child
-    # tied to that thread (PR_SET_PDEATHSIG) would die then. It must not.
+    # tied to that thread would die then. Linux ties a process to the thread that forked it
+    # only by a parent-death signal (PR_SET_PDEATHSIG, sent when that *thread* exits): the
+    # child reports that it has none, so no thread's exit can end it.
+    report = tmp_path / "parent-death-signal"
     with trio.fail_after(30):
-        async with ts.open_worker(RUNNERS, **args(tmp_path, "none")) as worker:
+        async with ts.open_worker(
+            "tests.isolation.thread_tie:ParentDeathSignalRunner",
+            runner_args={"report": str(report)}, device="cpu", isolation="process",
+        ) as worker:  # fmt: skip
             pid = child_pid(worker)
-            await trio.sleep(11)
+            assert report.read_text() == "0"  # written by the child's load, before its Ready
             assert child_pid(worker) == pid and worker.generation == 1
             assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))

@@ -49,8 +49,8 @@ def args(tmp_path: Path, fault: str, **kwargs: Any) -> dict[str, Any]:
 
 def actor_of(worker: ts.Worker) -> Any:
     tier = worker._tier
-    assert tier is not None and tier.actor is not None  # type: ignore[attr-defined]
-    return tier.actor  # type: ignore[attr-defined]
+    assert tier is not None and tier.home.actor is not None  # type: ignore[attr-defined]
+    return tier.home.actor  # type: ignore[attr-defined]
 
 
 async def assert_dead(handle: Any) -> None:
@@ -71,7 +71,7 @@ async def test_streams_as_inline_and_says_where_the_actor_runs() -> None:
     with trio.fail_after(60):
         async with ts.open_worker(MOCK, device="cpu", isolation="ray") as worker:
             actor = actor_of(worker)
-            where = worker._tier.where  # type: ignore[union-attr]
+            where = worker.placement()
             assert where["actor_id"] == actor.handle._actor_id.hex()
             assert where["node_ip"] == "127.0.0.1" and where["pid"] != os.getpid()
             stream = worker.generate(req("a", 12))
@@ -334,18 +334,18 @@ async def test_a_cluster_that_cannot_be_joined_is_a_config_error_naming_the_toke
     Ray's part is stood in for: this process has joined the session's Ray already."""
     import ray
 
-    from trio_supervise.isolation import ray as ray_tier
+    from trio_supervise.isolation.ray import RUNTIME, ray_runtime
 
     def refuse(**kwargs: Any) -> None:
         raise ConnectionError(f"Failed to connect to Ray cluster at {kwargs['address']}")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", refuse)
-    users = ray_tier._runtime_users
+    users = RUNTIME.users
     with pytest.raises(ts.ConfigError, match=r"'10\.0\.0\.9:6379'.*RAY_AUTH_TOKEN_PATH"):
-        async with ray_tier.ray_runtime("10.0.0.9:6379"):
+        async with ray_runtime("10.0.0.9:6379"):
             pytest.fail("joined a cluster that refused us")
-    assert ray_tier._runtime_users == users
+    assert RUNTIME.users == users
 
 
 async def test_a_request_for_a_replica_no_node_can_host_times_out() -> None:

@@ -18,6 +18,7 @@ from tests.support.helpers import FaultRunner
 from trio_supervise import DEVICE_POLICY, BreakerState, Directive, Request, SamplingParams
 from trio_supervise.devices import CpuDevice
 from trio_supervise.runners.mock import MockRecord, MockRunner
+from trio_supervise.tier._home import LoadedRunner
 from trio_supervise.tier._port import Job, TierCounts, TierPort
 from trio_supervise.tier._requests import RequestState, RequestStream
 from trio_supervise.tier._tier import Tier
@@ -79,7 +80,8 @@ def alone(**changes: Any) -> Alone:
         ready=ready,
         breaker_changed=breaker_changed,
     )
-    return Alone(send, reports, counts, record, Tier(attrs.evolve(port, **changes)))
+    home = changes.pop("home", None)
+    return Alone(send, reports, counts, record, Tier(attrs.evolve(port, **changes), home))
 
 
 def job_of(reports: Reports, *rids: str, max_tokens: int = 3) -> Job:
@@ -170,3 +172,38 @@ async def test_a_resumed_batch_fails_alone_and_is_counted(autojump_clock: Clock)
             t.tier.fail(ts.ContextPoisoned("done"))
     assert t.counts.resumed == 1 and t.tier.in_flight == set()
     assert t.reports.ended == ["x:failed", "y:finished"]
+
+
+class ElsewhereHome:
+    """A home of its own: the runner built here, its teardown replacing the fatal error."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def placement(self) -> dict[str, Any]:
+        return {"pid": 4242}
+
+    async def load(self, port: TierPort, nursery: trio.Nursery, fail: Any) -> LoadedRunner:
+        self.calls.append(f"load {port.generation}")
+        self.runner = FaultRunner(batch_faults={0: (1, ts.ContextPoisoned("700"))}, delay=1.0)
+        await self.runner.load(CpuDevice())
+        return LoadedRunner(self.runner, 1, True)
+
+    async def teardown(self, fatal: BaseException | None) -> BaseException | None:
+        self.calls.append(f"teardown {fatal!r}")
+        return ts.Unrecoverable("the home says so")
+
+
+async def test_a_tier_runs_its_runner_where_its_home_says(autojump_clock: Clock) -> None:
+    home = ElsewhereHome()
+    t = alone(home=home)
+    assert t.tier.home is home and t.tier.placement() == {"pid": 4242}
+    failing = t.job("x")
+    with pytest.raises(ExceptionGroup) as raised:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(t.tier.run)
+    # The error that ends the tier, and its failed batch's, is the one the teardown handed back.
+    assert raised.group_contains(ts.Unrecoverable, match="^the home says so$")
+    assert failing.error is t.tier.fatal and isinstance(failing.error, ts.Unrecoverable)
+    assert home.calls == ["load 1", "teardown ContextPoisoned('700')"]
+    assert t.reports.ready == 1 and t.tier.runner is home.runner

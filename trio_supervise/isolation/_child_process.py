@@ -24,6 +24,7 @@ from typing import Any
 import trio
 
 from .._errors import ChildDied, HungWorker
+from . import _codec as codec
 from . import _frames as frames
 
 __all__ = ["STOP_GRACE", "ChildProcess"]
@@ -54,6 +55,7 @@ class ChildProcess:
         self.dead: BaseException | None = None
         self.done = trio.Event()
         self.last_frame = 0.0
+        self._awaiting = False  # a request waits for its reply (a Fatal is its answer)
         self._scope = trio.CancelScope()
         self._send_lock = trio.Lock()
         self._replies, self._reply_inbox = trio.open_memory_channel[Any](math.inf)
@@ -127,7 +129,7 @@ class ChildProcess:
         assert self._socket is not None
         try:
             async with self._send_lock:
-                await self._socket.send_all(frames.encode(message))
+                await self._socket.send_all(codec.encode(message))
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise ChildDied(f"the child process of {self.name!r} went away: {exc}") from exc
 
@@ -213,7 +215,7 @@ class ChildProcess:
 
     async def _read_frames(self) -> None:
         assert self._socket is not None
-        reader = frames.FrameReader(from_child=True)
+        reader = codec.FrameReader(from_child=True)
         try:
             while True:
                 data = await self._socket.receive_some()
@@ -234,10 +236,8 @@ class ChildProcess:
                             self._died(frames.error_from_data(message.error))
                     elif not isinstance(message, frames.Heartbeat):
                         self.on_frame(message)
-        except frames.MalformedFrame as exc:
+        except codec.MalformedFrame as exc:
             logger.error("%s: malformed frame from the child: %s", self.name, exc)
             self._died(ChildDied(f"the child process sent a malformed frame: {exc}"))
         except (ChildDied, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._died(exc if isinstance(exc, ChildDied) else ChildDied(str(exc)))
-
-    _awaiting = False

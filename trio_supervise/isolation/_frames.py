@@ -1,17 +1,17 @@
 """The wire protocol between a worker and its child tier in a child process or a Ray actor:
-length-prefixed msgspec frames (a Ray actor's come as the items of Ray's calls and streams).
+the messages (frames) that cross, and how the values they carry become data and back.
 
-Each frame is a 4-byte big-endian length, then that many bytes of msgpack: one of the tagged
-structs below. A length over :data:`MAX_FRAME` (16 MiB), or bytes that do not decode to a known
-message, is a :class:`MalformedFrame`: the parent treats the child as dead.
+How a frame becomes bytes is :mod:`._codec`'s (msgpack; length-prefixed on a child process's
+socket, one Ray call's argument or result, or one item of its stream, for a Ray actor).
 
-Parent to child: :class:`Init`, :class:`Execute`, :class:`Cancel`, :class:`Rebuild`,
-:class:`Stop`. Child to parent: :class:`Ready`, :class:`ChunkFrame`, :class:`BatchEnd`,
-:class:`BatchFailed`, :class:`RebuildDone`, :class:`Fatal`, :class:`Heartbeat`.
+Parent to child: :class:`Init`, :class:`Activate`, :class:`Execute`, :class:`Cancel`,
+:class:`Rebuild`, :class:`Stop`. Child to parent: :class:`Ready`, :class:`Parked`,
+:class:`ChunkFrame`, :class:`BatchEnd`, :class:`BatchFailed`, :class:`RebuildDone`,
+:class:`Fatal`, :class:`Heartbeat`.
 
 Errors cross as data (:class:`ErrorData`): the exported class name, message, retryable,
 retry_after and the traceback text. Classes that are not the library's own arrive as
-:class:`RunnerError`.
+:class:`RunnerError`. A runner's ``default_policy`` crosses as :class:`PolicyData`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from ..supervision import rules as rules_
 
 __all__ = [
     "MAX_FRAME",
-    "UNENCODABLE",
     "Activate",
     "BatchEnd",
     "BatchFailed",
@@ -39,31 +38,29 @@ __all__ = [
     "ErrorData",
     "Execute",
     "Fatal",
-    "FrameReader",
     "Heartbeat",
     "Init",
-    "MalformedFrame",
+    "Message",
     "Parked",
     "PolicyData",
     "Ready",
     "Rebuild",
     "RebuildDone",
+    "Reply",
     "RequestData",
     "Stop",
-    "encode",
-    "encoding_problem",
+    "chunk_from_frame",
+    "chunk_to_frame",
     "error_from_data",
     "error_to_data",
     "policy_from_data",
     "policy_to_data",
+    "request_from_data",
+    "request_to_data",
 ]
 
 MAX_FRAME = 16 * 1024 * 1024
 """The largest frame, in bytes."""
-
-
-class MalformedFrame(Exception):
-    """Bytes on the frame socket that are not a valid frame."""
 
 
 class _Message(msgspec.Struct, tag=True, array_like=True):
@@ -221,76 +218,9 @@ class Heartbeat(_Message):
 
 
 Message = Init | Activate | Execute | Cancel | Rebuild | Stop
+"""What the parent sends."""
 Reply = Ready | Parked | ChunkFrame | BatchEnd | BatchFailed | RebuildDone | Fatal | Heartbeat
-
-_encoder = msgspec.msgpack.Encoder()
-_to_child = msgspec.msgpack.Decoder(Message)
-_to_parent = msgspec.msgpack.Decoder(Reply)
-
-
-UNENCODABLE = (OverflowError, UnicodeEncodeError, MalformedFrame)
-"""What :func:`encode` raises for a message a frame cannot carry (an int beyond 64 bits, a lone
-surrogate, over :data:`MAX_FRAME`), before anything is sent."""
-
-
-def encoding_problem(data: msgspec.Struct) -> str | None:
-    """Why ``data`` cannot travel in a frame, or None when it can."""
-    try:
-        encode(data)
-    except UNENCODABLE as exc:
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
-def encode(message: msgspec.Struct) -> bytes:
-    """A whole frame (length prefix and payload) for ``message``.
-
-    Raises:
-        OverflowError, UnicodeEncodeError, MalformedFrame: see :data:`UNENCODABLE`.
-    """
-    payload = _encoder.encode(message)
-    if len(payload) > MAX_FRAME:
-        raise MalformedFrame(f"a frame of {len(payload)} bytes exceeds the {MAX_FRAME}-byte limit")
-    return len(payload).to_bytes(4, "big") + payload
-
-
-class FrameReader:
-    """Splits a byte stream into decoded messages; feed it bytes as they arrive."""
-
-    def __init__(self, *, from_child: bool) -> None:
-        self._decoder = _to_parent if from_child else _to_child
-        self._buffer = bytearray()
-
-    def feed(self, data: bytes) -> list[Any]:
-        """Add ``data``; return the messages it completed.
-
-        Raises:
-            MalformedFrame: an oversized length, or a payload that is not a known message.
-        """
-        self._buffer += data
-        messages = []
-        while len(self._buffer) >= 4:
-            size = int.from_bytes(self._buffer[:4], "big")
-            if size > MAX_FRAME:
-                head = bytes(self._buffer[:16])
-                raise MalformedFrame(
-                    f"frame length {size} exceeds {MAX_FRAME} (first bytes: {head!r})"
-                )
-            if len(self._buffer) < 4 + size:
-                break
-            payload = bytes(self._buffer[4 : 4 + size])
-            del self._buffer[: 4 + size]
-            try:
-                messages.append(self._decoder.decode(payload))
-            except msgspec.DecodeError as exc:
-                raise MalformedFrame(f"undecodable frame ({exc}): {payload[:64]!r}") from exc
-        return messages
-
-    @property
-    def pending(self) -> int:
-        """Bytes received but not yet part of a whole frame."""
-        return len(self._buffer)
-
+"""What the child sends."""
 
 # --- conversions ------------------------------------------------------------------------------
 

@@ -1,13 +1,18 @@
-"""The child process of a process-isolated worker: ``python -m trio_supervise.isolation._host FD``.
+"""What runs where the runner lives: in a child process, and (its :class:`RunnerHost`) in a
+Ray actor.
 
-It speaks frames (:mod:`.isolation._frames`) on the socket ``FD`` that its parent passed it:
-an ``Init`` builds and loads the runner (a failure is reported as ``Fatal``, then the child
-exits), then it answers ``Ready`` and runs ``Execute`` batches (up to the runner's
-``max_concurrency``, the parent's dispatch sees to that), streaming chunks back. A batch error
-is classified and reported as data; after a sticky one (a poisoned CUDA context) the child
-``os._exit``s, since nothing in this process can use the device again. Heartbeats every
-second carry a progress counter, so the parent can tell a dead child from a busy one, and a
-busy one from a hung one.
+:class:`RunnerHost` is the runner's side of the frames (:mod:`._frames`), whatever carries them:
+it builds the runner, parks and activates a standby spare, loads, runs batches and rebuilds, and
+says each result as a frame. A Ray actor (:mod:`.ray._actor`) drives it through calls.
+
+The child process: ``python -m trio_supervise.isolation._host FD``. It speaks frames on the
+socket ``FD`` that its parent passed it (:func:`serve`): an ``Init`` builds and loads the runner
+(a failure is reported as ``Fatal``, then the child exits), then it answers ``Ready`` and runs
+``Execute`` batches (up to the runner's ``max_concurrency``, the parent's dispatch sees to
+that), streaming chunks back. A batch error is classified and reported as data; after a sticky
+one (a poisoned CUDA context) the child ``os._exit``s, since nothing in this process can use the
+device again. Heartbeats every second carry a progress counter, so the parent can tell a dead
+child from a busy one, and a busy one from a hung one.
 
 The child dies with its parent: the socket's end of file, and a thread that watches the
 parent's pid (device work may block this event loop; ``PR_SET_PDEATHSIG`` would fire when the
@@ -22,6 +27,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -30,6 +36,7 @@ from .._errors import ConfigError
 from .._types import Batch, RebuildCause
 from ..devices import CpuDevice, open_device
 from ..devices._cuda_errors import classify_cuda_error, is_sticky_cuda_error
+from ..tier._home import CLOSE_TIMEOUT
 from ..tier._runner import (
     open_chunks,
     resolve_factory,
@@ -37,11 +44,17 @@ from ..tier._runner import (
     runner_deterministic,
     tell_generation,
 )
+from . import _codec as codec
 from . import _frames as frames
 
+__all__ = ["CHILD_ENV", "HEARTBEAT_INTERVAL", "STICKY_EXIT_CODE", "RunnerHost", "main", "serve"]
+
 HEARTBEAT_INTERVAL = 1.0
+"""Seconds between a child's heartbeats (and between a Ray actor's heartbeat calls)."""
 CHILD_ENV = "TRIO_SUPERVISE_CHILD"
+"""Set in a child process or Ray actor: faults that kill the process are allowed only there."""
 STICKY_EXIT_CODE = 70
+"""A child process's exit code after a sticky CUDA error."""
 
 
 def _die_with_parent() -> None:
@@ -63,84 +76,35 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="trio-supervise-parent-watch", daemon=True).start()
 
 
-class _Child:
-    """The runner's side of the frames (the Ray actor of :mod:`.isolation._ray_actor` reuses it
-    with another ``send``)."""
+class RunnerHost:
+    """The runner's side of the frames: it builds, parks, activates and loads the runner, runs
+    batches and rebuilds, and says each result with ``send`` (a frame on the child process's
+    socket, or, in a Ray actor, to the actor's asyncio side).
 
-    def __init__(self, stream: trio.SocketStream | None) -> None:
-        self.stream = stream
-        self.send_lock = trio.Lock()
-        self.progress = 0
-        self.busy = 0
+    ``on_sticky`` is called after a sticky CUDA error has been reported: nothing in this process
+    can use the device again (a child process exits; a Ray actor refuses every batch until the
+    parent kills it).
+    """
+
+    def __init__(
+        self,
+        send: Callable[[Any], Awaitable[None]],
+        on_sticky: Callable[[], None] = lambda: os._exit(STICKY_EXIT_CODE),
+    ) -> None:
+        self.send = send
+        self.on_sticky = on_sticky
+        self.progress = 0  # chunks sent so far: a heartbeat tells busy from hung
+        self.busy = 0  # batches running
         self.runner: Any = None
         self.device: Any = None
         self.concurrency = 1
         self.deterministic = False
         self.loaded = False
-        self.cancelled: dict[int, set[str]] = {}
+        self._cancelled: dict[int, set[str]] = {}
 
-    async def send(self, message: Any) -> None:
-        assert self.stream is not None
-        async with self.send_lock:
-            await self.stream.send_all(frames.encode(message))
+    # --- an Init, and a spare's Activate: each says Ready, Parked or Fatal ------------------
 
-    async def serve(self) -> None:
-        assert self.stream is not None
-        reader = frames.FrameReader(from_child=False)
-        messages: list[Any] = []
-        init = None
-        while init is None:
-            data = await self.stream.receive_some()
-            if not data:
-                return
-            messages = reader.feed(data)
-            if messages:
-                init, messages = messages[0], messages[1:]
-        if not isinstance(init, frames.Init):
-            raise frames.MalformedFrame(f"expected Init first, got {init!r}")
-        if init.probe:
-            await self._probe(init)
-            return
-        if init.park:  # a standby spare: build now, take over later
-            if not await self._construct(init) or (init.preload and not await self._load()):
-                return
-            await self.send(frames.Parked(os.getpid()))
-            while not any(isinstance(m, frames.Activate) for m in messages):
-                data = await self.stream.receive_some()
-                if not data:
-                    return
-                messages += reader.feed(data)
-            index = next(i for i, m in enumerate(messages) if isinstance(m, frames.Activate))
-            tell_generation(self.runner, messages[index].generation)
-            messages = messages[index + 1 :]
-            try:
-                await self.device.probe()
-            except Exception as exc:
-                await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
-                return
-            if not self.loaded and not await self._load():
-                return
-        elif not (await self._construct(init) and await self._load()):
-            return
-        await self.send(frames.Ready(os.getpid(), self.concurrency, None, self.deterministic))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._heartbeats)
-            nursery.start_soon(self._on_sigterm, nursery.cancel_scope)
-            while True:
-                for message in messages:
-                    if isinstance(message, frames.Stop):
-                        nursery.cancel_scope.cancel()
-                        break
-                    self._handle(message, nursery)
-                data = await self.stream.receive_some()
-                if not data:  # the parent went away
-                    nursery.cancel_scope.cancel()
-                    break
-                messages = reader.feed(data)
-        with trio.CancelScope(shield=True), trio.move_on_after(5):
-            await self.runner.aclose()
-
-    async def _probe(self, init: frames.Init) -> None:
+    async def probe(self, init: frames.Init) -> None:
         """Import the factory and report its class-level attributes, nothing more."""
         _extend_path(init.sys_path)
         try:
@@ -151,6 +115,39 @@ class _Child:
             await self.send(frames.Fatal(frames.error_to_data(exc)))
             return
         await self.send(frames.Ready(os.getpid(), concurrency, data))
+
+    async def start(self, init: frames.Init) -> bool:
+        """Build and load the runner, then say Ready; False once a failure was said (Fatal)."""
+        if not (await self._construct(init) and await self._load()):
+            return False
+        await self._ready()
+        return True
+
+    async def park(self, init: frames.Init) -> bool:
+        """A standby spare: build the runner and open its device (load it too, with
+        ``preload``), then say Parked; False once a failure was said (Fatal)."""
+        if not await self._construct(init) or (init.preload and not await self._load()):
+            return False
+        await self.send(frames.Parked(os.getpid()))
+        return True
+
+    async def activate(self, generation: int) -> bool:
+        """A parked spare takes over as incarnation ``generation``: probe its device (a sticky
+        error since it parked fails the probe), load if it has not, then say Ready; False once
+        a failure was said (Fatal)."""
+        tell_generation(self.runner, generation)
+        try:
+            await self.device.probe()
+        except Exception as exc:
+            await self.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
+            return False
+        if not self.loaded and not await self._load():
+            return False
+        await self._ready()
+        return True
+
+    async def _ready(self) -> None:
+        await self.send(frames.Ready(os.getpid(), self.concurrency, None, self.deterministic))
 
     async def _construct(self, init: frames.Init) -> bool:
         """Build the runner and open its device; a failure is reported as Fatal."""
@@ -182,18 +179,28 @@ class _Child:
         self.loaded = True
         return True
 
-    def _handle(self, message: Any, nursery: trio.Nursery) -> None:
+    # --- a ready runner's work ---------------------------------------------------------------
+
+    def handle(self, message: Any, nursery: trio.Nursery) -> None:
+        """``Execute`` and ``Rebuild`` start a task in ``nursery``; ``Cancel`` marks a request
+        of a running batch (its runner sees it through ``batch.is_cancelled``)."""
         if isinstance(message, frames.Execute):
-            self.cancelled[message.seq] = set()
+            self._cancelled[message.seq] = set()
             nursery.start_soon(self._execute, message)
         elif isinstance(message, frames.Cancel):
-            self.cancelled.get(message.seq, set()).add(message.request_id)
+            self._cancelled.get(message.seq, set()).add(message.request_id)
         elif isinstance(message, frames.Rebuild):
             nursery.start_soon(self._rebuild, message)
 
+    async def close(self) -> None:
+        """Close the runner, if there is one, within CLOSE_TIMEOUT (also when cancelled)."""
+        if self.runner is not None:
+            with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                await self.runner.aclose()
+
     async def _execute(self, message: frames.Execute) -> None:
         seq = message.seq
-        cancelled = self.cancelled[seq]
+        cancelled = self._cancelled[seq]
         batch = Batch(
             [frames.request_from_data(r) for r in message.requests], seq, cancelled=cancelled
         )
@@ -208,16 +215,12 @@ class _Child:
             sticky = is_sticky_cuda_error(error)  # CupyDevice.run_sync classified it already
             await self.send(frames.BatchFailed(seq, frames.error_to_data(error), sticky))
             if sticky:  # the context is poisoned for this whole process
-                self._poisoned()
+                self.on_sticky()
         else:
             await self.send(frames.BatchEnd(seq))
         finally:
             self.busy -= 1
-            self.cancelled.pop(seq, None)
-
-    def _poisoned(self) -> None:
-        """After a sticky CUDA error: nothing in this process can use the device again."""
-        os._exit(STICKY_EXIT_CODE)
+            self._cancelled.pop(seq, None)
 
     async def _rebuild(self, message: frames.Rebuild) -> None:
         try:
@@ -228,16 +231,74 @@ class _Child:
         else:
             await self.send(frames.RebuildDone(message.token))
 
-    async def _heartbeats(self) -> None:
-        while True:
-            await self.send(frames.Heartbeat(self.progress, self.busy))
-            await trio.sleep(HEARTBEAT_INTERVAL)
 
-    async def _on_sigterm(self, scope: trio.CancelScope) -> None:
-        with trio.open_signal_receiver(signal.SIGTERM) as signals:
-            async for _ in signals:
-                scope.cancel()  # drain: the runner is closed on the way out
+async def serve(stream: trio.SocketStream) -> None:
+    """A child process's life: frames from its parent on ``stream``, answers back on it."""
+    send_lock = trio.Lock()
+
+    async def send(message: Any) -> None:
+        async with send_lock:
+            await stream.send_all(codec.encode(message))
+
+    host = RunnerHost(send)
+    reader = codec.FrameReader(from_child=False)
+    messages: list[Any] = []
+
+    async def receive() -> bool:
+        """More messages from the parent; False at end of file (the parent went away)."""
+        data = await stream.receive_some()
+        messages.extend(reader.feed(data))
+        return bool(data)
+
+    while not messages:
+        if not await receive():
+            return
+    init = messages.pop(0)
+    if not isinstance(init, frames.Init):
+        raise codec.MalformedFrame(f"expected Init first, got {init!r}")
+    if init.probe:
+        await host.probe(init)
+        return
+    if init.park:  # a standby spare: build now, take over later
+        if not await host.park(init):
+            return
+        while not any(isinstance(m, frames.Activate) for m in messages):
+            if not await receive():
                 return
+        index = next(i for i, m in enumerate(messages) if isinstance(m, frames.Activate))
+        generation = messages[index].generation
+        del messages[: index + 1]
+        if not await host.activate(generation):
+            return
+    elif not await host.start(init):
+        return
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_heartbeats, host)
+        nursery.start_soon(_on_sigterm, nursery.cancel_scope)
+        while True:
+            for message in messages:
+                if isinstance(message, frames.Stop):
+                    nursery.cancel_scope.cancel()
+                    break
+                host.handle(message, nursery)
+            messages.clear()
+            if not await receive():  # the parent went away
+                nursery.cancel_scope.cancel()
+                break
+    await host.close()
+
+
+async def _heartbeats(host: RunnerHost) -> None:
+    while True:
+        await host.send(frames.Heartbeat(host.progress, host.busy))
+        await trio.sleep(HEARTBEAT_INTERVAL)
+
+
+async def _on_sigterm(scope: trio.CancelScope) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()  # drain: the runner is closed on the way out
+            return
 
 
 def _extend_path(paths: list[str]) -> None:
@@ -249,8 +310,7 @@ def _extend_path(paths: list[str]) -> None:
 
 async def _main(fd: int) -> None:
     sock = socket.socket(fileno=fd)
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(sock))
-    await _Child(stream).serve()
+    await serve(trio.SocketStream(trio.socket.from_stdlib_socket(sock)))
 
 
 def main(argv: list[str] | None = None) -> None:

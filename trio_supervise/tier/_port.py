@@ -1,7 +1,7 @@
 """The boundary between a worker and its tier: what crosses it, in which direction.
 
-A worker (:mod:`._worker`) builds one :class:`TierPort` per tier incarnation; the tier
-(:mod:`._tier`, :mod:`.isolation.process`) is given that and nothing else of its parent, and
+A worker (:mod:`trio_supervise.worker`) builds one :class:`TierPort` per tier incarnation; the
+tier (:mod:`._tier`, whatever its home) is given that and nothing else of its parent, and
 imports nothing from the parent's modules.
 
 * Down, on a memory channel: :class:`Job`\\ s, each one batch of accepted requests

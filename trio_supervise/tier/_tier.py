@@ -1,52 +1,41 @@
-"""The restartable child tier: one incarnation's device context, runner and batches.
+"""The restartable child tier: one incarnation's runner and its batches.
 
 Theory of operation
 -------------------
-An incarnation is built from a :class:`~._port.TierPort` and knows nothing else of its worker.
-It builds the runner (``factory(**runner_args)``), opens its device, ``load``s it within the
-readiness timeout (past it: :class:`HungWorker`), calls ``port.ready(deterministic)``, then
-takes jobs from ``port.jobs`` (a memory channel), up to ``runner.max_concurrency`` at once, each
-in a task of the tier's own nursery. Chunks go straight into each request's buffer (its
-``RequestState``), which drops what a replayed run delivered already.
+An incarnation is built from a :class:`~._port.TierPort`, which is all it knows of its worker,
+and a :class:`~._home.RunnerHome`, where its runner lives: in this process
+(:class:`~._home.InlineHome`, the default), a child process or a Ray actor. The home builds and
+loads the runner within the readiness timeout (past it: :class:`HungWorker`); the tier calls
+``port.ready(deterministic)``, then takes jobs from ``port.jobs`` (a memory channel), up to the
+runner's ``max_concurrency`` at once, each in a task of the tier's own nursery. Chunks go straight
+into each request's buffer (its ``RequestState``), which drops what a replayed run delivered
+already.
 
 A batch's failure is decided here, with the port's decider (``classify_cuda_error``, then
 ``decide``): RESUME fails only that batch's unfinished requests and dispatch goes on; anything
-else becomes the tier's one fatal error: the tier's scope is cancelled, the runner closed and
-the device context closed (after a probe: an inline tier whose device fails the probe after a
-poisoning cannot recover in this process, so the error becomes :class:`Unrecoverable`), and the
-error is raised to ``supervised``, which restarts, stops or escalates. The jobs left in
-:attr:`Tier.in_flight` are the worker's to settle once it learns that decision.
+else becomes the tier's one fatal error: the tier's scope is cancelled, the home tears the runner
+down (an inline device that fails its probe after a poisoning cannot recover in this process, so
+the error becomes :class:`Unrecoverable`), and the error is raised to the worker, which
+restarts, stops or escalates. The jobs left in :attr:`Tier.in_flight` are the worker's to
+settle once it learns that decision.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from typing import Any
+from typing import Any, final
 
 import trio
 
-from .._errors import (
-    ContextPoisoned,
-    HungWorker,
-    RunnerError,
-    Unrecoverable,
-)
+from .._errors import HungWorker, RunnerError
 from .._types import Batch, Chunk, RebuildCause, chunk_problem
-from ..devices import CpuDevice, DeviceContext
 from ..devices._cuda_errors import classify_cuda_error
 from ..supervision import Directive
 from ._breaker import BreakerState, CircuitBreaker
+from ._home import InlineHome, RunnerHome
 from ._port import Job, TierPort
 from ._requests import RequestState, error_for_request
-from ._runner import runner_attributes, runner_deterministic, tell_generation
 
 __all__ = ["Gate", "RestartRequested", "Tier"]
-
-logger = logging.getLogger("trio_supervise")
-
-CLOSE_TIMEOUT = 5.0
-"""Seconds a runner's ``aclose`` and a device probe get while a tier is torn down."""
 
 
 class RestartRequested(Exception):
@@ -75,16 +64,19 @@ class Gate:
             await self._lot.park()
 
 
+@final
 class Tier:
-    """One incarnation of the child tier (see the module docstring)."""
+    """One incarnation of the child tier (see the module docstring); ``Tier(port)`` runs its
+    runner in this process, ``Tier(port, home)`` where ``home`` says."""
 
-    def __init__(self, port: TierPort) -> None:
+    def __init__(self, port: TierPort, home: RunnerHome | None = None) -> None:
         self.port = port
+        self.home: RunnerHome = InlineHome() if home is None else home
         self.name = port.name
         self.generation = port.generation
         self.runner: Any = None
+        self.concurrency = 1  # batches at once: the runner's max_concurrency, once loaded
         self.deterministic = False  # the runner's promise, once loaded (runner_deterministic)
-        self.device: DeviceContext | None = None
         self.fatal: BaseException | None = None
         self.failed_job: Job | None = None  # the batch whose failure ended this incarnation
         self.dispatch_gate = Gate()  # closed: no job is taken from the queue
@@ -95,7 +87,6 @@ class Tier:
         self.in_flight: set[Job] = set()  # taken, and not settled here (the worker settles them)
         self.held: Job | None = None  # received as the dispatch gate closed: still queued
         self._scope = trio.CancelScope()
-        self.nursery: trio.Nursery | None = None
 
     def fail(self, error: BaseException) -> None:
         """End this incarnation with ``error`` (the first one wins)."""
@@ -138,7 +129,7 @@ class Tier:
     def placement(self) -> dict[str, Any]:
         """Where the runner runs: ``{}`` in this process; a child process's ``pid``; a Ray
         actor's ``actor_id``, ``name``, ``node_id``, ``node_ip`` and ``pid``."""
-        return {}
+        return self.home.placement()
 
     @property
     def breaker_state(self) -> BreakerState | None:
@@ -151,8 +142,11 @@ class Tier:
         try:
             with self._scope:
                 async with trio.open_nursery() as nursery:
-                    self.nursery = nursery  # for a tier's helper tasks (a child process, ...)
-                    await self._load()
+                    # The nursery is the home's too, for helper tasks (a heartbeat watch).
+                    loaded = await self.home.load(self.port, nursery, self.fail)
+                    self.runner = loaded.runner
+                    self.concurrency = loaded.concurrency
+                    self.deterministic = loaded.deterministic
                     self.port.ready(self.deterministic)
                     await self._dispatch(nursery)
         except Exception as exc:  # from load or dispatch; batches report through fail()
@@ -166,91 +160,14 @@ class Tier:
         assert self.fatal is not None, "a tier only ends by failing"
         raise self.fatal
 
-    async def _load(self) -> None:
-        port = self.port
-        timeout = port.readiness_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout) as scope:
-            self.runner = port.factory(**port.runner_args)
-            tell_generation(self.runner, self.generation)
-            self.concurrency, _, needs_device = runner_attributes(self.runner)
-            self.deterministic = runner_deterministic(self.runner)
-            self._watch_breaker()
-            self.device = port.open_device() if needs_device else CpuDevice()
-            await self.runner.load(self.device)
-        if scope.cancelled_caught:
-            raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
-
-    def _watch_breaker(self) -> None:
-        """A runner's circuit breaker (``runner.breaker``) reports its changes as events."""
-        breaker = getattr(self.runner, "breaker", None)
-        if not isinstance(breaker, CircuitBreaker):
-            return
-        # A breaker kept across tiers (passed in runner_args) is wrapped once, not per tier.
-        theirs = getattr(breaker.on_change, "wrapped_by_tier", breaker.on_change)
-        report = self.port.breaker_changed
-
-        def on_change(old: BreakerState, new: BreakerState) -> None:
-            if theirs is not None:
-                theirs(old, new)
-            report(old, new)
-
-        on_change.wrapped_by_tier = theirs  # type: ignore[attr-defined]
-        breaker.on_change = on_change
-
     async def _teardown(self) -> None:
-        device, runner = self.device, self.runner
-        if device is not None and isinstance(self.fatal, ContextPoisoned):
-            await self._probe(device, self.fatal)
-        if runner is not None:
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                try:
-                    await runner.aclose()
-                except Exception:
-                    logger.exception("%s: runner.aclose() failed", self.name)
-            if scope.cancelled_caught:
-                logger.warning("%s: runner.aclose() took over %gs", self.name, CLOSE_TIMEOUT)
-        if device is not None:
-            await self._close_device(device)
-
-    async def _close_device(self, device: DeviceContext) -> None:
-        """Close the device context without blocking the event loop on the GPU.
-
-        Freeing a CUDA memory pool waits for the device, so anything but the CPU closes in a
-        thread, abandoned after CLOSE_TIMEOUT (a hung device cannot be waited for).
-        """
-        try:
-            if isinstance(device, CpuDevice):
-                device.close()
-                return
-            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                await trio.to_thread.run_sync(device.close, abandon_on_cancel=True)
-            if scope.cancelled_caught:
-                logger.warning("%s: closing %s took over %gs", self.name, device.name,
-                               CLOSE_TIMEOUT)  # fmt: skip
-        except Exception:
-            logger.exception("%s: closing device %s failed", self.name, device.name)
-
-    async def _probe(self, device: DeviceContext, error: BaseException) -> None:
-        """After a poisoning: can this process still use the device? If not, say the cure."""
-        failure: BaseException | None = None
-        with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-            try:
-                await device.probe()
-            except Exception as exc:
-                failure = exc
-        if scope.cancelled_caught:
-            failure = HungWorker(f"the device probe did not answer within {CLOSE_TIMEOUT:g}s")
-        if failure is None:
-            return
-        stop = Unrecoverable(
-            f"the device context on {device.name} is poisoned and cannot recover in this "
-            f"process (probe: {failure!r}); run the worker with isolation='process' so that "
-            "a fresh process can take over"
-        )
-        stop.__cause__ = error
-        self.fatal = stop
-        if self.failed_job is not None:
-            self.failed_job.error = stop
+        """The home tears the runner down; an error it replaces the fatal one with (an inline
+        device that cannot recover: Unrecoverable) is the failed batch's error too."""
+        fatal = await self.home.teardown(self.fatal)
+        if fatal is not self.fatal:
+            self.fatal = fatal
+            if self.failed_job is not None:
+                self.failed_job.error = fatal
 
     async def _dispatch(self, nursery: trio.Nursery) -> None:
         slots = trio.Semaphore(self.concurrency)

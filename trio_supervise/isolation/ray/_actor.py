@@ -1,16 +1,17 @@
 """The actor of a Ray-isolated worker: the runner's side, in a Ray worker process.
 
-The parent (:mod:`.ray`) makes one :class:`RayChildActor` per tier incarnation (and one per
+The parent (:mod:`._home`) makes one :class:`RayChildActor` per tier incarnation (and one per
 standby spare). It is an *async* actor: Ray runs its methods on an asyncio loop. The runner is a
 Trio runner, so the actor runs a Trio loop of its own in one thread, and the runner lives there,
-built, loaded and driven by the same code as a child process's (:class:`~.._child._Child`):
-the frames that a child writes to its socket are handed to this actor's asyncio side instead.
+built, parked, activated, loaded and driven by the same code as a child process's
+(:class:`~.._host.RunnerHost`): the frames that a child writes to its socket are handed to this
+actor's asyncio side instead.
 
 * ``start(init)`` builds and loads the runner (or parks it, for a spare) and returns the reply
-  frame (``Ready``, ``Parked`` or ``Fatal``, encoded) with where the actor runs;
-* ``execute(frame)`` is a streaming generator: each item is one or more encoded frames, every
-  chunk that was waiting when Ray asked for the next item (one item per chunk would cost one Ray
-  object per token), ending with ``BatchEnd`` or ``BatchFailed``;
+  frame (``Ready``, ``Parked`` or ``Fatal``, packed) with where the actor runs;
+* ``execute(frame)`` is a streaming generator: each item is one payload of every frame that was
+  waiting when Ray asked for the next item (one item per chunk would cost one Ray object per
+  token), decoded at once by the parent, ending with ``BatchEnd`` or ``BatchFailed``;
 * ``cancel``, ``rebuild``, ``activate`` and ``stop`` are the other frames, as calls;
 * ``watch()`` never returns: the parent learns of the actor's death, busy or idle, from it;
 * ``heartbeat()`` is answered from the runner's Trio loop, so a runner that blocks that loop
@@ -37,11 +38,10 @@ from typing import Any
 
 import trio
 
-from .._errors import ChildDied, ContextPoisoned
-from ..devices._cuda_errors import classify_cuda_error
-from ..tier._runner import tell_generation
-from . import _frames as frames
-from ._host import CHILD_ENV, STICKY_EXIT_CODE, _Child
+from ..._errors import ChildDied, ContextPoisoned
+from .. import _codec as codec
+from .. import _frames as frames
+from .._host import CHILD_ENV, STICKY_EXIT_CODE, RunnerHost
 
 __all__ = ["RayChildActor", "probe_task"]
 
@@ -50,24 +50,8 @@ __all__ = ["RayChildActor", "probe_task"]
 EXIT_BACKSTOP = 30.0
 
 
-class _ActorChild(_Child):
-    """A child whose frames go to a callable instead of a socket."""
-
-    def __init__(self, deliver: Callable[[Any], None]) -> None:
-        super().__init__(None)
-        self._deliver = deliver
-        self.poisoned = False
-
-    async def send(self, message: Any) -> None:
-        self._deliver(message)
-
-    def _poisoned(self) -> None:
-        self.poisoned = True  # the parent kills this actor; until then, no batch runs here
-
-
 def _decode(data: bytes) -> Any:
-    (message,) = frames.FrameReader(from_child=False).feed(data)
-    return message
+    return codec.unpack(data, from_child=False)
 
 
 class RayChildActor:
@@ -75,7 +59,8 @@ class RayChildActor:
 
     def __init__(self) -> None:
         os.environ[CHILD_ENV] = "1"  # a process of our own: faults that kill it are allowed
-        self._child = _ActorChild(self._from_trio)
+        self._host = RunnerHost(self._send, on_sticky=self._poisoned)
+        self._is_poisoned = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -117,7 +102,7 @@ class RayChildActor:
     def _loop_ended(self, how: str) -> None:
         """On the asyncio side, after every frame the loop sent (``call_soon_threadsafe`` keeps
         their order): end the open batches with the death, or exit now if there are none."""
-        code = STICKY_EXIT_CODE if self._child.poisoned else 1
+        code = STICKY_EXIT_CODE if self._is_poisoned else 1
         self._ended = ChildDied(f"the runner's event loop in the Ray actor {how}")
         if not self._streams:
             os._exit(code)
@@ -134,10 +119,14 @@ class RayChildActor:
             started.set_result(None)
             await trio.sleep_forever()  # until stop() cancels it
 
-    def _from_trio(self, message: Any) -> None:
+    async def _send(self, message: Any) -> None:
         """A frame from the runner's side (in the Trio thread): to the asyncio side."""
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._route, message)
+
+    def _poisoned(self) -> None:
+        """After a sticky error: the parent kills this actor; until then, no batch runs here."""
+        self._is_poisoned = True
 
     def _route(self, message: Any) -> None:
         if isinstance(message, frames.ChunkFrame | frames.BatchEnd | frames.BatchFailed):
@@ -155,65 +144,46 @@ class RayChildActor:
         assert self._token is not None
         self._token.run_sync_soon(fn, *args)
 
-    async def _control_call(self, fn: Callable[..., Awaitable[None]], *args: Any) -> bytes:
+    async def _control_call(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bytes:
         """Run ``fn`` in the Trio thread; return the control frame it sent, encoded."""
         await self._ensure_trio()
         assert self._loop is not None and self._nursery is not None
         self._control = self._loop.create_future()
         self._soon(self._nursery.start_soon, fn, *args)
-        return frames.encode(await self._control)
+        return codec.pack(await self._control)
 
     # --- the calls the parent makes ---------------------------------------------------------
 
     async def start(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
         """Build and load (or park) the runner from an ``Init``; the reply and where we run."""
-        reply = await self._control_call(self._start, _decode(data))
+        init: frames.Init = _decode(data)
+        host = self._host
+        reply = await self._control_call(host.park if init.park else host.start, init)
         return reply, _identity()
-
-    async def _start(self, init: frames.Init) -> None:
-        child = self._child
-        if init.park:  # a standby spare: build now (and load, with preload), take over later
-            if await child._construct(init) and (not init.preload or await child._load()):
-                await child.send(frames.Parked(os.getpid()))
-        elif await child._construct(init) and await child._load():
-            await child.send(frames.Ready(os.getpid(), child.concurrency, None,
-                                          child.deterministic))  # fmt: skip
 
     async def activate(self, generation: int) -> bytes:
         """A parked spare takes over: probe its device, load if it has not, say Ready."""
-        return await self._control_call(self._activate, generation)
-
-    async def _activate(self, generation: int) -> None:
-        child = self._child
-        tell_generation(child.runner, generation)
-        try:
-            await child.device.probe()
-        except Exception as exc:
-            await child.send(frames.Fatal(frames.error_to_data(classify_cuda_error(exc))))
-            return
-        if child.loaded or await child._load():
-            await child.send(frames.Ready(os.getpid(), child.concurrency, None,
-                                          child.deterministic))  # fmt: skip
+        return await self._control_call(self._host.activate, generation)
 
     async def execute(self, data: bytes) -> AsyncIterator[bytes]:
         """Run one ``Execute``; stream its frames back, as many as are waiting per item."""
         message: frames.Execute = _decode(data)
         seq = message.seq
-        if self._child.poisoned or self._nursery is None or self._ended is not None:
+        if self._is_poisoned or self._nursery is None or self._ended is not None:
             error: ContextPoisoned = self._ended or ContextPoisoned(
                 "this actor's device context is poisoned by a sticky error"
             )
-            yield frames.encode(frames.BatchFailed(seq, frames.error_to_data(error), True))
+            yield codec.pack_all([frames.BatchFailed(seq, frames.error_to_data(error), True)])
             return
         queue: asyncio.Queue[Any] = asyncio.Queue()
         self._streams[seq] = queue
         try:
-            self._soon(self._child._handle, message, self._nursery)
+            self._soon(self._host.handle, message, self._nursery)
             while True:
                 items = [await queue.get()]
                 while not queue.empty():
                     items.append(queue.get_nowait())
-                yield b"".join(map(frames.encode, items))
+                yield codec.pack_all(items)
                 if isinstance(items[-1], frames.BatchEnd | frames.BatchFailed):
                     return
         finally:
@@ -222,14 +192,14 @@ class RayChildActor:
     async def cancel(self, seq: int, request_id: str) -> None:
         """A consumer left: tell the runner (through the batch's cancelled set)."""
         if self._nursery is not None:
-            self._soon(self._child._handle, frames.Cancel(seq, request_id), self._nursery)
+            self._soon(self._host.handle, frames.Cancel(seq, request_id), self._nursery)
 
     async def rebuild(self, token: int, cause: str) -> bytes:
-        """Rebuild the runner's session; the ``RebuildDone`` frame, encoded."""
+        """Rebuild the runner's session; the ``RebuildDone`` frame, packed as a stream item."""
         assert self._loop is not None and self._nursery is not None
         future = self._rebuilds[token] = self._loop.create_future()
-        self._soon(self._child._handle, frames.Rebuild(token, cause), self._nursery)
-        return frames.encode(await future)
+        self._soon(self._host.handle, frames.Rebuild(token, cause), self._nursery)
+        return codec.pack_all([await future])
 
     async def heartbeat(self) -> int:
         """Answered from the runner's Trio loop (a loop that a runner blocks goes silent): the
@@ -238,7 +208,7 @@ class RayChildActor:
         loop, future = self._loop, self._loop.create_future()
 
         def answer() -> None:
-            loop.call_soon_threadsafe(_settle, future, self._child.progress)
+            loop.call_soon_threadsafe(_settle, future, self._host.progress)
 
         self._soon(answer)
         result: int = await future
@@ -257,9 +227,7 @@ class RayChildActor:
 
         async def close() -> None:
             try:
-                if self._child.runner is not None:
-                    with trio.move_on_after(5):
-                        await self._child.runner.aclose()
+                await self._host.close()
             finally:
                 assert self._nursery is not None
                 self._nursery.cancel_scope.cancel()
@@ -298,5 +266,9 @@ def _identity() -> dict[str, Any]:
 def probe_task(data: bytes) -> bytes:
     """A Ray task: import the factory of an ``Init(probe=True)``; its ``Ready`` or ``Fatal``."""
     replies: list[Any] = []
-    trio.run(_ActorChild(replies.append)._probe, _decode(data))
-    return frames.encode(replies[0])
+
+    async def send(message: Any) -> None:
+        replies.append(message)
+
+    trio.run(RunnerHost(send).probe, _decode(data))
+    return codec.pack(replies[0])
