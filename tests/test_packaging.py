@@ -80,6 +80,7 @@ API = {
         "Unrecoverable",
         "Usage",
         "Worker",
+        "WorkerOptions",
         "WorkerState",
         "WorkerStatistics",
         "WorkerStopped",

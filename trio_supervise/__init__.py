@@ -62,6 +62,7 @@ from .tier._continuation import Continuation
 from .tier._requests import RequestStream
 from .tier._runner import DEVICE_POLICY, ModelRunner, open_chunks
 from .worker._open_worker import open_worker
+from .worker._options import WorkerOptions
 from .worker._worker import WORKER_TRANSITIONS, Worker, WorkerState, WorkerStatistics
 
 __version__ = "0.1.0.dev0"
@@ -125,6 +126,7 @@ __all__ = [
     "Unrecoverable",
     "Usage",
     "Worker",
+    "WorkerOptions",
     "WorkerState",
     "WorkerStatistics",
     "WorkerStopped",

@@ -2,41 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncGenerator
-from typing import Any
-
 import pytest
 import trio
 import trio.testing
 
 import trio_supervise as ts
 from tests.support.helpers import FaultRunner, failing_factory
-from trio_supervise import FinishReason, Request, SamplingParams, WorkerState
-from trio_supervise.runners.mock import MockRecord, MockRunner, text_of, token_at
+from tests.worker.common import expected_text, outcome, req, worker_args
+from trio_supervise import FinishReason, WorkerState
+from trio_supervise.runners.mock import MockRecord, MockRunner, token_at
 
 Clock = trio.testing.MockClock
-
-
-def req(rid: str, max_tokens: int = 4, **kwargs: Any) -> Request:
-    return Request(rid, f"prompt {rid}", SamplingParams(max_tokens=max_tokens, seed=7), **kwargs)
-
-
-def expected_text(request: Request) -> str:
-    return "".join(text_of(token_at(request, i, 50_000)) for i in range(request.params.max_tokens))
-
-
-async def outcome(stream: ts.RequestStream) -> tuple[str, object]:
-    """("ok", text) or ("error", the exception)."""
-    try:
-        _, text, reason, _ = await stream.collect()
-    except ts.InferenceError as exc:
-        return "error", exc
-    return "ok", text if reason is FinishReason.LENGTH else reason
-
-
-def worker_args(record: MockRecord, **runner: Any) -> dict[str, Any]:
-    return {"runner_args": {"record": record, "delay": 1.0, **runner}, "device": "cpu"}
 
 
 async def test_serves_deterministic_tokens_with_usage(autojump_clock: Clock) -> None:
@@ -282,54 +258,6 @@ async def test_leaving_early_cancels_only_that_request(autojump_clock: Clock) ->
         assert stats.tokens < 20  # the runner stopped producing for the one that left
 
 
-async def test_rebuild_never_overlaps_itself_or_a_new_batch(autojump_clock: Clock) -> None:
-    record = MockRecord()
-    args = worker_args(record, rebuild_time=3.0)
-    async with ts.open_worker(FaultRunner, **args) as worker:
-        streaming = worker.generate(req("streaming", 4))
-        await trio.sleep(0.5)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(worker.rebuild, ts.RebuildCause.MANUAL)
-            nursery.start_soon(worker.rebuild, ts.RebuildCause.CONFIG_CHANGE)
-            await trio.testing.wait_all_tasks_blocked()
-            assert worker.state.value is WorkerState.REBUILDING
-            during = worker.generate(req("during", 2))  # dispatched, must wait for the rebuilds
-        assert trio.current_time() == 6.5
-        assert {cause for _, cause in record.rebuilds} == {
-            ts.RebuildCause.MANUAL,
-            ts.RebuildCause.CONFIG_CHANGE,
-        }
-        assert (await outcome(streaming))[0] == "ok"  # went on streaming meanwhile
-        assert (await outcome(during))[0] == "ok"
-        assert worker.state.value is WorkerState.READY and worker.generation == 1
-
-
-async def test_a_failed_rebuild_is_decided_by_the_policy(autojump_clock: Clock) -> None:
-    record = MockRecord()
-    args = worker_args(
-        record,
-        rebuild_faults={0: ts.OutOfMemory("no room to rebuild"), 1: ts.ContextPoisoned("gone")},
-    )
-    async with ts.open_worker(FaultRunner, **args) as worker:
-        with pytest.raises(ts.OutOfMemory):
-            await worker.rebuild()
-        assert worker.generation == 1  # RESUME: the same runner goes on
-        with pytest.raises(ts.ContextPoisoned):
-            await worker.rebuild()
-        await worker.state.wait_value(WorkerState.READY)
-        assert worker.generation == 2  # RESTART: a new runner
-
-
-async def test_restart_is_graceful_and_not_counted(autojump_clock: Clock) -> None:
-    record = MockRecord()
-    async with ts.open_worker(FaultRunner, **worker_args(record)) as worker:
-        stream = worker.generate(req("a", 3))
-        for _ in range(5):  # more than the 3 restarts a minute the policy allows
-            await worker.restart()
-        assert worker.generation == 6
-        assert await outcome(stream) == ("ok", expected_text(req("a", 3)))
-
-
 @pytest.mark.parametrize(
     ("fault", "message"),
     [
@@ -372,29 +300,6 @@ async def test_inline_tier_stops_when_the_probe_fails_after_a_poisoning(
         assert record.instances == 1  # no restart into the same broken context
 
 
-def test_worker_refuses_bad_arguments() -> None:
-    with pytest.raises(ts.ConfigError, match=r"^runner factory must be a callable or an import"):
-        ts.Worker("nocolon")
-    with pytest.raises(ts.ConfigError, match=r"^cannot import runner module 'no_such_mod'"):
-        ts.Worker("no_such_mod:f")
-    with pytest.raises(ts.ConfigError, match=r"has no attribute 'Nope'$"):
-        ts.Worker("trio_supervise.runners.mock:Nope")
-    with pytest.raises(ts.ConfigError, match=r"^max_pending must be an int >= 1, got 0$"):
-        ts.Worker(MockRunner, max_pending=0)
-    with pytest.raises(
-        ts.ConfigError, match=r"^device must be 'auto', 'cpu' or 'cuda:N', got 'gpu'"
-    ):
-        ts.Worker(MockRunner, device="gpu")
-    with pytest.raises(
-        ts.ConfigError, match=r"^hang_timeout must be a number > 0 or None, got -1$"
-    ):
-        ts.Worker(MockRunner, hang_timeout=-1)
-    worker = ts.Worker("trio_supervise.runners.mock:MockRunner", device="cpu")
-    assert worker.name == "MockRunner"
-    with pytest.raises(ts.BadRequest, match=r"^submit takes a Batch, got 3$"):
-        worker.submit(3)  # type: ignore[arg-type]
-
-
 async def test_the_bodys_exception_comes_out_plainly_and_fails_everything(
     autojump_clock: Clock,
 ) -> None:
@@ -405,155 +310,3 @@ async def test_the_bodys_exception_comes_out_plainly_and_fails_everything(
     _kind, error = await outcome(stream)
     assert isinstance(error, ts.WorkerStopped)
     assert str(error) == "worker 'MockRunner' stopped: its owner failed before request 'a' finished"
-
-
-async def test_states_after_a_normal_exit_and_after_cancellation(autojump_clock: Clock) -> None:
-    async with ts.open_worker(MockRunner, device="cpu") as worker:
-        pass
-    with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is stopped$"):
-        worker.generate(req("late"))
-    cancelled = ts.Worker(MockRunner, device="cpu")
-    with trio.move_on_after(5):
-        async with trio.open_nursery() as nursery:
-            await nursery.start(cancelled.run)
-            await trio.sleep_forever()
-    assert cancelled.state.value is WorkerState.STOPPED
-    with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is cancelled$"):
-        cancelled.generate(req("late"))
-
-
-async def test_one_stream_is_read_by_one_task_at_a_time(autojump_clock: Clock) -> None:
-    record = MockRecord()
-    async with ts.open_worker(MockRunner, **worker_args(record)) as worker:
-        stream = worker.generate(req("shared", max_tokens=3))
-        await stream.__anext__()  # the first token; the next one comes a second later
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.__anext__)
-            await trio.testing.wait_all_tasks_blocked()  # the first reader waits for a chunk
-            with pytest.raises(trio.BusyResourceError, match="'shared'"):
-                await stream.__anext__()
-        # The first reader got its chunk; the stream goes on for whoever reads it next.
-        rest = [chunk async for chunk in stream]
-        assert rest[-1].finish_reason is FinishReason.LENGTH
-
-
-async def test_the_worker_moves_only_along_its_transition_table(
-    autojump_clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    seen: list[tuple[WorkerState, WorkerState]] = []
-    move = ts.Worker._move
-
-    def recording(worker: ts.Worker, new: WorkerState) -> None:
-        old = worker.state.value
-        move(worker, new)  # raises on a change the table does not allow
-        seen.append((old, new))
-
-    monkeypatch.setattr(ts.Worker, "_move", recording)
-    faults = {"batch_faults": {0: (0, ts.ContextPoisoned("boom"))}, "delay": 1.0}
-    async with ts.open_worker(FaultRunner, runner_args=faults, device="cpu") as worker:
-        with pytest.raises(ts.ContextPoisoned):  # batch 0 poisons the tier: it restarts
-            await worker.generate(req("a", idempotent=False)).collect()
-        await worker.state.wait_value(WorkerState.READY)
-        await worker.rebuild()
-        await worker.restart()
-    S = WorkerState
-    assert seen == [
-        (S.STARTING, S.STARTING), (S.STARTING, S.READY),  # the first tier
-        (S.READY, S.STARTING), (S.STARTING, S.READY),  # the poisoned tier restarts
-        (S.READY, S.REBUILDING), (S.REBUILDING, S.READY),  # rebuild()
-        (S.READY, S.STARTING), (S.STARTING, S.READY),  # restart()
-        (S.READY, S.STOPPED),  # the end of the block
-    ]  # fmt: skip
-    assert set(seen) <= {(old, new) for old, new, _ in ts.WORKER_TRANSITIONS}
-    monkeypatch.undo()
-    with pytest.raises(AssertionError, match="no transition STOPPED -> READY"):
-        worker._move(WorkerState.READY)
-
-
-async def test_open_chunks_takes_a_generator_or_a_safe_channel(autojump_clock: Clock) -> None:
-    closed: list[str] = []
-
-    async def generator() -> AsyncGenerator[ts.Chunk, None]:
-        try:
-            for i in range(3):
-                yield ts.Chunk("r", (i,))
-        finally:
-            closed.append("generator")
-
-    @trio.as_safe_channel
-    async def concurrent() -> AsyncGenerator[ts.Chunk, None]:
-        send, receive = trio.open_memory_channel[ts.Chunk](10)
-        async with trio.open_nursery() as nursery:  # a nursery, never open across a yield
-            for i in range(3):
-                nursery.start_soon(send.send, ts.Chunk("r", (i,)))
-        send.close()
-        try:
-            async with receive:
-                async for chunk in receive:
-                    yield chunk
-        finally:
-            closed.append("channel")
-
-    for produced in (generator(), concurrent()):
-        async with ts.open_chunks(produced) as chunks:
-            async for chunk in chunks:
-                assert chunk.token_ids[0] in (0, 1, 2)
-                break  # leave early: each is closed in this task, on the way out
-    assert closed == ["generator", "channel"]
-    # And a worker runs a runner whose execute is a safe channel.
-    async with ts.open_worker(SafeChannelRunner, device="cpu") as worker:
-        tokens, *_ = await worker.generate(req("s", max_tokens=3)).collect()
-        assert len(tokens) == 3
-
-
-class SafeChannelRunner(MockRunner):
-    """MockRunner's chunks, through ``trio.as_safe_channel``."""
-
-    def execute(self, batch: ts.Batch) -> Any:  # type: ignore[override]
-        return _safe(super().execute(batch))
-
-
-@trio.as_safe_channel
-async def _safe(chunks: AsyncGenerator[ts.Chunk, None]) -> AsyncGenerator[ts.Chunk, None]:
-    async with contextlib.aclosing(chunks):
-        async for chunk in chunks:
-            yield chunk
-
-
-async def test_a_job_the_tier_got_as_its_gate_closed_is_still_queued(autojump_clock: Clock) -> None:
-    record = MockRecord()
-    async with ts.open_worker(MockRunner, **worker_args(record)) as worker:
-        await trio.sleep(1)  # the tier waits for a job
-        tier = worker._tier
-        assert tier is not None
-        stream = worker.generate(req("late", idempotent=False))  # handed to the waiting tier
-        tier.dispatch_gate.close()  # as a restart begins, before the tier ran
-        await trio.sleep(1)
-        stats = worker.statistics()
-        assert (stats.pending, stats.in_flight, record.executes) == (1, 0, [])
-        tier.fail(ts.ContextPoisoned("illegal address"))
-        # It never ran, so it is no casualty of the restart: not idempotent, it still runs.
-        assert await outcome(stream) == ("ok", expected_text(req("late")))
-        assert worker.generation == 2 and record.executes == [(1, 0, ("late",))]
-        assert worker.statistics().requeued == 0
-
-
-async def test_collect_wakes_its_reader_once_at_the_end(
-    autojump_clock: Clock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from trio_supervise.tier._requests import RequestState
-
-    wakes: list[str] = []
-    wake = RequestState._wake
-
-    def counted(state: RequestState) -> None:
-        wakes.append(state.id)
-        wake(state)
-
-    monkeypatch.setattr(RequestState, "_wake", counted)
-    async with ts.open_worker(MockRunner, runner_args={"delay": 1.0}, device="cpu") as worker:
-        streamed = [chunk async for chunk in worker.generate(req("chunks", 4))]
-        assert len(streamed) == 4 and wakes.count("chunks") == 4  # one wake per chunk
-        tokens, text, reason, _ = await worker.generate(req("whole", 4)).collect()
-        assert (len(tokens), text, reason) == (4, expected_text(req("whole")), FinishReason.LENGTH)
-        assert wakes.count("whole") == 1  # woken once, at the end

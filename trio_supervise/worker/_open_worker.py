@@ -10,7 +10,7 @@ import trio
 
 from ..devices import DeviceContext
 from ..supervision import EventCallback, Policy
-from ._worker import Worker, WorkerState
+from ._worker import Worker
 
 __all__ = ["open_worker"]
 
@@ -111,13 +111,12 @@ async def open_worker(
             try:
                 yield worker
             except BaseException:
-                worker._stop_everything(WorkerState.STOPPED, "stopped: its owner failed")
+                worker.stop("stopped: its owner failed")
                 raise
             else:
-                assert worker.drain_timeout is not None
                 with trio.move_on_after(worker.drain_timeout):
                     await worker.drain()
-                worker._stop_everything(WorkerState.STOPPED, "stopped")
+                worker.stop()
             finally:
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:

@@ -1,11 +1,18 @@
-"""A worker's arguments, checked: a bad one is a ``ConfigError`` that says what was expected."""
+"""A worker's arguments, checked: a bad one is a ``ConfigError`` that says what was expected.
+
+The rule of each field (what it must be) is written once, here: :func:`check_options` applies it
+to the keyword arguments of ``Worker`` and ``open_worker`` (``max_pending must be an int >= 1,
+got 0``), and the serve config to its ``[[workers]]`` tables, with bounds of its own, at each
+key path (``workers[0].max_pending: must be >= 1, got 0``).
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, final
 
 import attrs
 import msgspec
@@ -15,28 +22,179 @@ from ..devices import DeviceContext
 from ..supervision import Policy
 from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes
 
-__all__ = ["WorkerOptions", "check_options"]
+__all__ = [
+    "DEVICE",
+    "FLAG",
+    "HEARTBEAT_TIMEOUT",
+    "ISOLATED",
+    "ISOLATION",
+    "ISOLATIONS",
+    "MAX_ATTEMPTS",
+    "MAX_PENDING",
+    "TIMEOUT",
+    "Count",
+    "Flag",
+    "Seconds",
+    "Text",
+    "WorkerOptions",
+    "check_options",
+    "check_ray",
+    "is_int",
+    "is_number",
+]
 
 
 def _unavailable_in_parent(**kwargs: Any) -> Any:
     raise AssertionError("a process-isolated worker builds its runner in the child")
 
 
-def _positive(name: str, value: object, *, allow_none: bool = True) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ConfigError(
-            f"{name} must be a number > 0{' or None' if allow_none else ''}, got {value!r}"
-        )
-    if not math.isfinite(value):
-        raise ConfigError(f"{name} must be finite, got {value!r}")
-    return float(value)
+def is_int(value: object) -> bool:
+    """Whether ``value`` is an int (a bool is not)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: object) -> bool:
+    """Whether ``value`` is an int or a float (a bool is not)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 @attrs.frozen
+class Count:
+    """What a count must be: an int ``>= low`` (and ``<= high`` where the config bounds it)."""
+
+    low: int
+    high: int | None = None
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` (``"must be >= 1"``), or None."""
+        if not is_int(value):
+            return "must be an integer"
+        assert isinstance(value, int)
+        if value < self.low:
+            return f"must be >= {self.low}"
+        if self.high is not None and value > self.high:
+            return f"must be <= {self.high}"
+        return None
+
+    def at_most(self, high: int) -> Count:
+        """This rule with a maximum."""
+        return attrs.evolve(self, high=high)
+
+
+@attrs.frozen
+class Seconds:
+    """What a timeout must be: a finite number of seconds ``> 0`` (and ``<= most``)."""
+
+    most: float = math.inf
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value`` (``"must be > 0"``), or None."""
+        if not is_number(value):
+            return "must be a number"
+        assert isinstance(value, int | float)
+        if not abs(value) <= sys.float_info.max:  # inf, nan, or an int too large for a float
+            return "must be a finite number"
+        if value <= 0:
+            return "must be > 0"
+        if value > self.most:
+            return f"must be <= {self.most:g}"
+        return None
+
+    def at_most(self, most: float) -> Seconds:
+        """This rule with a maximum."""
+        return attrs.evolve(self, most=most)
+
+
+@attrs.frozen
+class Flag:
+    """What a switch must be: a bool."""
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value``, or None."""
+        return None if isinstance(value, bool) else "must be true or false"
+
+
+@attrs.frozen
+class Text:
+    """What a string field must be: a str that ``valid`` accepts, one of ``expected``."""
+
+    valid: Callable[[str], object]
+    expected: str
+    """What it must be, as a phrase: ``"'inline', 'process' or 'ray'"``."""
+
+    def problem(self, value: object) -> str | None:
+        """What is wrong with ``value``, or None."""
+        if not isinstance(value, str):
+            return "must be a string"
+        return None if self.valid(value) else f"must be {self.expected}"
+
+
+def _is_device(text: str) -> bool:
+    return text in ("auto", "cpu") or (text.startswith("cuda:") and text[5:].isdigit())
+
+
+ISOLATIONS = ("inline", "process", "ray")
+ISOLATED = ("process", "ray")
+"""The isolations that ``standby`` and ``standby_load`` need (``ray_options`` needs ``ray``)."""
+
+# The rules of a worker's fields, for the keyword arguments and the serve config alike (which
+# bounds counts and timeouts further, and says each problem at its key path).
+ISOLATION = Text(ISOLATIONS.__contains__, "'inline', 'process' or 'ray'")
+DEVICE = Text(_is_device, "'auto', 'cpu' or 'cuda:N'")
+"""A device named by a string (the keyword arguments also take a callable)."""
+MAX_PENDING = Count(1)
+MAX_ATTEMPTS = Count(1)
+TIMEOUT = Seconds()
+"""``hang_timeout``, ``readiness_timeout`` (both may be None), ``drain_timeout``,
+``heartbeat_timeout``."""
+FLAG = Flag()
+"""``standby``, ``standby_load``."""
+HEARTBEAT_TIMEOUT = 10.0
+"""The default ``heartbeat_timeout``: seconds a child process or actor may stay silent."""
+
+
+def _count(name: str, value: object, rule: Count) -> int:
+    if rule.problem(value) is not None:
+        raise ConfigError(f"{name} must be an int >= {rule.low}, got {value!r}")
+    assert isinstance(value, int)
+    return value
+
+
+def _seconds(name: str, value: object, *, allow_none: bool = True) -> float | None:
+    if value is None and allow_none:
+        return None
+    problem = TIMEOUT.problem(value)
+    if problem is None:
+        assert isinstance(value, int | float)
+        return float(value)
+    if isinstance(value, int | float) and value > 0:  # a number > 0, and yet refused: infinite
+        raise ConfigError(f"{name} must be finite, got {value!r}")
+    raise ConfigError(
+        f"{name} must be a number > 0{' or None' if allow_none else ''}, got {value!r}"
+    )
+
+
+def _flag(name: str, value: object) -> bool:
+    if FLAG.problem(value) is not None:
+        raise ConfigError(f"{name} must be a bool, got {value!r}")
+    return bool(value)
+
+
+@final
+@attrs.frozen
 class WorkerOptions:
-    """The checked arguments of one worker (see :func:`~trio_supervise.open_worker`)."""
+    """The checked arguments of one worker (see :func:`~trio_supervise.open_worker`): what
+    ``worker.options`` holds, and what ``Worker.from_options`` takes.
+
+    Build one with :meth:`~trio_supervise.WorkerOptions.check`, which takes ``open_worker``'s
+    keyword arguments (``on_event`` apart) and raises ``ConfigError`` for a bad one, as
+    ``Worker(...)`` does.
+    """
+
+    @classmethod
+    def check(cls, runner_factory: str | Callable[..., Any], **options: Any) -> WorkerOptions:
+        """Check ``open_worker``'s arguments (``on_event`` apart) into one value."""
+        return check_options(runner_factory, **options)
 
     name: str
     isolation: str
@@ -92,8 +250,7 @@ def check_ray(ray_options: Mapping[str, Any] | None, ray_address: str | None) ->
         )
     for key in ("num_gpus", "num_cpus", "memory"):
         value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not value >= 0):  # fmt: skip
+        if value is not None and not (is_number(value) and value >= 0):
             raise ConfigError(f"ray_options.{key} must be a number >= 0, got {value!r}")
     for key in ("name", "namespace"):
         value = options.get(key)
@@ -107,19 +264,19 @@ def check_ray(ray_options: Mapping[str, Any] | None, ray_address: str | None) ->
 def check_options(
     runner_factory: str | Callable[..., Any],
     *,
-    runner_args: Mapping[str, Any] | None,
-    device: str | Callable[[], DeviceContext],
-    policy: Policy | None,
-    max_pending: int,
-    max_attempts: int,
-    hang_timeout: float | None,
-    readiness_timeout: float | None,
-    drain_timeout: float,
-    name: str | None,
-    isolation: str,
-    heartbeat_timeout: float,
-    standby: bool,
-    standby_load: bool,
+    runner_args: Mapping[str, Any] | None = None,
+    device: str | Callable[[], DeviceContext] = "auto",
+    policy: Policy | None = None,
+    max_pending: int = 1024,
+    max_attempts: int = 2,
+    hang_timeout: float | None = None,
+    readiness_timeout: float | None = None,
+    drain_timeout: float = 30.0,
+    name: str | None = None,
+    isolation: str = "inline",
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT,
+    standby: bool = False,
+    standby_load: bool = False,
     ray_options: Mapping[str, Any] | None = None,
     ray_address: str | None = None,
 ) -> WorkerOptions:
@@ -128,9 +285,9 @@ def check_options(
     Raises:
         ConfigError: the first bad argument, with what was expected and what was got.
     """
-    if isolation not in ("inline", "process", "ray"):
-        raise ConfigError(f"isolation must be 'inline', 'process' or 'ray', got {isolation!r}")
-    isolated = isolation != "inline"
+    if ISOLATION.problem(isolation) is not None:
+        raise ConfigError(f"isolation must be {ISOLATION.expected}, got {isolation!r}")
+    isolated = isolation in ISOLATED
     if isolation == "ray":
         checked_ray = check_ray(ray_options, ray_address)
     elif ray_options or ray_address is not None:
@@ -165,24 +322,22 @@ def check_options(
             ) from exc
     if not (callable(device) or isinstance(device, str)):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda:N' or a callable, got {device!r}")
-    if isinstance(device, str) and not (
-        device in ("auto", "cpu") or (device.startswith("cuda:") and device[5:].isdigit())
-    ):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda:N', got {device!r}")
+    if isinstance(device, str) and DEVICE.problem(device) is not None:
+        raise ConfigError(f"device must be {DEVICE.expected}, got {device!r}")
     # A process-isolated runner is never imported here: DEVICE_POLICY unless one is given.
     _, default_policy, _ = runner_attributes(factory) if isolation == "inline" else (1, None, True)
     chosen = policy if policy is not None else default_policy or DEVICE_POLICY
     if not isinstance(chosen, Policy):
         raise ConfigError(f"policy must be a Policy or None, got {policy!r}")
-    for label, value in (("max_pending", max_pending), ("max_attempts", max_attempts)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{label} must be an int >= 1, got {value!r}")
-    hang = _positive("hang_timeout", hang_timeout)
-    readiness = _positive("readiness_timeout", readiness_timeout)
-    drain = _positive("drain_timeout", drain_timeout, allow_none=False)
-    heartbeat = _positive("heartbeat_timeout", heartbeat_timeout, allow_none=False)
+    pending = _count("max_pending", max_pending, MAX_PENDING)
+    attempts = _count("max_attempts", max_attempts, MAX_ATTEMPTS)
+    hang = _seconds("hang_timeout", hang_timeout)
+    readiness = _seconds("readiness_timeout", readiness_timeout)
+    drain = _seconds("drain_timeout", drain_timeout, allow_none=False)
+    heartbeat = _seconds("heartbeat_timeout", heartbeat_timeout, allow_none=False)
     assert drain is not None and heartbeat is not None
-    if (standby or standby_load) and not isolated:
+    spare, spare_loaded = _flag("standby", standby), _flag("standby_load", standby_load)
+    if (spare or spare_loaded) and not isolated:
         raise ConfigError("standby and standby_load need isolation='process' or 'ray'")
     default_name = runner_factory.rpartition(":")[2] if isinstance(runner_factory, str) else ""
     return WorkerOptions(
@@ -195,14 +350,14 @@ def check_options(
         policy=chosen,
         # A process-isolated runner's own default_policy is learnt from a probe child in run().
         probe_policy=isolated and policy is None,
-        max_pending=max_pending,
-        max_attempts=max_attempts,
+        max_pending=pending,
+        max_attempts=attempts,
         hang_timeout=hang,
         readiness_timeout=readiness,
         drain_timeout=drain,
         heartbeat_timeout=heartbeat,
-        standby=bool(standby or standby_load),
-        standby_load=bool(standby_load),
+        standby=spare or spare_loaded,
+        standby_load=spare_loaded,
         ray_options=checked_ray,
         ray_address=ray_address,
     )

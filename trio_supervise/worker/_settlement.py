@@ -1,8 +1,9 @@
-"""Settlement: the outcome of every request that was on a tier when the supervisor decided.
+"""Settlement: the outcome of every request that was on a tier when the policy decided.
 
-A tier that ends leaves its unsettled jobs in ``tier.in_flight`` (and at most one job it took as
-its dispatch gate closed, ``tier.held``, which never left the queue in spirit). Once the worker
-learns the decision from the supervision events, it settles them here:
+A tier that ends leaves its unsettled jobs (``tier.take_unsettled()``: the jobs in flight, and
+at most one job it took as its dispatch gate closed, which never left the queue in spirit). The
+worker's restart loop (:mod:`._loop`) settles them here as soon as the policy has decided, before
+the decision's event is emitted:
 
 * RESTART (or an operator restart, resumed): a request with attempts left runs again, ahead of
   everything queued, when it is idempotent and got no chunk on its last run, or when it is
@@ -20,8 +21,9 @@ from collections.abc import Iterable
 from .._errors import ContextPoisoned, WorkerStopped
 from ..tier._port import Job
 from ..tier._requests import RequestState, error_for_request
+from ._admission import Admission
 
-__all__ = ["settle_restart", "settle_stop"]
+__all__ = ["requeue", "settle_restart", "settle_stop", "stop_all"]
 
 
 def settle_restart(
@@ -61,3 +63,30 @@ def settle_stop(
                 state.fail(error_for_request(job.error))
     for state in list(open_states):
         state.fail(WorkerStopped(f"worker {name!r} {reason} before request {state.id!r} finished"))
+
+
+def requeue(
+    admission: Admission,
+    unsettled: tuple[list[Job], Job | None],
+    error: BaseException | None,
+    deterministic: bool | None,
+) -> None:
+    """A restart: fail what may not run again; queue the rest first, then the held job."""
+    jobs, held = unsettled
+    again, continued = settle_restart(jobs, error, admission.max_attempts, deterministic)
+    first = [Job(again)] if again else []
+    if held is not None:  # never left the queue: it goes back right behind them
+        first.append(held)
+    if again:
+        admission.counts["requeued"] += len(again)
+        admission.counts["continued"] += continued
+    if first:
+        admission.queue.put_first(first)
+
+
+def stop_all(admission: Admission, in_flight: Iterable[Job], reason: str) -> None:
+    """No more requests: the failing batch's get their own error, every other open one (queued
+    ones too) ``WorkerStopped``."""
+    admission.accepting = False
+    settle_stop(in_flight, admission.open.values(), admission.name, reason)
+    admission.queue.clear()

@@ -3,22 +3,21 @@
 Theory of operation
 -------------------
 A :class:`Worker` admits requests (:mod:`._admission`: a bounded queue of jobs, the open
-requests) and owns its restart policy. ``Worker.run`` runs the child tier (:mod:`._tier`, or
-:mod:`.isolation.process`) under :func:`supervised`: that is the only place a tier is restarted.
-Each incarnation is given a :class:`~._port.TierPort` (the queue's receive channel, the
-decider, callbacks) and knows nothing else of the worker. The worker learns each decision from
-the supervision events and settles what was in flight on the tier that ended
-(:mod:`._settlement`): re-queue what may run again, fail the rest.
+requests) and owns its restart policy. ``Worker.run`` runs the child tier (:mod:`.._tier`, or
+:mod:`..isolation.process`) in its own restart loop (:mod:`._loop`): that is the only place a
+tier is restarted. Each incarnation is given a :class:`~.._port.TierPort` (the queue's receive
+channel, the decider, callbacks) and knows nothing else of the worker. When an incarnation ends,
+the loop hands the policy's decision to the worker, which settles what the tier left
+(:mod:`._settlement`: re-queue what may run again, fail the rest, or stop everything) before the
+decision's event is emitted. Observers only observe.
 
-Every accepted request ends exactly once (:mod:`._requests`). A manual restart is resumed, not
+Every accepted request ends exactly once (:mod:`.._requests`). A manual restart is resumed, not
 counted: the worker's decider answers RESUME for :class:`RestartRequested`.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, final
 
@@ -26,39 +25,27 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from .._errors import BadRequest
+from .._errors import BadRequest, ConfigError
 from .._types import Batch, RebuildCause, Request
 from ..devices import DeviceContext, open_device
-from ..devices._cuda_errors import classify_cuda_error
-from ..supervision import (
-    Decider,
-    Directive,
-    Emitter,
-    EventCallback,
-    EventKind,
-    Policy,
-    SupervisionEvent,
-    callbacks,
-    decide,
-    supervised,
-)
+from ..supervision import Decision, Directive, Emitter, EventCallback, EventKind, Policy, callbacks
 from ..tier._breaker import BreakerState
 from ..tier._continuation import Continuation
-from ..tier._port import Job, TierCounts, TierPort
+from ..tier._port import TierCounts, TierPort
 from ..tier._requests import RequestStream, error_for_request
 from ..tier._tier import RestartRequested, Tier
 from ._admission import Admission
-from ._options import check_options
-from ._settlement import settle_restart, settle_stop
+from ._children import open_children
+from ._loop import WorkerDecider, run_tiers
+from ._options import WorkerOptions, check_options
+from ._settlement import requeue, stop_all
 from ._state import WORKER_TRANSITIONS, WorkerState, WorkerStatistics, check_transition
 
 if TYPE_CHECKING:
-    from ..isolation.process import ChildProcesses, ProcessSpec
+    from ..isolation.process import ChildProcesses
     from ..isolation.ray import RayActors
 
 __all__ = ["WORKER_TRANSITIONS", "Worker", "WorkerState", "WorkerStatistics"]
-
-logger = logging.getLogger("trio_supervise")
 
 
 def _is_cancellation(exc: BaseException) -> bool:
@@ -68,24 +55,10 @@ def _is_cancellation(exc: BaseException) -> bool:
     return isinstance(exc, trio.Cancelled)
 
 
-@attrs.define(frozen=True)
-class _WorkerDecider:
-    """The worker's decider: an operator restart is resumed (uncounted), the rest as given."""
-
-    inner: Decider
-
-    def __call__(self, exc: Exception) -> Directive:
-        if isinstance(exc, RestartRequested):
-            return Directive.RESUME
-        return decide(self.inner, exc)
-
-    def __repr__(self) -> str:
-        return repr(self.inner)
-
-
 @final
 class Worker:
-    """A stable handle on a restartable model runner (see :func:`open_worker`).
+    """A stable handle on a restartable model runner (see :func:`open_worker`, which takes the
+    same arguments; :meth:`from_options` builds one from checked options).
 
     ``await nursery.start(worker.run)`` returns once the first tier is ready.
     """
@@ -111,32 +84,87 @@ class Worker:
         ray_address: str | None = None,
         on_event: EventCallback | Sequence[EventCallback] | None = None,
     ) -> None:
-        o = self._options = check_options(
+        options = check_options(
             runner_factory, runner_args=runner_args, device=device, policy=policy,
             max_pending=max_pending, max_attempts=max_attempts, hang_timeout=hang_timeout,
             readiness_timeout=readiness_timeout, drain_timeout=drain_timeout, name=name,
             isolation=isolation, heartbeat_timeout=heartbeat_timeout, standby=standby,
             standby_load=standby_load, ray_options=ray_options, ray_address=ray_address,
         )  # fmt: skip
-        self.name, self.isolation, self.factory = o.name, o.isolation, o.factory
-        self.runner_args, self.max_attempts = o.runner_args, o.max_attempts
-        self.hang_timeout, self.readiness_timeout = o.hang_timeout, o.readiness_timeout
-        self.drain_timeout = o.drain_timeout
-        self._use_policy(o.policy)
+        self._setup(options, on_event)
+
+    @classmethod
+    def from_options(
+        cls,
+        options: WorkerOptions,
+        *,
+        on_event: EventCallback | Sequence[EventCallback] | None = None,
+    ) -> Worker:
+        """A worker from options checked already (:meth:`~trio_supervise.WorkerOptions.check`).
+
+        Raises:
+            ConfigError: ``options`` is not a ``WorkerOptions``.
+        """
+        if not isinstance(options, WorkerOptions):
+            raise ConfigError(f"options must be a WorkerOptions, got {options!r}")
+        worker = cls.__new__(cls)
+        worker._setup(options, on_event)
+        return worker
+
+    def _setup(
+        self, options: WorkerOptions, on_event: EventCallback | Sequence[EventCallback] | None
+    ) -> None:
+        self._options = options
+        self._use_policy(options.policy)
         self.state: AsyncValue[WorkerState] = AsyncValue(WorkerState.STARTING)
-        self._on_event_callbacks = callbacks(on_event)
-        self._emitter = Emitter(self.name, self._on_event_callbacks)  # events of its own
-        self.generation = 0
-        self._admission = Admission(self.name, o.max_pending, o.max_attempts)
+        self._emitter = Emitter(options.name, callbacks(on_event))
+        self.generation = 0  # tier incarnations so far
+        self._admission = Admission(options.name, options.max_pending, options.max_attempts)
         self._counts = TierCounts()  # batches, tokens, resumed: added to by every tier
         self._tier: Tier | None = None
         self._children: ChildProcesses | RayActors | None = None  # process or ray isolation
         self._rebuild_lock = trio.Lock()
         self._running = False
+        self._run_scope = trio.CancelScope()  # stop() cancels it, and run() returns
         self.deterministic: bool | None = None
         """Whether the runner says it is ``deterministic`` (None until a tier has loaded)."""
         self.restart_causes = collections.Counter[str]()
         """Counted restarts of the tier, by the class of the error that caused them."""
+
+    @property
+    def options(self) -> WorkerOptions:
+        """The checked options this worker was made with."""
+        return self._options
+
+    @property
+    def name(self) -> str:
+        """The worker's name, in events and errors."""
+        return self._options.name
+
+    @property
+    def isolation(self) -> str:
+        """``"inline"``, ``"process"`` or ``"ray"``."""
+        return self._options.isolation
+
+    @property
+    def max_attempts(self) -> int:
+        """Runs of one request in all (re-runs after a restart included)."""
+        return self._options.max_attempts
+
+    @property
+    def hang_timeout(self) -> float | None:
+        """Seconds a batch may go without a chunk before the tier is ``HungWorker``."""
+        return self._options.hang_timeout
+
+    @property
+    def readiness_timeout(self) -> float | None:
+        """Seconds a tier may take to build and load before ``HungWorker``."""
+        return self._options.readiness_timeout
+
+    @property
+    def drain_timeout(self) -> float:
+        """At the end of ``open_worker``, seconds in-flight work gets to finish."""
+        return self._options.drain_timeout
 
     def __repr__(self) -> str:
         return f"<Worker {self.name!r} {self.state.value.name} generation={self.generation}>"
@@ -147,7 +175,7 @@ class Worker:
         self.state.value = new
 
     def _use_policy(self, policy: Policy) -> None:
-        self.policy = attrs.evolve(policy, decider=_WorkerDecider(policy.decider))
+        self.policy = attrs.evolve(policy, decider=WorkerDecider(policy.decider))
 
     # --- requests -------------------------------------------------------------------------------
 
@@ -177,7 +205,7 @@ class Worker:
             raise BadRequest(f"submit takes a Batch, got {batch!r}")
         return self._admission.submit(batch.requests, continuing)
 
-    # --- the tier and its supervision -----------------------------------------------------------
+    # --- the tier and its restart loop ----------------------------------------------------------
 
     def open_device(self) -> DeviceContext:
         """A new device context for a tier."""
@@ -191,70 +219,40 @@ class Worker:
             RestartIntensityExceeded: too many restarts (chained to the last failure).
             Exception: a runner error the policy escalated.
             ChildStopped: the first tier stopped before it was ever ready.
+            WorkerStopped: :meth:`stop` was called before ``run``.
         """
         if self._running:
             raise RuntimeError(f"worker {self.name!r} is running already")
         self._running = True
+        if self.state.value in (WorkerState.STOPPED, WorkerState.FAILED):
+            self._admission.check_accepting()  # raises: stopped before it ever ran
         try:
-            if self.isolation == "inline":
-                await self._supervise(task_status)
-            else:
-                await self._supervise_processes(task_status)
+            with self._run_scope:
+                if self._options.isolation == "inline":
+                    await self._run_tiers(task_status)
+                else:  # in a home for child processes (or Ray actors) that outlives each tier
+                    async with open_children(self._options) as (children, policy):
+                        self._children = children
+                        if policy is not None:  # the runner's own, learnt from a probe
+                            self._use_policy(policy)
+                        await self._run_tiers(task_status)
         except BaseException as exc:
-            reason = "cancelled" if _is_cancellation(exc) else "failed"
-            self._stop_everything(
-                WorkerState.FAILED if reason == "failed" else WorkerState.STOPPED, reason
-            )
+            cancelled = _is_cancellation(exc)
+            state = WorkerState.STOPPED if cancelled else WorkerState.FAILED
+            self._end(state, "cancelled" if cancelled else "failed")
             raise
-        self._stop_everything(WorkerState.STOPPED, "stopped")
+        self._end(WorkerState.STOPPED, "stopped")
 
-    async def _supervise(self, task_status: trio.TaskStatus[Worker]) -> None:
-        run_tiers = supervised(
-            self._tier_incarnation,
-            self.policy,
-            name=self.name,
-            on_event=(self._on_event, *self._on_event_callbacks),
+    async def _run_tiers(self, task_status: trio.TaskStatus[Worker]) -> None:
+        await run_tiers(
+            self.name, self.policy, self._emitter, self._tier_incarnation, self._settle, task_status
         )
-        await run_tiers(task_status=task_status)
 
-    async def _supervise_processes(self, task_status: trio.TaskStatus[Worker]) -> None:
-        """As _supervise, with a place for child processes (or Ray actors) that outlives each
-        tier."""
-        from ..isolation import _frames
-
-        home: contextlib.AbstractAsyncContextManager[ChildProcesses | RayActors]
-        if self.isolation == "ray":
-            from ..isolation.ray import RayActors, RaySpec
-
-            o = self._options
-            home = RayActors.open(RaySpec(self._process_spec(), o.ray_options, o.ray_address))
-        else:
-            from ..isolation.process import ChildProcesses
-
-            home = ChildProcesses.open(self._process_spec())
-        async with home as children:
-            self._children = children
-            if self._options.probe_policy:
-                ready = await children.probe()
-                if ready.policy is not None:
-                    self._use_policy(_frames.policy_from_data(ready.policy))
-            children.replenish_spare()
-            await self._supervise(task_status)
-
-    def _process_spec(self) -> ProcessSpec:
-        from ..isolation.process import ProcessSpec
-
-        o = self._options
-        assert isinstance(o.device, str)
-        return ProcessSpec(
-            o.name, o.factory_path, o.runner_args, o.device, o.readiness_timeout,
-            o.heartbeat_timeout, o.standby, o.standby_load,
-        )  # fmt: skip
-
-    async def _tier_incarnation(self, *, task_status: trio.TaskStatus[Worker]) -> None:
+    async def _tier_incarnation(
+        self, generation: int, *, task_status: trio.TaskStatus[Worker]
+    ) -> None:
         """One incarnation of the tier, given its port; it reports back only through that."""
-        self.generation += 1
-        generation = self.generation
+        self.generation = generation
         self._move(WorkerState.STARTING)
 
         def ready(deterministic: bool) -> None:
@@ -268,59 +266,49 @@ class Worker:
                 reason=f"circuit breaker {old.value} -> {new.value}",
             )  # fmt: skip
 
+        o = self._options
         port = TierPort(
-            self.name, generation, self._admission.queue.receive, self.factory,
-            self.runner_args, self.open_device, self.readiness_timeout, self.hang_timeout,
-            self.policy.decide, self._counts, ready, breaker_changed,
+            o.name, generation, self._admission.queue.receive, o.factory, o.runner_args,
+            self.open_device, o.readiness_timeout, o.hang_timeout, self.policy.decide,
+            self._counts, ready, breaker_changed,
         )  # fmt: skip
         tier = Tier(port) if self._children is None else self._children.tier(port)
         self._tier = tier
         await tier.run()
 
-    def _on_event(self, event: SupervisionEvent) -> None:
-        kind = event.kind
-        if kind is EventKind.RESTARTING:
-            cause = "return" if event.error is None else type(event.error).__name__
-            self.restart_causes[cause] += 1
-        if kind in (EventKind.RESTARTING, EventKind.RESUMED):
-            self._settle_after_restart(event.error)
-        elif kind in (EventKind.STOPPED, EventKind.ESCALATED, EventKind.GAVE_UP):
-            state = WorkerState.STOPPED if kind is EventKind.STOPPED else WorkerState.FAILED
-            self._stop_everything(state, "stopped" if kind is EventKind.STOPPED else "failed")
-
-    def _settle_after_restart(self, error: BaseException | None) -> None:
-        """The tier restarts: re-queue what may run again, first; fail the rest."""
-        tier = self._tier
-        if tier is None:
+    def _settle(self, decision: Decision, error: Exception | None) -> None:
+        """Settle what the tier that ended left, as ``decision`` says (before its event)."""
+        directive = decision.directive
+        if directive is Directive.STOP or directive is Directive.ESCALATE:  # or it gave up
+            stopped = directive is Directive.STOP
+            state = WorkerState.STOPPED if stopped else WorkerState.FAILED
+            self._end(state, "stopped" if stopped else "failed")
             return
-        again, continued = settle_restart(
-            tier.in_flight, error, self.max_attempts, self.deterministic
-        )
-        first = [Job(again)] if again else []
-        if tier.held is not None:  # never left the queue: it goes back right behind them
-            first.append(tier.held)
-        tier.in_flight.clear()
-        tier.held = None
-        if again:
-            self._admission.counts["requeued"] += len(again)
-            self._admission.counts["continued"] += continued
-        if first:
-            self._admission.queue.put_first(first)
+        if directive is Directive.RESTART:
+            self.restart_causes["return" if error is None else type(error).__name__] += 1
+        if self._tier is not None:  # RESTART or RESUME: re-queue first what may run again
+            requeue(self._admission, self._tier.take_unsettled(), error, self.deterministic)
 
-    def _stop_everything(self, state: WorkerState, reason: str) -> None:
+    def _end(self, state: WorkerState, reason: str) -> None:
         """No more requests: the failing batch's get their own error, the rest WorkerStopped."""
-        admission = self._admission
         if self.state.value not in (WorkerState.STOPPED, WorkerState.FAILED):
             self._move(state)
-            admission.stopped_reason = reason
-        admission.accepting = False
+            self._admission.stopped_reason = reason
         tier = self._tier
-        settle_stop(() if tier is None else tier.in_flight, admission.open.values(), self.name,
-                    reason)  # fmt: skip
-        if tier is not None:
-            tier.in_flight.clear()
-            tier.held = None
-        admission.queue.clear()
+        stop_all(self._admission, () if tier is None else tier.take_unsettled()[0], reason)
+
+    def stop(self, reason: str = "stopped") -> None:
+        """Stop for good, now: accept no more requests and end every open one, then end ``run``.
+
+        The batch whose failure ended the tier, if any, gets its own error; every other open
+        request fails with ``WorkerStopped`` ("worker 'name' <reason> before request 'id'
+        finished"). The state becomes STOPPED (unless it is STOPPED or FAILED already); ``run``
+        returns once the tier is torn down. :meth:`drain` first for a graceful end.
+        """
+        if not isinstance(reason, str):
+            raise BadRequest(f"reason must be a str, got {reason!r}")
+        self._end(WorkerState.STOPPED, reason)
+        self._run_scope.cancel()
 
     # --- operator commands ----------------------------------------------------------------------
 
@@ -347,19 +335,12 @@ class Worker:
             raise BadRequest(f"cause must be a RebuildCause, got {cause!r}")
         async with self._rebuild_lock:
             tier = await self._ready_tier()
-            tier.dispatch_gate.close()
-            tier.execute_gate.close()
             self._move(WorkerState.REBUILDING)
             try:
-                await tier.runner.rebuild_session(cause)
-            except Exception as exc:
-                error = classify_cuda_error(exc)
-                if self.policy.decide(error) is not Directive.RESUME:  # type: ignore[arg-type]
-                    tier.fail(error)
-                raise error_for_request(error) from exc
+                await tier.rebuild_session(cause)
+            except Exception as error:  # classified, and chained to what the runner raised
+                raise error_for_request(error) from (error.__cause__ or error)
             finally:
-                tier.execute_gate.open()
-                tier.dispatch_gate.open()
                 if tier.fatal is None and self.state.value is WorkerState.REBUILDING:
                     self._move(WorkerState.READY)
 
@@ -368,8 +349,7 @@ class Worker:
         runner is built. Not counted against the restart intensity. Returns once it is ready."""
         async with self._rebuild_lock:
             tier = await self._ready_tier()
-            tier.dispatch_gate.close()  # batches taken already run to their end
-            await tier.idle.wait()
+            await tier.quiesce()  # batches taken already run to their end
             old = self.generation
             tier.fail(RestartRequested(f"worker {self.name!r}: restart requested"))
             while not (self.generation > old and self.state.value is WorkerState.READY):
@@ -383,6 +363,8 @@ class Worker:
             admission.accepting = False
             admission.stopped_reason = "draining"
         await admission.idle.wait()
+
+    # --- where it stands ------------------------------------------------------------------------
 
     def statistics(self) -> WorkerStatistics:
         """Counts of requests, batches and tokens."""
@@ -406,7 +388,12 @@ class Worker:
 
     @property
     def breaker_state(self) -> BreakerState | None:
-        """The current runner's circuit breaker state (inline isolation), else ``None``."""
-        breaker = getattr(getattr(self._tier, "runner", None), "breaker", None)
-        state = getattr(breaker, "state", None)
-        return state if isinstance(state, BreakerState) else None
+        """The current runner's circuit breaker state (a runner with ``runner.breaker``), else
+        ``None``."""
+        return None if self._tier is None else self._tier.breaker_state
+
+    def placement(self) -> dict[str, Any]:
+        """Where the current tier's runner runs: ``{}`` in this process (or before a tier
+        exists); a child process's ``pid``; a Ray actor's ``actor_id``, ``name``, ``node_id``,
+        ``node_ip`` and ``pid``."""
+        return {} if self._tier is None else self._tier.placement()
