@@ -122,11 +122,10 @@ async def test_readyz_while_loading_and_draining_and_drain_finishes_in_flight() 
                     requests.start_soon(in_flight)
                     worker = handle.pool.replicas["mock"][0].worker
                     assert worker is not None
-                    while worker.statistics().in_flight == 0:  # noqa: ASYNC110 - no event
+                    # The worker's counter has no event (worker/ offers none): polled.
+                    while worker.statistics().in_flight == 0:  # noqa: ASYNC110
                         await trio.sleep(0.01)
-                    handle.drain()
-                    while not handle.pool.draining:  # noqa: ASYNC110 - a flag, no event
-                        await trio.sleep(0.01)
+                    handle.drain()  # draining from now on: readyz and new requests say so
                     ready = await client.get("/readyz")
                     assert ready.status_code == 503 and ready.json() == {"status": "draining"}
                     late = await client.post("/v1/completions", json={"prompt": "x"})
@@ -172,7 +171,8 @@ async def test_a_client_that_disconnects_mid_stream_cancels_its_request() -> Non
             await stream.aclose()
             worker = handle.pool.replicas["mock"][0].worker
             with trio.fail_after(5):
-                while worker.statistics().cancelled == 0:  # noqa: ASYNC110 - a counter, no event
+                # The worker's counter has no event (worker/ offers none): polled.
+                while worker.statistics().cancelled == 0:  # noqa: ASYNC110
                     await trio.sleep(0.02)
             assert worker.statistics().tokens < 200
             handle.drain()
@@ -262,7 +262,7 @@ def test_the_serve_command_refuses_a_bad_config(tmp_path: Any) -> None:
 )
 def test_each_error_maps_to_its_status(error: str, status: int, retry_after: float | None) -> None:
     import trio_supervise as ts
-    from trio_supervise.serve.app import error_body, error_status
+    from trio_supervise.openai import error_body, error_status
     from trio_supervise.serve.pool import ModelNotFound
 
     exc = getattr(ts, error)("what happened")

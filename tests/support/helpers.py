@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import logging
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import trio
@@ -186,3 +187,23 @@ async def start_server(nursery: trio.Nursery, config: Any) -> Any:
     from trio_supervise.serve.server import serve
 
     return await nursery.start(serve, config)
+
+
+@contextlib.contextmanager
+def logged(fragment: str, logger: str = "trio_supervise") -> Iterator[trio.Event]:
+    """An event set once ``logger`` logs a record whose message holds ``fragment``: a wait for
+    what Trio code in this run logs (a handler only observes; it sets the event)."""
+    event = trio.Event()
+
+    class Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if fragment in record.getMessage():
+                event.set()
+
+    handler = Handler()
+    target = logging.getLogger(logger)
+    target.addHandler(handler)
+    try:
+        yield event
+    finally:
+        target.removeHandler(handler)

@@ -1,4 +1,4 @@
-"""A small fault-injecting OpenAI-style backend, for RemoteRunner tests.
+"""A small fault-injecting OpenAI-style backend, and the helpers of the RemoteRunner tests.
 
 An ASGI app served by hypercorn in the test's nursery, on loopback, with the real clock. It
 generates with MockRunner (so ``token_at`` predicts every token) and answers each completion
@@ -7,7 +7,8 @@ with the next action of its script (or ``default``): ``"ok"``, ``"429"`` (with R
 ``"stall"`` (headers, then silence), ``"hang"`` (silence, no headers), ``"error-event"`` (an SSE
 error event after the first event), ``"malformed"`` (choices that are not objects),
 ``"echo-key"`` (a 401 whose message repeats the Authorization header).
-``open_backend`` runs it; cancelling ``handle.scope`` takes it down (connections refused).
+``open_backend`` runs it; cancelling ``handle.scope`` takes it down (connections refused), and
+``handle.stopped`` is set once it is down.
 """
 
 from __future__ import annotations
@@ -26,8 +27,12 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 
-from trio_supervise import Batch, FinishReason, Request, SamplingParams
-from trio_supervise.runners.mock import MockRunner
+from trio_supervise import Batch, FinishReason, Request, SamplingParams, open_worker
+from trio_supervise.runners.mock import MockRunner, token_at
+from trio_supervise.serve import ServeConfig
+
+REMOTE = "trio_supervise.runners.remote:RemoteRunner"
+VOCAB = 50_000
 
 ACTIONS = ("ok", "429", "500", "401", "400", "404", "drop", "stall", "hang", "error-event",
            "malformed", "echo-key")  # fmt: skip
@@ -229,6 +234,9 @@ class Running:
     backend: Backend
     port: int
     scope: trio.CancelScope
+    """Cancelling it takes the backend down."""
+    stopped: trio.Event = attrs.Factory(trio.Event)
+    """Set once the backend is down (its listening socket closed: connections are refused)."""
 
     @property
     def url(self) -> str:
@@ -247,15 +255,19 @@ async def run_backend(
     # hypercorn notices a client's close of a streamed connection only at its keep-alive
     # timeout: short, so its handler tasks end soon after the runner's client closes.
     config.keep_alive_timeout = 0.2
-    with trio.CancelScope() as scope:
-        running = Running(backend, port, scope)
+    scope = trio.CancelScope()
+    running = Running(backend, port, scope)
 
-        async def started(*, task_status: trio.TaskStatus[Any]) -> None:
-            await serve(backend, config, task_status=task_status)  # type: ignore[arg-type]
+    async def started(*, task_status: trio.TaskStatus[Any]) -> None:
+        await serve(backend, config, task_status=task_status)  # type: ignore[arg-type]
 
-        async with trio.open_nursery() as nursery:
-            await nursery.start(started)
-            task_status.started(running)
+    try:
+        with scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(started)
+                task_status.started(running)
+    finally:
+        running.stopped.set()
 
 
 @asynccontextmanager
@@ -266,3 +278,32 @@ async def open_backend(backend: Backend | None = None, port: int = 0) -> AsyncIt
         )
         yield running
         nursery.cancel_scope.cancel()
+
+
+def request(rid: str, max_tokens: int = 5, seed: int = 1, prompt: str = "hello") -> Request:
+    """A request of ``max_tokens`` tokens, seeded (a MockRunner's text is its seed's)."""
+    return Request(rid, prompt, SamplingParams(max_tokens=max_tokens, seed=seed))
+
+
+def expected_text(req: Request) -> list[int]:
+    """The token ids the backend's MockRunner generates for ``req``."""
+    return [token_at(req, i, VOCAB) for i in range(req.params.max_tokens)]
+
+
+def remote_worker(url: str, *, model: str = "mock", **kwargs: Any) -> Any:
+    """``open_worker`` for a RemoteRunner at ``url``: runner arguments and worker options mixed
+    (``on_event`` and ``policy`` go to the worker, the rest to the runner)."""
+    worker = {key: kwargs.pop(key) for key in ("on_event", "policy") if key in kwargs}
+    return open_worker(REMOTE, runner_args={"base_url": url, "model": model, **kwargs}, **worker)
+
+
+def front_config(url: str, **worker: Any) -> ServeConfig:
+    """A serve config whose one model is a RemoteRunner in front of ``url``."""
+    args = {"base_url": url, "model": "mock", **worker.pop("runner_args", {})}
+    return ServeConfig.from_dict(
+        {
+            "server": {"port": 0, "drain_timeout": 2},
+            "batching": {"max_wait": 0.001},
+            "workers": [{"name": "front", "runner": REMOTE, "runner_args": args, **worker}],
+        }
+    )

@@ -51,8 +51,9 @@ class ServerHandle:
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     def drain(self) -> None:
-        """Begin draining (idempotent): readyz and new requests get 503, in-flight requests
-        finish within ``drain_timeout``, the workers stop, then the server returns."""
+        """Begin draining (idempotent): readyz and new requests get 503 from now on, in-flight
+        requests finish within ``drain_timeout``, the workers stop, then the server returns."""
+        self.pool.draining = True
         self._drain_requested.set()
 
 
@@ -172,7 +173,6 @@ async def _run_pool(
             async def drain_first() -> None:
                 await handle._drain_requested.wait()
                 logger.info("drain asked for while the replicas start: stopping them")
-                pool.draining = True  # /readyz says so, and new requests get a 503
                 starting.cancel_scope.cancel()
 
             starting.start_soon(drain_first)
