@@ -118,6 +118,8 @@ nitpick_ignore_regex = [
 nitpick_ignore = [
     # The buffer behind a RequestStream, named in the signatures of RequestStream and PoolStream.
     ("py:class", "trio_supervise.tier._requests.RequestState"),
+    # One model's queue and replicas in the pool, named in PoolStream's signature.
+    ("py:class", "trio_supervise.serve._routing.ModelRoute"),
 ]
 
 

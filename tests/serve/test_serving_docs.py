@@ -1,4 +1,4 @@
-"""The config reference in docs/serving.md matches the attrs classes in serve/config.py.
+"""The config reference in docs/serving.md matches the attrs classes that serve/config.py exports.
 
 The convention it parses: under "## Config reference", each class has a ``### `` heading that
 names it in backticks and parentheses, e.g. ``### `[server]` (`ServerConfig`)``, followed by a
@@ -28,11 +28,8 @@ REQUIRED = object()
 
 
 def config_classes() -> dict[str, type]:
-    return {
-        name: obj
-        for name, obj in vars(config_module).items()
-        if inspect.isclass(obj) and attrs.has(obj) and obj.__module__ == config_module.__name__
-    }
+    exported = {name: getattr(config_module, name) for name in config_module.__all__}
+    return {name: obj for name, obj in exported.items() if inspect.isclass(obj) and attrs.has(obj)}
 
 
 def reference() -> dict[str, dict[str, str]]:

@@ -1,0 +1,160 @@
+"""One replica of a model: its worker's options, the worker running in it now, and its record.
+
+The pool's root supervisor runs :meth:`Replica.run` in each slot: a fresh :class:`Worker` built
+from the replica's one :class:`WorkerOptions` (the ``[[workers]]`` table, checked by
+:func:`~trio_supervise.worker._options.check_options`, with the replica's own ``replica_args``
+and name) every time the root starts the slot again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, final
+
+import attrs
+import trio
+
+from ..supervision import Policy
+from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes, runner_max_model_len
+from ..worker._options import HEARTBEAT_TIMEOUT, WorkerOptions, check_options
+from ..worker._worker import Worker, WorkerState
+from ._config_tables import WorkerConfig
+
+__all__ = ["DEFAULT_MAX_MODEL_LEN", "Replica", "max_model_len", "replicas_of"]
+
+
+@final
+@attrs.define(eq=False)
+class Replica:
+    """One slot of a model: the worker running in it now (a fresh one after a root restart)."""
+
+    config: WorkerConfig
+    index: int
+    options: WorkerOptions
+    """What each worker in this slot is built from."""
+    worker: Worker | None = None
+    restarts: int = 0
+    dispatched: int = 0
+    """Batches sent to it: breaks ties between equally loaded replicas, round robin."""
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+    @property
+    def ready(self) -> bool:
+        worker = self.worker
+        return worker is not None and worker.state.value is WorkerState.READY
+
+    @property
+    def stopped(self) -> bool:
+        """Stopped for good by its policy (a FAILED worker is replaced by the root supervisor)."""
+        worker = self.worker
+        return worker is not None and worker.state.value is WorkerState.STOPPED
+
+    @property
+    def load(self) -> int:
+        """Requests waiting for or running on it."""
+        worker = self.worker
+        if worker is None:
+            return 0
+        stats = worker.statistics()
+        return stats.accepted - stats.finished - stats.failed - stats.cancelled
+
+    async def run(
+        self,
+        changed: Callable[[], None],
+        *,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run a fresh worker in this slot until it returns; ``changed()`` when it is put in the
+        slot and when it ends."""
+        if self.worker is not None:
+            self.restarts += 1
+        worker = Worker.from_options(self.options)
+        self.worker = worker
+        changed()
+        try:
+            await worker.run(task_status=task_status)
+        finally:
+            changed()
+
+    def status(self, model: str) -> dict[str, Any]:
+        """Its record in ``/v1/workers``."""
+        worker = self.worker
+        stats = worker.statistics() if worker is not None else None
+        where = worker.placement() if worker is not None else {}
+        return {
+            "name": self.name,
+            "model": model,
+            "replica": self.index,
+            "state": stats.state.value if stats else "starting",
+            "generation": stats.generation if stats else 0,
+            "restarts": (stats.generation - 1 if stats else 0) + self.restarts,
+            "pending": stats.pending if stats else 0,
+            "in_flight": stats.in_flight if stats else 0,
+            "isolation": self.config.isolation,
+            "pid": where.get("pid"),
+            "actor_id": where.get("actor_id"),
+            "actor_name": where.get("name"),
+            "node_id": where.get("node_id"),
+            "node_ip": where.get("node_ip"),
+            "breaker": stats.breaker.value if stats and stats.breaker else None,
+        }
+
+
+def replicas_of(w: WorkerConfig, drain_timeout: float) -> list[Replica]:
+    """The replicas of one ``[[workers]]`` table, each with its checked options.
+
+    Raises:
+        ConfigError: an argument the worker refuses (the config's checks passed already).
+    """
+    policy = w.policy.apply(_runner_policy(w)) if w.policy is not None else None
+    return [Replica(w, i, _options(w, i, policy, drain_timeout)) for i in range(w.replica_count)]
+
+
+def _options(w: WorkerConfig, index: int, policy: Policy | None, drain: float) -> WorkerOptions:
+    return check_options(
+        w.runner,
+        runner_args=w.args_of(index),
+        device=w.device,
+        policy=policy,
+        max_pending=w.max_pending,
+        max_attempts=w.max_attempts,
+        hang_timeout=w.hang_timeout,
+        readiness_timeout=w.readiness_timeout,
+        drain_timeout=drain,
+        name=f"{w.name}#{index}",
+        isolation=w.isolation,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,  # not in the config: the worker's default
+        standby=w.standby,
+        standby_load=w.standby_load,
+        ray_options=w.ray_options or None,
+        ray_address=w.ray_address,
+    )
+
+
+def _runner_policy(w: WorkerConfig) -> Policy:
+    """The policy a ``[workers.policy]`` table overrides: the runner's ``default_policy``
+    (not imported for a process-isolated runner: DEVICE_POLICY), else DEVICE_POLICY."""
+    if w.isolation == "inline":
+        _, policy, _ = runner_attributes(resolve_factory(w.runner))
+        if policy is not None:
+            return policy
+    return DEVICE_POLICY
+
+
+DEFAULT_MAX_MODEL_LEN = 4096
+"""``max_model_len`` where neither the config nor the runner gives one."""
+
+
+def max_model_len(w: WorkerConfig) -> int:
+    """The config's ``max_model_len``, else the runner's own (an inline runner's attribute: a
+    process-isolated runner is not imported here), else :data:`DEFAULT_MAX_MODEL_LEN`."""
+    if w.max_model_len is not None:
+        return w.max_model_len
+    if w.isolation == "inline":
+        own = runner_max_model_len(resolve_factory(w.runner))
+        if own is not None:
+            return own
+    return DEFAULT_MAX_MODEL_LEN
