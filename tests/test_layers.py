@@ -1,4 +1,4 @@
-"""The module graph of ``trio_supervise``: no import cycle, and dependencies that point down.
+"""The module graph of ``trio_supervise``: the folders are layers, and imports point down.
 
 The graph is read from the source (every ``import`` statement, also those inside functions and
 under ``TYPE_CHECKING``), not from what happens to be imported at run time, so a lazy import
@@ -18,33 +18,29 @@ import trio_supervise
 
 PACKAGE = Path(trio_supervise.__file__).parent
 
-# The parent tier of a worker: what callers hold, and what decides about requests.
-PARENT_SIDE = {
-    "trio_supervise.worker._worker",
-    "trio_supervise.worker._open_worker",
-    "trio_supervise.worker._admission",
-    "trio_supervise.worker._settlement",
-    "trio_supervise.worker._options",
-    "trio_supervise.worker._state",
-}
-# The child tier and everything it is built from: none of it may know the parent tier.
-CHILD_SIDE = [
-    "trio_supervise.tier._tier",
-    "trio_supervise.tier._port",
-    "trio_supervise.tier._requests",
-    "trio_supervise.tier._runner",
-    "trio_supervise._types",
-    "trio_supervise.isolation._host",
-    "trio_supervise.isolation.process",
-    "trio_supervise.isolation._child_process",
-    "trio_supervise.isolation.ray",
-    "trio_supervise.isolation._ray_actor",
-    "trio_supervise.isolation._frames",
-    "trio_supervise.devices",
-    "trio_supervise.runners.mock",
-    "trio_supervise.runners.charlm",
-    "trio_supervise.runners.remote",
-]
+# The layers, lowest first: a module may import its own layer and those below it, never one above.
+# A folder is one layer; the two foundation modules share one.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("supervision", ("trio_supervise.supervision",)),
+    ("foundation", ("trio_supervise._errors", "trio_supervise._types")),
+    ("devices", ("trio_supervise.devices",)),
+    ("openai", ("trio_supervise.openai",)),
+    ("tier", ("trio_supervise.tier",)),
+    ("runners", ("trio_supervise.runners",)),
+    ("isolation", ("trio_supervise.isolation",)),
+    ("worker", ("trio_supervise.worker",)),
+    ("testing", ("trio_supervise.testing",)),
+    ("serve", ("trio_supervise.serve",)),
+    ("front", ("trio_supervise", "trio_supervise._cli", "trio_supervise._demo")),
+)
+
+
+def layer_of(name: str) -> int:
+    """The rank of the layer that module ``name`` belongs to (its folder, or its own name)."""
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        if any(name == p or (p != "trio_supervise" and name.startswith(p + ".")) for p in prefixes):
+            return rank
+    raise AssertionError(f"{name} belongs to no layer: add it to LAYERS in tests/test_layers.py")
 
 
 def modules() -> dict[str, Path]:
@@ -141,15 +137,43 @@ def test_no_import_cycle_among_the_modules() -> None:
     assert cycles(graph()) == []
 
 
-@pytest.mark.parametrize("name", CHILD_SIDE)
-def test_the_child_tier_never_reaches_the_parent_tier(name: str) -> None:
+def test_every_module_belongs_to_a_layer() -> None:
+    for name in graph():
+        layer_of(name)
+
+
+def test_no_import_runs_up_the_layers() -> None:
+    upward = [
+        f"{name} ({LAYERS[layer_of(name)][0]}) imports {target} ({LAYERS[layer_of(target)][0]})"
+        for name, targets in graph().items()
+        for target in sorted(targets)
+        if layer_of(target) > layer_of(name)
+    ]
+    assert upward == []
+
+
+def test_supervision_knows_nothing_of_inference() -> None:
+    """The supervision folder is generic: it imports only itself (no errors of inference, no
+    devices, no requests)."""
     edges = graph()
-    assert name in edges, f"{name} is not a module any more: update CHILD_SIDE"
-    assert reachable(edges, name) & PARENT_SIDE == set()
+    supervision = {name for name in edges if name.startswith("trio_supervise.supervision")}
+    assert supervision, "no supervision folder"
+    for name in supervision:
+        assert edges[name] <= supervision, f"{name} imports {sorted(edges[name] - supervision)}"
 
 
-def test_the_parent_side_exists() -> None:
-    assert graph().keys() >= PARENT_SIDE
+@pytest.mark.parametrize("layer", ["tier", "runners", "isolation", "devices", "openai"])
+def test_the_child_tier_never_reaches_the_parent_tier(layer: str) -> None:
+    """What runs a batch (and what runs in a child process or a Ray actor) never reaches the
+    worker, the harness or the server, not even through another module."""
+    edges = graph()
+    (prefixes,) = [p for name, p in LAYERS if name == layer]
+    members = [name for name in edges if name.startswith(prefixes[0])]
+    assert members, f"no module in {layer}"
+    parent = ("trio_supervise.worker", "trio_supervise.serve", "trio_supervise.testing")
+    for name in members:
+        reached = {m for m in reachable(edges, name) if m.startswith(parent)}
+        assert reached == set(), f"{name} reaches {sorted(reached)}"
 
 
 def test_an_inline_worker_never_imports_process_isolation() -> None:
