@@ -30,7 +30,11 @@ RATE_HZ = 250
 # (where a frame's file is, what it is charged to), first match wins.
 PARTS = (
     ("trio_supervise/serve/app.py", "our HTTP app: routing, parsing, SSE events, JSON"),
+    ("trio_supervise/serve/_asgi.py", "our HTTP app: routing, parsing, SSE events, JSON"),
+    ("trio_supervise/openai/", "our HTTP app: routing, parsing, SSE events, JSON"),
     ("trio_supervise/serve/pool.py", "our pool: admission, batcher, router"),
+    ("trio_supervise/serve/_routing.py", "our pool: admission, batcher, router"),
+    ("trio_supervise/serve/_replica.py", "our pool: admission, batcher, router"),
     ("trio_supervise/serve/metrics.py", "our metrics (prometheus-client)"),
     ("prometheus_client/", "our metrics (prometheus-client)"),
     ("trio_supervise/runners/mock.py", "the mock runner (the model's stand-in)"),

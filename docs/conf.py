@@ -120,6 +120,9 @@ nitpick_ignore = [
     ("py:class", "trio_supervise.tier._requests.RequestState"),
     # One model's queue and replicas in the pool, named in PoolStream's signature.
     ("py:class", "trio_supervise.serve._routing.ModelRoute"),
+    # The keyword arguments of Worker and open_worker as one TypedDict (each is described at
+    # open_worker), named in their signatures as **options: Unpack[WorkerArguments].
+    ("py:class", "trio_supervise.worker._options.WorkerArguments"),
 ]
 
 

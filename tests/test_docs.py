@@ -97,7 +97,7 @@ def test_every_request_error_is_in_the_outcomes_table() -> None:
 
 @pytest.mark.parametrize("name", sorted(outcome_rows()))
 def test_outcomes_table_matches_the_code(name: str) -> None:
-    from trio_supervise.serve.app import error_status
+    from trio_supervise.openai import error_status
 
     base, retryable, status, retry_after = outcome_rows()[name]
     cls = error_class(name)

@@ -33,7 +33,7 @@ from ._events import Emitter, EventKind, EventSubscription, SupervisionEvent
 from ._pacing import Backoff, RestartIntensity, next_uniform
 from ._policy import Decision, Policy, PolicyState, RestartType
 from ._specs import ChildInfo, ChildSpec, ChildStatus, Strategy, SupervisorStatistics
-from ._supervised import supervised
+from ._supervised import Settle, supervise, supervised
 from ._supervisor import Supervisor, SupervisorHandle
 from ._toolkit import (
     EventCallback,
@@ -68,6 +68,7 @@ __all__ = [
     "RestartType",
     "Rule",
     "Rules",
+    "Settle",
     "Strategy",
     "SuperviseError",
     "SupervisionEvent",
@@ -85,5 +86,6 @@ __all__ = [
     "on",
     "rules",
     "run_incarnation",
+    "supervise",
     "supervised",
 ]

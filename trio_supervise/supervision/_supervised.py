@@ -25,7 +25,7 @@ import trio
 from ._decider import Directive
 from ._errors import ChildStopped
 from ._events import Emitter, EventKind
-from ._policy import Policy, PolicyState, RestartType
+from ._policy import Decision, Policy, PolicyState, RestartType
 from ._toolkit import (
     EventCallback,
     Readiness,
@@ -36,7 +36,7 @@ from ._toolkit import (
     run_incarnation,
 )
 
-__all__ = ["ChildFunction", "supervised"]
+__all__ = ["ChildFunction", "Settle", "supervise", "supervised"]
 
 
 class ChildFunction(Protocol):
@@ -109,45 +109,79 @@ def supervised(
     policy.initial_state(seed)  # validates the seed now rather than at the first run
 
     async def run(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-        waiting = task_status is not trio.TASK_STATUS_IGNORED
-        passed_on = False
-        state: PolicyState = policy.initial_state(seed)
-        generation = 0
-        while True:
-            generation += 1
-            now = trio.current_time()
-            state = policy.on_started(state, now)
-            emitter.emit(name, generation, EventKind.STARTED)
-            scope = trio.CancelScope(deadline=now + timeout if timeout is not None else math.inf)
-
-            def on_ready(
-                value: object, generation: int = generation, scope: trio.CancelScope = scope
-            ) -> None:
-                nonlocal passed_on
-                scope.deadline = math.inf
-                emitter.emit(name, generation, EventKind.READY)
-                if not passed_on:
-                    passed_on = True
-                    task_status.started(value)
-
-            readiness = Readiness(on_ready)
-            error = await run_incarnation(child, readiness, scope)
-            decision, state = policy.on_exit(
-                state, error, trio.current_time(), restart=restart, ready=readiness.ready
-            )
-            if error is not None:
-                emitter.emit(name, generation, EventKind.FAILED, error=error)
-            emit_decision(emitter, name, generation, decision, error)
-            directive = decision.directive
-            if directive is Directive.ESCALATE:
-                raise fatal_error(decision, error, repr(name))
-            if directive is Directive.STOP:
-                if waiting and not passed_on:
-                    raise ChildStopped(
-                        f"{name!r} stopped before it was ready: {decision.reason}"
-                    ) from error
-                return
-            await trio.sleep(decision.delay)
+        await supervise(
+            child, policy, name=name, emitter=emitter, restart=restart, seed=seed,
+            readiness_timeout=timeout, task_status=task_status,
+        )  # fmt: skip
 
     run.__name__ = run.__qualname__ = f"supervised_{name}"
     return run
+
+
+Settle = Callable[[Decision, Exception | None], None]
+"""``settle(decision, error)``: act on a decision before it is announced (see :func:`supervise`)."""
+
+
+async def supervise(
+    child: Callable[..., Awaitable[object]],
+    policy: Policy,
+    *,
+    name: str,
+    emitter: Emitter,
+    task_status: trio.TaskStatus[Any],
+    restart: RestartType = RestartType.PERMANENT,
+    seed: int = 0,
+    readiness_timeout: float | None = None,
+    settle: Settle | None = None,
+) -> None:
+    """The loop behind :func:`supervised`, with its arguments checked already: run incarnations
+    of ``child`` under ``policy`` until it says STOP (return), ESCALATE or gives up (raise).
+
+    ``settle(decision, error)``, when given, is called in line once per ended incarnation, after
+    its FAILED event and before the decision's event: what must happen because of a decision (a
+    worker re-queues or fails the requests of the tier that ended) happens there, never in an
+    event callback, which only observes. It is control flow: what it raises propagates.
+    """
+    waiting = task_status is not trio.TASK_STATUS_IGNORED
+    passed_on = False
+    state: PolicyState = policy.initial_state(seed)
+    generation = 0
+    while True:
+        generation += 1
+        now = trio.current_time()
+        state = policy.on_started(state, now)
+        emitter.emit(name, generation, EventKind.STARTED)
+        scope = trio.CancelScope(
+            deadline=math.inf if readiness_timeout is None else now + readiness_timeout
+        )
+
+        def on_ready(
+            value: object, generation: int = generation, scope: trio.CancelScope = scope
+        ) -> None:
+            nonlocal passed_on
+            scope.deadline = math.inf
+            emitter.emit(name, generation, EventKind.READY)
+            if not passed_on:
+                passed_on = True
+                task_status.started(value)
+
+        readiness = Readiness(on_ready)
+        error = await run_incarnation(child, readiness, scope)
+        decision, state = policy.on_exit(
+            state, error, trio.current_time(), restart=restart, ready=readiness.ready
+        )
+        if error is not None:
+            emitter.emit(name, generation, EventKind.FAILED, error=error)
+        if settle is not None:
+            settle(decision, error)
+        emit_decision(emitter, name, generation, decision, error)
+        directive = decision.directive
+        if directive is Directive.ESCALATE:
+            raise fatal_error(decision, error, repr(name))
+        if directive is Directive.STOP:
+            if waiting and not passed_on:
+                raise ChildStopped(
+                    f"{name!r} stopped before it was ready: {decision.reason}"
+                ) from error
+            return
+        await trio.sleep(decision.delay)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Unpack
 
 import trio
 
-from ..devices import DeviceContext
-from ..supervision import EventCallback, Policy
+from ..supervision import EventCallback
+from ._options import WorkerArguments
 from ._worker import Worker
 
 __all__ = ["open_worker"]
@@ -19,22 +19,8 @@ __all__ = ["open_worker"]
 async def open_worker(
     runner_factory: str | Callable[..., Any],
     *,
-    runner_args: Mapping[str, Any] | None = None,
-    device: str | Callable[[], DeviceContext] = "auto",
-    policy: Policy | None = None,
-    max_pending: int = 1024,
-    max_attempts: int = 2,
-    hang_timeout: float | None = None,
-    readiness_timeout: float | None = None,
-    drain_timeout: float = 30.0,
-    name: str | None = None,
-    isolation: str = "inline",
-    heartbeat_timeout: float = 10.0,
-    standby: bool = False,
-    standby_load: bool = False,
-    ray_options: Mapping[str, Any] | None = None,
-    ray_address: str | None = None,
     on_event: EventCallback | Sequence[EventCallback] | None = None,
+    **options: Unpack[WorkerArguments],
 ) -> AsyncIterator[Worker]:
     """Run a worker for the body of an ``async with``; yields it once its first tier is ready.
 
@@ -85,25 +71,7 @@ async def open_worker(
             async for chunk in stream:
                 print(chunk.text, end="")
     """
-    worker = Worker(
-        runner_factory,
-        runner_args=runner_args,
-        device=device,
-        policy=policy,
-        max_pending=max_pending,
-        max_attempts=max_attempts,
-        hang_timeout=hang_timeout,
-        readiness_timeout=readiness_timeout,
-        drain_timeout=drain_timeout,
-        name=name,
-        isolation=isolation,
-        heartbeat_timeout=heartbeat_timeout,
-        standby=standby,
-        standby_load=standby_load,
-        ray_options=ray_options,
-        ray_address=ray_address,
-        on_event=on_event,
-    )
+    worker = Worker(runner_factory, on_event=on_event, **options)
     plain: BaseException | None = None
     try:
         async with trio.open_nursery() as nursery:

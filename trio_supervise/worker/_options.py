@@ -12,7 +12,7 @@ import importlib.util
 import math
 import sys
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import Any, TypedDict, Unpack, final
 
 import attrs
 import msgspec
@@ -180,6 +180,28 @@ def _flag(name: str, value: object) -> bool:
     return bool(value)
 
 
+class WorkerArguments(TypedDict, total=False):
+    """The keyword arguments of a worker, as ``Worker``, ``open_worker`` and
+    ``WorkerOptions.check`` take them (each is described at :func:`~trio_supervise.open_worker`;
+    the defaults are :func:`check_options`'s)."""
+
+    runner_args: Mapping[str, Any] | None
+    device: str | Callable[[], DeviceContext]
+    policy: Policy | None
+    max_pending: int
+    max_attempts: int
+    hang_timeout: float | None
+    readiness_timeout: float | None
+    drain_timeout: float
+    name: str | None
+    isolation: str
+    heartbeat_timeout: float
+    standby: bool
+    standby_load: bool
+    ray_options: Mapping[str, Any] | None
+    ray_address: str | None
+
+
 @final
 @attrs.frozen
 class WorkerOptions:
@@ -192,7 +214,9 @@ class WorkerOptions:
     """
 
     @classmethod
-    def check(cls, runner_factory: str | Callable[..., Any], **options: Any) -> WorkerOptions:
+    def check(
+        cls, runner_factory: str | Callable[..., Any], **options: Unpack[WorkerArguments]
+    ) -> WorkerOptions:
         """Check ``open_worker``'s arguments (``on_event`` apart) into one value."""
         return check_options(runner_factory, **options)
 

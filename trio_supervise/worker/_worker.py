@@ -3,13 +3,13 @@
 Theory of operation
 -------------------
 A :class:`Worker` admits requests (:mod:`._admission`: a bounded queue of jobs, the open
-requests) and owns its restart policy. ``Worker.run`` runs the child tier (:mod:`.._tier`, or
-:mod:`..isolation.process`) in its own restart loop (:mod:`._loop`): that is the only place a
-tier is restarted. Each incarnation is given a :class:`~.._port.TierPort` (the queue's receive
-channel, the decider, callbacks) and knows nothing else of the worker. When an incarnation ends,
-the loop hands the policy's decision to the worker, which settles what the tier left
-(:mod:`._settlement`: re-queue what may run again, fail the rest, or stop everything) before the
-decision's event is emitted. Observers only observe.
+requests) and owns its restart policy. ``Worker.run`` runs tier after tier under
+:func:`~trio_supervise.supervision.supervise`, ``supervised``'s loop: the only place a tier is
+restarted. Each incarnation is given a :class:`~.._port.TierPort` (the queue's receive channel,
+the decider, callbacks) and knows nothing else of the worker. The loop hands each decision to
+the worker's ``settle`` in line, which settles what the tier left (:mod:`._settlement`: re-queue
+what may run again, fail the rest, or stop everything) before the decision's event is emitted.
+Observers only observe.
 
 Every accepted request ends exactly once (:mod:`.._requests`). A manual restart is resumed, not
 counted: the worker's decider answers RESUME for :class:`RestartRequested`.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any, Unpack, final
 
 import attrs
 import trio
@@ -28,7 +28,17 @@ from trio_util import AsyncValue
 from .._errors import BadRequest, ConfigError
 from .._types import Batch, RebuildCause, Request
 from ..devices import DeviceContext, open_device
-from ..supervision import Decision, Directive, Emitter, EventCallback, EventKind, Policy, callbacks
+from ..supervision import (
+    Decision,
+    Directive,
+    Emitter,
+    EventCallback,
+    EventKind,
+    Policy,
+    callbacks,
+    leaves,
+    supervise,
+)
 from ..tier._breaker import BreakerState
 from ..tier._continuation import Continuation
 from ..tier._port import TierCounts, TierPort
@@ -36,8 +46,8 @@ from ..tier._requests import RequestStream, error_for_request
 from ..tier._tier import RestartRequested, Tier
 from ._admission import Admission
 from ._children import open_children
-from ._loop import WorkerDecider, run_tiers
-from ._options import WorkerOptions, check_options
+from ._decider import WorkerDecider
+from ._options import WorkerArguments, WorkerOptions, check_options
 from ._settlement import requeue, stop_all
 from ._state import WORKER_TRANSITIONS, WorkerState, WorkerStatistics, check_transition
 
@@ -46,13 +56,6 @@ if TYPE_CHECKING:
     from ..isolation.ray import RayActors
 
 __all__ = ["WORKER_TRANSITIONS", "Worker", "WorkerState", "WorkerStatistics"]
-
-
-def _is_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is trio.Cancelled, alone or in groups of nothing else."""
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_is_cancellation(leaf) for leaf in exc.exceptions)
-    return isinstance(exc, trio.Cancelled)
 
 
 @final
@@ -67,31 +70,10 @@ class Worker:
         self,
         runner_factory: str | Callable[..., Any],
         *,
-        runner_args: Mapping[str, Any] | None = None,
-        device: str | Callable[[], DeviceContext] = "auto",
-        policy: Policy | None = None,
-        max_pending: int = 1024,
-        max_attempts: int = 2,
-        hang_timeout: float | None = None,
-        readiness_timeout: float | None = None,
-        drain_timeout: float = 30.0,
-        name: str | None = None,
-        isolation: str = "inline",
-        heartbeat_timeout: float = 10.0,
-        standby: bool = False,
-        standby_load: bool = False,
-        ray_options: Mapping[str, Any] | None = None,
-        ray_address: str | None = None,
         on_event: EventCallback | Sequence[EventCallback] | None = None,
+        **options: Unpack[WorkerArguments],
     ) -> None:
-        options = check_options(
-            runner_factory, runner_args=runner_args, device=device, policy=policy,
-            max_pending=max_pending, max_attempts=max_attempts, hang_timeout=hang_timeout,
-            readiness_timeout=readiness_timeout, drain_timeout=drain_timeout, name=name,
-            isolation=isolation, heartbeat_timeout=heartbeat_timeout, standby=standby,
-            standby_load=standby_load, ray_options=ray_options, ray_address=ray_address,
-        )  # fmt: skip
-        self._setup(options, on_event)
+        self._setup(check_options(runner_factory, **options), on_event)
 
     @classmethod
     def from_options(
@@ -237,22 +219,23 @@ class Worker:
                             self._use_policy(policy)
                         await self._run_tiers(task_status)
         except BaseException as exc:
-            cancelled = _is_cancellation(exc)
+            cancelled = all(isinstance(leaf, trio.Cancelled) for leaf in leaves(exc))
             state = WorkerState.STOPPED if cancelled else WorkerState.FAILED
             self._end(state, "cancelled" if cancelled else "failed")
             raise
         self._end(WorkerState.STOPPED, "stopped")
 
     async def _run_tiers(self, task_status: trio.TaskStatus[Worker]) -> None:
-        await run_tiers(
-            self.name, self.policy, self._emitter, self._tier_incarnation, self._settle, task_status
-        )
+        """Tier after tier under the policy; each decision is settled before its event."""
+        await supervise(
+            self._tier_incarnation, self.policy, name=self.name, emitter=self._emitter,
+            task_status=task_status, settle=self._settle,
+        )  # fmt: skip
 
-    async def _tier_incarnation(
-        self, generation: int, *, task_status: trio.TaskStatus[Worker]
-    ) -> None:
+    async def _tier_incarnation(self, *, task_status: trio.TaskStatus[Worker]) -> None:
         """One incarnation of the tier, given its port; it reports back only through that."""
-        self.generation = generation
+        self.generation += 1
+        generation = self.generation
         self._move(WorkerState.STARTING)
 
         def ready(deterministic: bool) -> None:
