@@ -179,6 +179,7 @@ class ElsewhereHome:
 
     def __init__(self) -> None:
         self.calls: list[str] = []
+        self.runner: Any = None
 
     def placement(self) -> dict[str, Any]:
         return {"pid": 4242}

@@ -81,6 +81,10 @@ def test_worker_refuses_bad_arguments() -> None:
         ts.ConfigError, match=r"^hang_timeout must be a number > 0 or None, got -1$"
     ):
         ts.Worker(MockRunner, hang_timeout=-1)
+    with pytest.raises(ts.ConfigError, match=r"^drain_timeout must be a number > 0, got True$"):
+        ts.Worker(MockRunner, drain_timeout=True)
+    with pytest.raises(ts.ConfigError, match=r"^hang_timeout must be finite, got inf$"):
+        ts.Worker(MockRunner, hang_timeout=float("inf"))
     worker = ts.Worker("trio_supervise.runners.mock:MockRunner", device="cpu")
     assert worker.name == "MockRunner"
     with pytest.raises(ts.BadRequest, match=r"^submit takes a Batch, got 3$"):
@@ -184,6 +188,30 @@ async def test_a_worker_stopped_before_it_ran_does_not_run(autojump_clock: Clock
     with pytest.raises(ts.WorkerStopped, match=r"^worker 'MockRunner' is stopped$"):
         await worker.run()
     assert worker.generation == 0
+
+
+async def test_a_worker_stopped_while_it_starts_says_so_to_who_waits(autojump_clock: Clock) -> None:
+    worker = ts.Worker(MockRunner, runner_args={"load_delay": 10.0}, device="cpu")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(worker.run)  # nobody waits: run simply returns once stopped
+        await trio.sleep(1)
+        worker.stop("stopped by its owner")
+    assert worker.state.value is WorkerState.STOPPED
+
+    worker = ts.Worker(MockRunner, runner_args={"load_delay": 10.0}, device="cpu")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_after, worker, 1.0)
+        with pytest.raises(
+            ts.WorkerStopped,
+            match=r"^worker 'MockRunner' stopped by its owner before it was ready$",
+        ):
+            await nursery.start(worker.run)
+    assert worker.state.value is WorkerState.STOPPED and worker.deterministic is None
+
+
+async def _stop_after(worker: ts.Worker, seconds: float) -> None:
+    await trio.sleep(seconds)
+    worker.stop("stopped by its owner")
 
 
 async def test_placement_says_where_the_runner_runs(autojump_clock: Clock) -> None:

@@ -78,8 +78,18 @@ def encode(message: msgspec.Struct) -> bytes:
 
 
 def pack_all(replies: Sequence[msgspec.Struct]) -> bytes:
-    """Several child-to-parent frames as one payload (one item of a Ray stream)."""
-    return _encoder.encode(replies)
+    """Several child-to-parent frames as one payload (one item of a Ray stream).
+
+    Each frame is held to :data:`~._frames.MAX_FRAME`, as on a pipe; the payload may hold more.
+
+    Raises:
+        MalformedFrame: one of the frames is over the limit.
+    """
+    payload = _encoder.encode(replies)
+    if len(payload) > MAX_FRAME:  # rare: find the frame over the limit, if one is
+        for reply in replies:
+            pack(reply)
+    return payload
 
 
 def _decode(decoder: msgspec.msgpack.Decoder[Any], payload: bytes) -> Any:

@@ -52,6 +52,10 @@ class LoadedRunner:
 class RunnerHome(Protocol):
     """Where a tier's runner lives (see the module docstring)."""
 
+    runner: Any
+    """The runner (or the parent's stand-in for it) as soon as it is built, while it loads too;
+    None before."""
+
     async def load(
         self, port: TierPort, nursery: trio.Nursery, fail: Callable[[BaseException], None]
     ) -> LoadedRunner:

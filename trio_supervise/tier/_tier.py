@@ -17,7 +17,7 @@ else becomes the tier's one fatal error: the tier's scope is cancelled, the home
 down (an inline device that fails its probe after a poisoning cannot recover in this process, so
 the error becomes :class:`Unrecoverable`), and the error is raised to the worker, which
 restarts, stops or escalates. The jobs left in :attr:`Tier.in_flight` are the worker's to
-settle once it learns that decision.
+settle (``take_unsettled``) with the policy's decision, in its restart loop.
 """
 
 from __future__ import annotations
@@ -122,9 +122,14 @@ class Tier:
             self.dispatch_gate.open()
 
     async def quiesce(self) -> None:
-        """Take no new batch; return once the batches taken already have ended."""
+        """Take no new batch; return once the batches taken already have ended. Cancelled
+        meanwhile, the tier takes batches again."""
         self.dispatch_gate.close()
-        await self.idle.wait()
+        try:
+            await self.idle.wait()
+        except BaseException:
+            self.dispatch_gate.open()
+            raise
 
     def placement(self) -> dict[str, Any]:
         """Where the runner runs: ``{}`` in this process; a child process's ``pid``; a Ray
@@ -133,8 +138,9 @@ class Tier:
 
     @property
     def breaker_state(self) -> BreakerState | None:
-        """The state of the runner's circuit breaker (``runner.breaker``), if it has one."""
-        breaker = getattr(self.runner, "breaker", None)
+        """The state of the runner's circuit breaker (``runner.breaker``), if it has one; also
+        while the runner loads (a remote runner's breaker counts its readiness checks)."""
+        breaker = getattr(self.home.runner, "breaker", None)
         return breaker.state if isinstance(breaker, CircuitBreaker) else None
 
     async def run(self) -> None:
@@ -217,7 +223,7 @@ class Tier:
             except Exception as exc:
                 self._batch_failed(job, exc)
             # Settled (finished, or resumed). A batch cancelled because the tier ended is not:
-            # the worker settles it when it learns what the supervisor decided.
+            # the worker's restart loop settles it with the policy's decision.
             if job.error is None:
                 self.in_flight.discard(job)
         finally:

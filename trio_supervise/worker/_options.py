@@ -167,7 +167,7 @@ def _seconds(name: str, value: object, *, allow_none: bool = True) -> float | No
     if problem is None:
         assert isinstance(value, int | float)
         return float(value)
-    if isinstance(value, int | float) and value > 0:  # a number > 0, and yet refused: infinite
+    if not isinstance(value, bool) and isinstance(value, int | float) and value > 0:  # infinite
         raise ConfigError(f"{name} must be finite, got {value!r}")
     raise ConfigError(
         f"{name} must be a number > 0{' or None' if allow_none else ''}, got {value!r}"

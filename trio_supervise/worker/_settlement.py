@@ -2,8 +2,8 @@
 
 A tier that ends leaves its unsettled jobs (``tier.take_unsettled()``: the jobs in flight, and
 at most one job it took as its dispatch gate closed, which never left the queue in spirit). The
-worker's restart loop (:mod:`._loop`) settles them here as soon as the policy has decided, before
-the decision's event is emitted:
+worker's ``settle`` step (called in line by its restart loop, ``supervise``) settles them here as
+soon as the policy has decided, before the decision's event is emitted:
 
 * RESTART (or an operator restart, resumed): a request with attempts left runs again, ahead of
   everything queued, when it is idempotent and got no chunk on its last run, or when it is

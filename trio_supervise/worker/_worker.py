@@ -25,7 +25,7 @@ import attrs
 import trio
 from trio_util import AsyncValue
 
-from .._errors import BadRequest, ConfigError
+from .._errors import BadRequest, ConfigError, WorkerStopped
 from .._types import Batch, RebuildCause, Request
 from ..devices import DeviceContext, open_device
 from ..supervision import (
@@ -224,6 +224,12 @@ class Worker:
             self._end(state, "cancelled" if cancelled else "failed")
             raise
         self._end(WorkerState.STOPPED, "stopped")
+        if self.deterministic is None and task_status is not trio.TASK_STATUS_IGNORED:
+            # stop() before the first tier was ready: nursery.start(run) gets why, not Trio's
+            # "never called started".
+            raise WorkerStopped(
+                f"worker {self.name!r} {self._admission.stopped_reason} before it was ready"
+            )
 
     async def _run_tiers(self, task_status: trio.TaskStatus[Worker]) -> None:
         """Tier after tier under the policy; each decision is settled before its event."""
