@@ -14,6 +14,7 @@ import trio
 
 import trio_supervise as ts
 import trio_supervise.runners.mock
+from tests.support.helpers import outcome
 from trio_supervise import Request, SamplingParams, WorkerState
 
 RUNNERS = "tests.support.child_runners:OnceRunner"
@@ -44,14 +45,6 @@ def assert_gone(pid: int) -> None:
         os.kill(pid, 0)
     with pytest.raises(ProcessLookupError):
         os.killpg(pid, 0)
-
-
-async def outcome(stream: ts.RequestStream) -> tuple[str, object]:
-    try:
-        _, text, _, _ = await stream.collect()
-    except ts.InferenceError as exc:
-        return "error", exc
-    return "ok", text
 
 
 def args(tmp_path: Path, fault: str, **kwargs: Any) -> dict[str, Any]:

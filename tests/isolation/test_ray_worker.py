@@ -18,6 +18,7 @@ import trio
 ray = pytest.importorskip("ray")  # on loopback: tests/conftest.py sets Ray's switch first
 
 import trio_supervise as ts  # noqa: E402
+from tests.support.helpers import outcome  # noqa: E402
 from trio_supervise import Request, SamplingParams, WorkerState  # noqa: E402
 from trio_supervise.runners.mock import text_of, token_at  # noqa: E402
 from trio_supervise.testing import Fault, FaultPlan, run_chaos  # noqa: E402
@@ -57,14 +58,6 @@ async def assert_dead(handle: Any) -> None:
     """Ray says the actor is gone (its watch call fails), whenever it learns it."""
     with pytest.raises(ray.exceptions.RayActorError):
         await trio.to_thread.run_sync(ray.get, handle.watch.remote())
-
-
-async def outcome(stream: ts.RequestStream) -> tuple[str, object]:
-    try:
-        _, text, _, _ = await stream.collect()
-    except ts.InferenceError as exc:
-        return "error", exc
-    return "ok", text
 
 
 async def test_streams_as_inline_and_says_where_the_actor_runs() -> None:

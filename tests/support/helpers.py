@@ -207,3 +207,12 @@ def logged(fragment: str, logger: str = "trio_supervise") -> Iterator[trio.Event
         yield event
     finally:
         target.removeHandler(handler)
+
+
+async def outcome(stream: ts.RequestStream) -> tuple[str, object]:
+    """("ok", the text) or ("error", the exception): how a request ended."""
+    try:
+        _, text, _, _ = await stream.collect()
+    except ts.InferenceError as exc:
+        return "error", exc
+    return "ok", text
