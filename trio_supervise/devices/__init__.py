@@ -3,6 +3,10 @@
 ``open_device("auto" | "cpu" | "cuda:N")`` returns a :class:`CpuDevice` (NumPy) or a
 :class:`CupyDevice` (CuPy, imported only then). ``"auto"`` picks CUDA when
 ``cupy.cuda.is_available()``, else the CPU.
+
+* ``_context``: the :class:`DeviceContext` protocol every runner's device follows.
+* ``_cpu``, ``_cupy``: the NumPy and CuPy contexts.
+* ``_cuda_errors``: CUDA's errors in the library's taxonomy (which statuses poison a context).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Driving it on Trio:
 * ``_events``: every decision as an immutable :class:`SupervisionEvent`, for observers only.
 * ``_toolkit``: what every driver shares (running an incarnation, its readiness, turning a
   decision into its event or its exception).
-* ``_supervised``: ``supervised(child, policy)``, one child restarted in the caller's task.
+* ``_supervised``: ``supervised(child, policy)``, one child restarted in the caller's task, and
+  ``supervise``, its loop, which a worker drives with a ``settle`` step in line.
 * ``_supervisor``: :class:`Supervisor`, many children with OTP strategies; ``_specs`` holds
   the values it is built from and reports, ``_children`` its children's slots and tasks.
 * ``_errors``: the errors of supervision itself, the root of the library's taxonomy.
