@@ -190,3 +190,164 @@ def test_an_error_body_that_is_not_openai_style_is_quoted_short() -> None:
     assert openai.error_detail(b"<html>bad gateway</html>  ") == "<html>bad gateway</html>"
     assert openai.error_detail(b'{"error": "plain"}') == "plain"
     assert len(openai.error_detail(b"x" * 10_000)) == 300
+
+
+# --- fields no tier honours yet, and stream_options -----------------------------------------
+
+UNHONOURED: dict[str, tuple[list[Any], list[Any]]] = {
+    # field: (neutral values, accepted; values that ask for something, refused)
+    "best_of": ([None, 1, 1.0], [2, 0, True]),
+    "echo": ([None, False], [True, 0]),
+    "logprobs": ([None], [0, 2, True]),
+    "suffix": ([None], ["", "end"]),
+    "presence_penalty": ([None, 0, 0.0], [0.5, -2, False]),
+    "frequency_penalty": ([None, 0, 0.0], [1.0, "0"]),
+    "logit_bias": ([None, {}], [{"50256": -100}, []]),
+    "top_k": ([None, -1, 0], [40, 1, False]),
+    "min_p": ([None, 0, 0.0], [0.1]),
+    "repetition_penalty": ([None, 1, 1.0], [1.2, 0]),
+    "min_tokens": ([None, 0], [5]),
+    "ignore_eos": ([None, False], [True]),
+    "include_stop_str_in_output": ([None, False], [True]),
+    "use_beam_search": ([None, False], [True]),
+    "tools": ([None, []], [[{"type": "function", "function": {"name": "f"}}]]),
+    "tool_choice": ([None, "none"], ["auto", "required"]),
+    "functions": ([None, []], [[{"name": "f"}]]),
+    "function_call": ([None, "none"], ["auto"]),
+    "response_format": ([None, {"type": "text"}], [{"type": "json_object"}, "text"]),
+}
+
+
+def test_the_table_of_unhonoured_fields_is_the_one_tested() -> None:
+    assert list(openai.UNHONOURED) == list(UNHONOURED)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(field, value) for field, (neutral, _) in UNHONOURED.items() for value in neutral],
+)
+def test_an_unhonoured_field_at_its_neutral_value_is_accepted(field: str, value: Any) -> None:
+    asked = openai.parse_completion(json.dumps({"prompt": "a", field: value}).encode())
+    assert asked.prompt == "a"
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [(field, value) for field, (_, refused) in UNHONOURED.items() for value in refused],
+)
+def test_an_unhonoured_field_that_asks_for_something_is_a_bad_request_naming_it(
+    field: str, value: Any
+) -> None:
+    with pytest.raises(ts.BadRequest) as caught:
+        openai.parse_completion(json.dumps({"prompt": "a", field: value}).encode())
+    message = str(caught.value)
+    assert message.startswith(f"{field} is not supported by this server: it accepts ")
+    assert message.endswith(f", got {value!r}")
+
+
+def test_the_first_unhonoured_field_in_the_tables_order_is_named() -> None:
+    body = {"prompt": "a", "use_beam_search": True, "top_k": 5, "echo": True}
+    with pytest.raises(ts.BadRequest, match=r"^echo is not supported"):
+        openai.parse_completion(json.dumps(body).encode())
+    # the shared fields are checked first
+    with pytest.raises(ts.BadRequest, match=r"^n must be"):
+        openai.parse_completion(json.dumps({**body, "n": 2}).encode())
+
+
+def test_unknown_fields_stay_ignored() -> None:
+    asked = openai.parse_completion(b'{"prompt": "a", "user": "u1", "whatever": [1, {"x": 2}]}')
+    assert asked == openai.parse_completion(b'{"prompt": "a"}')
+
+
+def test_stream_options_include_usage_is_read_with_a_stream_only() -> None:
+    def read(body: dict[str, Any]) -> bool:
+        return openai.parse_completion(json.dumps({"prompt": "a", **body}).encode()).include_usage
+
+    assert read({"stream": True, "stream_options": {"include_usage": True}}) is True
+    assert read({"stream": True, "stream_options": {"include_usage": False}}) is False
+    assert read({"stream": True, "stream_options": {}}) is False
+    assert read({"stream": True, "stream_options": None}) is False
+    assert read({"stream": True}) is False
+    assert read({"stream_options": None}) is False
+    neutral = {"include_usage": True, "continuous_usage_stats": False}
+    assert read({"stream": True, "stream_options": neutral}) is True
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"stream_options": {"include_usage": True}},
+            "stream_options is only allowed when stream is true",
+        ),
+        (
+            {"stream": False, "stream_options": {}},
+            "stream_options is only allowed when stream is true",
+        ),
+        ({"stream": True, "stream_options": True}, "stream_options must be an object, got True"),
+        (
+            {"stream": True, "stream_options": {"include_usage": 1}},
+            "stream_options.include_usage must be a boolean, got 1",
+        ),
+        (
+            {"stream": True, "stream_options": {"continuous_usage_stats": True}},
+            "stream_options.continuous_usage_stats is not supported by this server: "
+            "stream_options accepts include_usage (and continuous_usage_stats: null or false), "
+            "got True",
+        ),
+        (
+            {"stream": True, "stream_options": {"include_usage": True, "every": 2}},
+            "stream_options.every is not supported by this server: stream_options accepts "
+            "include_usage, got 2",
+        ),
+    ],
+)
+def test_bad_stream_options_are_a_bad_request_naming_them(
+    body: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ts.BadRequest) as caught:
+        openai.parse_completion(json.dumps({"prompt": "a", **body}).encode())
+    assert str(caught.value) == message
+
+
+def test_a_stream_that_asked_for_its_usage_ends_with_an_event_of_it_alone() -> None:
+    events = openai.UsageEvents()
+    first = events("cmpl-1", "m", 7, ts.Chunk("cmpl-1", (1, 2), "ab"))
+    usage = ts.Usage(3, 4)
+    end = events("cmpl-1", "m", 7, ts.Chunk("cmpl-1", (3,), "c", ts.FinishReason.LENGTH, usage))
+    last = events.last("cmpl-1", "m", 7)
+    bodies = [json.loads(e.decode().removeprefix("data: ")) for e in (first, end, last)]
+    assert [b["usage"] for b in bodies] == [
+        None,
+        None,
+        {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7},
+    ]
+    assert bodies[1]["choices"] == [
+        {"index": 0, "text": "c", "logprobs": None, "finish_reason": "length", "token_ids": [3]}
+    ]
+    assert bodies[2] == {"id": "cmpl-1", "object": "text_completion", "created": 7,
+                         "model": "m", "choices": [], "usage": bodies[2]["usage"]}  # fmt: skip
+    # a front reads each back: text and ids, then the usage alone
+    assert read_back(first).choices[0].text == "ab" and read_back(end).usage is None
+    assert read_back(last) == openai.StreamEvent((), usage)
+    assert openai.UsageEvents().last("c", "m", 7).endswith(b'"choices":[],"usage":null}\n\n')
+
+
+# --- models and version ----------------------------------------------------------------------
+
+
+def test_one_model_is_the_object_the_list_holds_or_a_404_naming_the_models() -> None:
+    listed = openai.models_body(["a", "org/b"])
+    assert listed == {
+        "object": "list",
+        "data": [openai.model_object("a"), openai.model_object("org/b")],
+    }
+    assert openai.model_named("org/b", ["a", "org/b"]) == listed["data"][1]
+    with pytest.raises(ModelNotFound) as caught:
+        openai.model_named("c", ["a", "org/b"])
+    assert str(caught.value) == "model 'c' is not served here; models: ['a', 'org/b']"
+    assert openai.error_status(caught.value) == (404, None)
+
+
+def test_the_version_is_the_packages() -> None:
+    assert openai.version_body() == {"version": ts.__version__}

@@ -89,3 +89,14 @@ def test_documented_keys_and_defaults_match_the_class(name: str) -> None:
         assert value == default and type(value) is type(default), (
             f"{name}.{key}: documented {text}, the class says {default!r}"
         )
+
+
+def test_every_field_the_codec_refuses_is_documented_as_refused() -> None:
+    from trio_supervise.openai import UNHONOURED
+
+    rows = re.findall(r"^\| `(\w+)`(?: \(vLLM\))? \| 400 unless ([^|]+) \|", DOC.read_text(), re.M)
+    documented = [field for field, _ in rows]
+    assert documented == list(UNHONOURED)  # the same fields, in the order they are checked
+    for field, accepted in rows:
+        neutral = UNHONOURED[field][1].split(" (")[0]
+        assert accepted.replace("`", "").strip() == neutral, field

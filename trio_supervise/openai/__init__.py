@@ -7,7 +7,9 @@ Each endpoint has its module, built on what every endpoint shares:
 * ``_completions.py``: ``/v1/completions`` both ways (request bodies, whole bodies, events);
 * ``_chat.py``: ``/v1/chat/completions`` as a client writes it;
 * ``_fields.py``: the request fields every generating endpoint shares (``stop``, ``seed``,
-  ``max_tokens``, ...), read and checked against what every tier can carry, and written;
+  ``max_tokens``, ``stream_options``, ...), read and checked against what every tier can carry,
+  and written; the table of fields no tier honours yet, refused unless neutral;
+* ``_models.py``: ``/v1/models``, ``/v1/models/{id}`` and ``/version``;
 * ``_choices.py``: finish reasons and usage, both ways;
 * ``_sse.py``: server-sent events (``data: {...}``, ``data: [DONE]``), framed and read;
 * ``_status.py``: errors <-> HTTP statuses (and Retry-After), both ways;
@@ -21,13 +23,31 @@ from ._choices import finish_reason_name, finish_reason_of, usage_body, usage_of
 from ._completions import (
     COMPLETIONS_PATH,
     CompletionRequest,
+    UsageEvents,
     completion_body,
     completion_event,
     completion_request,
     parse_completion,
 )
-from ._fields import INT64, MAX_STOP, sampling_body, shared_fields
+from ._fields import (
+    INT64,
+    MAX_STOP,
+    UNHONOURED,
+    include_usage,
+    refuse_unhonoured,
+    sampling_body,
+    shared_fields,
+)
 from ._json import decode_object, encode_json
+from ._models import (
+    MODEL_PREFIX,
+    MODELS_PATH,
+    VERSION_PATH,
+    model_named,
+    model_object,
+    models_body,
+    version_body,
+)
 from ._sse import DONE_DATA, SSE_DONE, StreamChoice, StreamEvent, decode_event, sse_data, sse_event
 from ._status import (
     error_body,
@@ -45,10 +65,15 @@ __all__ = [
     "DONE_DATA",
     "INT64",
     "MAX_STOP",
+    "MODELS_PATH",
+    "MODEL_PREFIX",
     "SSE_DONE",
+    "UNHONOURED",
+    "VERSION_PATH",
     "CompletionRequest",
     "StreamChoice",
     "StreamEvent",
+    "UsageEvents",
     "chat_request",
     "completion_body",
     "completion_event",
@@ -63,7 +88,12 @@ __all__ = [
     "error_status",
     "finish_reason_name",
     "finish_reason_of",
+    "include_usage",
+    "model_named",
+    "model_object",
+    "models_body",
     "parse_completion",
+    "refuse_unhonoured",
     "retry_after_header",
     "retry_after_seconds",
     "sampling_body",
@@ -72,4 +102,5 @@ __all__ = [
     "sse_event",
     "usage_body",
     "usage_of",
+    "version_body",
 ]

@@ -2,7 +2,8 @@
 (run by hypercorn on Trio).
 
 Routes: ``POST /v1/completions`` (OpenAI-style, streamed as server-sent events when asked),
-``GET /v1/models``, ``GET /v1/workers``, ``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /version``, ``GET /v1/workers``,
+``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
 The app moves bytes; the OpenAI codec (``trio_supervise.openai``) reads and writes them.
 Everything a request carries is checked at the edge against what every tier can carry (integers
 within 64 bits, text that is valid UTF-8, ``max_tokens`` within the model's ``max_model_len``):
@@ -37,15 +38,22 @@ from .._errors import BadRequest, InferenceError, WorkerStopped, shown
 from .._types import Chunk, FinishReason, Usage
 from ..openai import (
     COMPLETIONS_PATH,
+    MODEL_PREFIX,
+    MODELS_PATH,
     SSE_DONE,
+    VERSION_PATH,
+    UsageEvents,
     completion_body,
     completion_event,
     error_body,
     error_object,
     error_status,
+    model_named,
+    models_body,
     parse_completion,
     retry_after_header,
     sse_event,
+    version_body,
 )
 from ._asgi import (
     CLOSE,
@@ -69,6 +77,9 @@ WholeWriter = Callable[[str, str, int, str, FinishReason | None, Usage | None], 
 """An endpoint's whole answer: ``(id, model, created, text, finish_reason, usage)`` -> body."""
 EventWriter = Callable[[str, str, int, Chunk], bytes]
 """An endpoint's streamed answer: ``(id, model, created, chunk)`` -> one SSE event."""
+LastWriter = Callable[[str, str, int], bytes]
+"""A stream's last event before ``data: [DONE]`` (its usage, where asked): ``(id, model,
+created)`` -> one SSE event."""
 
 MAX_BODY = 1024 * 1024
 
@@ -100,7 +111,8 @@ class App:
             ("GET", "/healthz"): self.healthz,
             ("GET", "/readyz"): self.readyz,
             ("GET", "/metrics"): self.metrics_page,
-            ("GET", "/v1/models"): self.models,
+            ("GET", MODELS_PATH): self.models,
+            ("GET", VERSION_PATH): self.version,
             ("GET", "/v1/workers"): self.workers,
             ("POST", COMPLETIONS_PATH): self.completions,
         }
@@ -125,8 +137,10 @@ class App:
             await self._refuse(receive, send, 400, error_object(framing, "BadRequest", 400))
             return
         handler = self._routes.get((method, path))
+        if handler is None and method == "GET" and path.startswith(MODEL_PREFIX):
+            handler = self.model
         if handler is None:
-            known = any(p == path for _, p in self._routes)
+            known = path.startswith(MODEL_PREFIX) or any(p == path for _, p in self._routes)
             status = 405 if known else 404
             unknown = error_object(f"no route {method} {path}", "NotFound", status)
             await send_json(send, status, unknown)
@@ -175,8 +189,18 @@ class App:
         await send_json(send, 200 if ready else 503, {"status": status})
 
     async def models(self, scope: Scope, receive: Receive, send: Send) -> None:
-        data = [{"id": name, "object": "model"} for name in self.pool.models]
-        await send_json(send, 200, {"object": "list", "data": data})
+        await send_json(send, 200, models_body(self.pool.models))
+
+    async def model(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            found = model_named(scope["path"][len(MODEL_PREFIX) :], self.pool.models)
+        except InferenceError as exc:
+            await self._error(send, exc, "?", record=False)
+            return
+        await send_json(send, 200, found)
+
+    async def version(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, version_body())
 
     async def workers(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send_json(send, 200, {"workers": self.pool.statuses()})
@@ -216,7 +240,10 @@ class App:
             await self._error(send, exc, model)
             return
         answer = _Answer(stream, model, int(time.time()), trio.current_time())
-        if asked.stream:
+        if asked.stream and asked.include_usage:
+            events = UsageEvents()
+            await self._stream(receive, send, answer, events, events.last)
+        elif asked.stream:
             await self._stream(receive, send, answer, completion_event)
         else:
             await self._whole(receive, send, answer, completion_body)
@@ -298,9 +325,15 @@ class App:
             await send_json(send, 200, whole)
 
     async def _stream(
-        self, receive: Receive, send: Send, answer: _Answer, write: EventWriter
+        self,
+        receive: Receive,
+        send: Send,
+        answer: _Answer,
+        write: EventWriter,
+        last: LastWriter | None = None,
     ) -> None:
-        """Answer with server-sent events as the chunks come (``write`` writes each one)."""
+        """Answer with server-sent events as the chunks come (``write`` writes each one; ``last``,
+        where given, the event after the last chunk of a stream that did not fail)."""
         stream, model = answer.stream, answer.model
         request_id, created = stream.request.id, answer.created
         began = False
@@ -334,6 +367,8 @@ class App:
             if failed is not None:
                 data = sse_event(error_body(failed, error_status(failed)[0]))
                 await send_event(send, data)
+            elif last is not None:
+                await send_event(send, last(request_id, model, created))
             await send({"type": "http.response.body", "body": SSE_DONE})
 
     async def _error(
