@@ -85,6 +85,14 @@ def test_worker_refuses_bad_arguments() -> None:
         ts.Worker(MockRunner, drain_timeout=True)
     with pytest.raises(ts.ConfigError, match=r"^hang_timeout must be finite, got inf$"):
         ts.Worker(MockRunner, hang_timeout=float("inf"))
+    with pytest.raises(
+        TypeError,
+        match=r"^Worker\(\) got an unexpected keyword argument 'max_pendng'; it takes .*"
+        r"max_pending, .*on_event, ",
+    ):
+        ts.Worker(MockRunner, max_pendng=3)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match=r"^WorkerOptions.check\(\) got an unexpected keyword"):
+        ts.WorkerOptions.check(MockRunner, on_event=print)  # type: ignore[call-arg]
     worker = ts.Worker("trio_supervise.runners.mock:MockRunner", device="cpu")
     assert worker.name == "MockRunner"
     with pytest.raises(ts.BadRequest, match=r"^submit takes a Batch, got 3$"):

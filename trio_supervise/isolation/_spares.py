@@ -74,8 +74,15 @@ class Spares(Generic[T]):
             self._nursery.start_soon(self._park_one)
 
     async def _park_one(self) -> None:
+        """Make and park one spare. Standby only makes restarts faster: a spare that cannot be
+        made or parked is logged, and the next restart starts a fresh one as if there were no
+        standby (it never takes the worker down)."""
         try:
-            spare = await self._make()
+            try:
+                spare = await self._make()
+            except Exception:
+                logger.exception("%s: a standby %s could not be started", self.name, self.kind)
+                return
             try:
                 await self._park(spare)
             except Exception:

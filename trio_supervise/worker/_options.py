@@ -23,6 +23,7 @@ from ..supervision import Policy
 from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes
 
 __all__ = [
+    "ARGUMENT_NAMES",
     "DEVICE",
     "FLAG",
     "HEARTBEAT_TIMEOUT",
@@ -37,6 +38,7 @@ __all__ = [
     "Seconds",
     "Text",
     "WorkerOptions",
+    "check_arguments",
     "check_options",
     "check_ray",
     "is_int",
@@ -202,6 +204,29 @@ class WorkerArguments(TypedDict, total=False):
     ray_address: str | None
 
 
+ARGUMENT_NAMES = WorkerArguments.__optional_keys__
+"""The names of :class:`WorkerArguments`."""
+
+
+def check_arguments(
+    caller: str,
+    runner_factory: str | Callable[..., Any],
+    options: Mapping[str, Any],
+    *,
+    also: frozenset[str] = frozenset(),
+) -> WorkerOptions:
+    """:func:`check_options` for a caller that took ``**options``: a keyword it does not know is
+    a ``TypeError`` that names the caller and the keyword, and lists those it takes (``also``:
+    the caller's own, such as ``on_event``)."""
+    unknown = sorted(set(options) - ARGUMENT_NAMES)
+    if unknown:
+        takes = ", ".join(sorted(ARGUMENT_NAMES | also))
+        raise TypeError(
+            f"{caller} got an unexpected keyword argument {unknown[0]!r}; it takes {takes}"
+        )
+    return check_options(runner_factory, **options)
+
+
 @final
 @attrs.frozen
 class WorkerOptions:
@@ -218,7 +243,7 @@ class WorkerOptions:
         cls, runner_factory: str | Callable[..., Any], **options: Unpack[WorkerArguments]
     ) -> WorkerOptions:
         """Check ``open_worker``'s arguments (``on_event`` apart) into one value."""
-        return check_options(runner_factory, **options)
+        return check_arguments("WorkerOptions.check()", runner_factory, options)
 
     name: str
     isolation: str

@@ -47,7 +47,7 @@ from ..tier._tier import RestartRequested, Tier
 from ._admission import Admission
 from ._children import open_children
 from ._decider import WorkerDecider
-from ._options import WorkerArguments, WorkerOptions, check_options
+from ._options import WorkerArguments, WorkerOptions, check_arguments
 from ._settlement import requeue, stop_all
 from ._state import WORKER_TRANSITIONS, WorkerState, WorkerStatistics, check_transition
 
@@ -56,6 +56,9 @@ if TYPE_CHECKING:
     from ..isolation.ray import RayActors
 
 __all__ = ["WORKER_TRANSITIONS", "Worker", "WorkerState", "WorkerStatistics"]
+
+
+_ON_EVENT = frozenset({"on_event"})
 
 
 @final
@@ -73,7 +76,8 @@ class Worker:
         on_event: EventCallback | Sequence[EventCallback] | None = None,
         **options: Unpack[WorkerArguments],
     ) -> None:
-        self._setup(check_options(runner_factory, **options), on_event)
+        checked = check_arguments("Worker()", runner_factory, options, also=_ON_EVENT)
+        self._setup(checked, on_event)
 
     @classmethod
     def from_options(
