@@ -123,6 +123,9 @@ nitpick_ignore = [
     # The keyword arguments of Worker and open_worker as one TypedDict (each is described at
     # open_worker), named in their signatures as **options: Unpack[WorkerArguments].
     ("py:class", "trio_supervise.worker._options.WorkerArguments"),
+    # What a runner class's load_tokenizer gives (described in docs/worker.md), named in the
+    # annotation of WorkerPool.tokenizers.
+    ("py:class", "trio_supervise.tier._runner.Tokenizer"),
 ]
 
 

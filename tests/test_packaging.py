@@ -34,6 +34,7 @@ API = {
         "ChildSpec",
         "ChildStatus",
         "ChildStopped",
+        "ChatMessage",
         "Chunk",
         "CircuitBreaker",
         "CircuitOpen",
@@ -75,6 +76,7 @@ API = {
         "Supervisor",
         "SupervisorHandle",
         "SupervisorStatistics",
+        "TokenLogprob",
         "TooManyChildren",
         "Unauthorized",
         "Unrecoverable",
@@ -139,6 +141,7 @@ API = {
         "WEIGHTS_FILE",
         "CharLM",
         "CharModel",
+        "CharTokenizer",
         "complete",
         "forward",
         "load_weights",
@@ -163,6 +166,7 @@ FINAL = {
         "Batch",
         "ChildInfo",
         "ChildSpec",
+        "ChatMessage",
         "Chunk",
         "CircuitBreaker",
         "Continuation",
@@ -180,6 +184,7 @@ FINAL = {
         "Supervisor",
         "SupervisorHandle",
         "SupervisorStatistics",
+        "TokenLogprob",
         "Usage",
         "Worker",
         "WorkerStatistics",
@@ -199,7 +204,7 @@ FINAL = {
     "trio_supervise.serve.metrics": ["Metrics"],
     "trio_supervise.devices": ["CupyDevice", "MemoryInfo"],
     "trio_supervise.runners.mock": ["MockRecord"],
-    "trio_supervise.runners.charlm": ["CharModel"],
+    "trio_supervise.runners.charlm": ["CharModel", "CharTokenizer"],
 }
 
 RUNNERS = {

@@ -29,7 +29,17 @@ from ._errors import (
     Unrecoverable,
     WorkerStopped,
 )
-from ._types import Batch, Chunk, FinishReason, RebuildCause, Request, SamplingParams, Usage
+from ._types import (
+    Batch,
+    ChatMessage,
+    Chunk,
+    FinishReason,
+    RebuildCause,
+    Request,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from .devices._cuda_errors import classify_cuda_error
 from .supervision import (
     Backoff,
@@ -75,6 +85,7 @@ __all__ = [
     "BadRequest",
     "Batch",
     "BreakerState",
+    "ChatMessage",
     "ChildDied",
     "ChildInfo",
     "ChildSpec",
@@ -121,6 +132,7 @@ __all__ = [
     "Supervisor",
     "SupervisorHandle",
     "SupervisorStatistics",
+    "TokenLogprob",
     "TooManyChildren",
     "Unauthorized",
     "Unrecoverable",

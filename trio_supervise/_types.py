@@ -16,12 +16,15 @@ import attrs
 from ._errors import BadRequest, InferenceError, shown
 
 __all__ = [
+    "SAMPLING_EXTRAS",
     "Batch",
+    "ChatMessage",
     "Chunk",
     "FinishReason",
     "RebuildCause",
     "Request",
     "SamplingParams",
+    "TokenLogprob",
     "Usage",
 ]
 
@@ -53,6 +56,8 @@ def _bad(message: str) -> BadRequest:
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_LOGPROBS = 20
+"""The most alternatives per token a request may ask for (vLLM's default limit)."""
 """Every integer a request carries fits in 64 bits: what every tier can carry (msgpack frames
 to a child process or a Ray actor, JSON to a remote backend)."""
 
@@ -101,7 +106,28 @@ class SamplingParams:
     seed: int | None = None
     """Seeds sampling, so the same request gives the same output whatever its batch."""
     stop: tuple[str, ...] = ()
-    """Stop sequences: generation ends when the text ends with one of them."""
+    """Stop sequences: generation ends when the text ends with one of them (the text keeps
+    it; the server cuts it from what a client gets)."""
+    top_k: int = 0
+    """Sample only among the ``top_k`` most likely tokens (0: all)."""
+    min_p: float = 0.0
+    """Drop tokens less likely than ``min_p`` times the most likely one (0: none)."""
+    presence_penalty: float = 0.0
+    """Subtracted from the logit of every token already generated, in [-2, 2]."""
+    frequency_penalty: float = 0.0
+    """Subtracted from a token's logit once per time it was generated, in [-2, 2]."""
+    repetition_penalty: float = 1.0
+    """Divides a positive logit (multiplies a negative one) of every token in the prompt or the
+    output, in (0, 2]; 1: none (vLLM's and transformers' definition)."""
+    min_tokens: int = 0
+    """Neither a stop sequence nor the end of text ends the output before this many tokens."""
+    ignore_eos: bool = False
+    """Go on past the end-of-text token (to ``max_tokens`` or a stop sequence)."""
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    """``(token id, bias)`` pairs: the bias, in [-100, 100], is added to that token's logit."""
+    logprobs: int | None = None
+    """Return each generated token's log probability and this many most likely alternatives
+    (0 to 20); None: none."""
 
     def __attrs_post_init__(self) -> None:
         _check_int("max_tokens", self.max_tokens, 1)
@@ -120,6 +146,80 @@ class SamplingParams:
             raise _bad(f"stop must be a tuple of non-empty str, got {shown(self.stop)}")
         for stop in self.stop:
             _check_text("stop", stop)
+        _check_int("top_k", self.top_k, 0)
+        _check_float("min_p", self.min_p, 0.0, 1.0)
+        _check_float("presence_penalty", self.presence_penalty, -2.0, 2.0)
+        _check_float("frequency_penalty", self.frequency_penalty, -2.0, 2.0)
+        _check_float("repetition_penalty", self.repetition_penalty, 0.0, 2.0)
+        if self.repetition_penalty == 0:
+            raise _bad("repetition_penalty must be a number in (0, 2], got 0")
+        _check_int("min_tokens", self.min_tokens, 0)
+        if self.min_tokens > self.max_tokens:
+            raise _bad(
+                f"min_tokens must be at most max_tokens={self.max_tokens}, got {self.min_tokens}"
+            )
+        if not isinstance(self.ignore_eos, bool):
+            raise _bad(f"ignore_eos must be a bool, got {shown(self.ignore_eos)}")
+        bias: Any = self.logit_bias
+        if not isinstance(bias, tuple):
+            raise _bad(f"logit_bias must be a tuple of (token id, bias) pairs, got {shown(bias)}")
+        for pair in bias:
+            if not (isinstance(pair, tuple) and len(pair) == 2):
+                raise _bad(f"logit_bias must hold (token id, bias) pairs, got {shown(pair)}")
+            _check_int("a logit_bias token id", pair[0], 0)
+            _check_float("a logit_bias value", pair[1], -100.0, 100.0)
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0)
+            if self.logprobs > MAX_LOGPROBS:
+                raise _bad(f"logprobs must be in [0, {MAX_LOGPROBS}] or None, got {self.logprobs}")
+
+    def extras(self) -> tuple[str, ...]:
+        """The names of the fields of ``SAMPLING_EXTRAS`` set to anything but their neutral
+        value, in that order: what a runner must honour (its ``sampling_fields``) to run it."""
+        return tuple(name for name, neutral in SAMPLING_EXTRAS.items()
+                     if getattr(self, name) != neutral)  # fmt: skip
+
+
+SAMPLING_EXTRAS: dict[str, Any] = {
+    "top_k": 0,
+    "min_p": 0.0,
+    "presence_penalty": 0.0,
+    "frequency_penalty": 0.0,
+    "repetition_penalty": 1.0,
+    "min_tokens": 0,
+    "ignore_eos": False,
+    "logit_bias": (),
+    "logprobs": None,
+}
+"""The sampling fields beyond the ones every runner honours (``max_tokens``, ``temperature``,
+``top_p``, ``seed``, ``stop``), with their neutral values. A runner lists those it honours in
+``sampling_fields``; a request that sets another one fails with a BadRequest naming it."""
+
+
+@final
+@attrs.frozen
+class ChatMessage:
+    """One message of a chat: ``ChatMessage("user", "Hello")``."""
+
+    role: str
+    """``"system"``, ``"user"`` or ``"assistant"``."""
+    content: str
+    """Its text."""
+
+    def __attrs_post_init__(self) -> None:
+        if self.role not in CHAT_ROLES:
+            raise _bad(f"a message's role must be one of {', '.join(CHAT_ROLES)}, "
+                       f"got {shown(self.role)}")  # fmt: skip
+        if not isinstance(self.content, str):
+            raise _bad(f"a message's content must be a str, got {shown(self.content)}")
+        _check_text("a message's content", self.content)
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _as_messages(messages: Iterable[ChatMessage]) -> tuple[ChatMessage, ...]:
+    return tuple(messages)
 
 
 @final
@@ -146,6 +246,13 @@ class Request:
     ``"resume"`` (run the prompt plus what was delivered, for the tokens left: any runner, other
     sampling), ``"off"`` (end with ``ContextPoisoned``), or ``"auto"``: ``"replay"`` where the
     runner is deterministic and the request idempotent, else ``"off"``."""
+    messages: tuple[ChatMessage, ...] = attrs.field(default=(), converter=_as_messages)
+    """A chat request's messages (its ``prompt`` is their rendering by the model's chat
+    template): a runner that speaks chat itself (a remote backend's chat endpoint) sends them
+    instead of the prompt. Empty for a completion."""
+    continue_final: bool = False
+    """With ``messages``: the output continues the last (assistant) message rather than
+    starting a new one (how a chat stream is resumed on another runner)."""
 
     def __attrs_post_init__(self) -> None:
         if self.continuation not in ("auto", "replay", "resume", "off"):
@@ -166,6 +273,10 @@ class Request:
             _check_text("prompt", prompt)
         else:
             raise _bad(f"prompt must be a str or a tuple of token ids, got {shown(prompt)}")
+        if not all(isinstance(m, ChatMessage) for m in self.messages):
+            raise _bad(f"messages must be ChatMessage values, got {shown(self.messages)}")
+        if self.continue_final and (not self.messages or self.messages[-1].role != "assistant"):
+            raise _bad("continue_final needs messages whose last one is the assistant's")
         if not isinstance(self.params, SamplingParams):
             raise _bad(f"params must be a SamplingParams, got {self.params!r}")
         if not isinstance(self.idempotent, bool):
@@ -230,6 +341,20 @@ class Usage:
 
 @final
 @attrs.frozen
+class TokenLogprob:
+    """One generated token's log probability, and the most likely alternatives at its place."""
+
+    token: str
+    """The token's text."""
+    logprob: float
+    """Its natural log probability."""
+    top: tuple[tuple[str, float], ...] = ()
+    """``(text, logprob)`` of the most likely tokens at its place, most likely first (as many
+    as the request's ``logprobs`` asked for)."""
+
+
+@final
+@attrs.frozen
 class Chunk:
     """A piece of one request's output. The last one has ``finish_reason`` (or ``error``)."""
 
@@ -245,6 +370,8 @@ class Chunk:
     """Token counts, usually on the last chunk."""
     error: InferenceError | None = None
     """When set, the request ends with this error (one request of a batch can fail alone)."""
+    logprobs: tuple[TokenLogprob, ...] | None = None
+    """One per token of ``token_ids``, where the request asked for ``logprobs``."""
 
     @property
     def final(self) -> bool:
@@ -262,4 +389,11 @@ def chunk_problem(chunk: Any) -> str | None:
     error: Any = chunk.error
     if error is not None and not isinstance(error, InferenceError):
         return f"chunk.error must be an InferenceError, got {error!r}"
+    logprobs: Any = chunk.logprobs
+    if logprobs is not None and (
+        not isinstance(logprobs, tuple) or len(logprobs) != len(token_ids)
+        or not all(isinstance(one, TokenLogprob) for one in logprobs)
+    ):  # fmt: skip
+        return (f"chunk.logprobs must be a tuple of one TokenLogprob per token "
+                f"({len(token_ids)}), got {logprobs!r}")  # fmt: skip
     return None

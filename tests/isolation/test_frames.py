@@ -72,7 +72,7 @@ def test_ray_payloads_carry_whole_frames_with_no_length_prefix() -> None:
 def test_a_frame_over_the_limit_is_refused_before_it_is_sent() -> None:
     huge = f.Execute(1, [f.RequestData("r", "x" * f.MAX_FRAME, 1, 1.0, 1.0, None, [], True, None)])
     assert codec.encoding_problem(huge) == (
-        f"MalformedFrame: a frame of {f.MAX_FRAME + 42} bytes exceeds the 16777216-byte limit"
+        f"MalformedFrame: a frame of {f.MAX_FRAME + 45} bytes exceeds the 16777216-byte limit"
     )
     with pytest.raises(codec.MalformedFrame, match=r"^a frame of \d+ bytes exceeds"):
         codec.pack(huge)

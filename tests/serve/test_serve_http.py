@@ -58,7 +58,7 @@ async def test_completions_whole_and_streamed_give_the_same_text() -> None:
     ("body", "status", "kind"),
     [
         ({"prompt": 3}, 400, "BadRequest"),
-        ({"prompt": "x", "n": 2}, 400, "BadRequest"),
+        ({"prompt": "x", "n": 17}, 400, "BadRequest"),
         ({"prompt": "x", "max_tokens": 0}, 400, "BadRequest"),
         ({"prompt": "x", "model": "nope"}, 404, "ModelNotFound"),
     ],

@@ -98,7 +98,9 @@ async def test_the_sync_client_completes_streams_with_usage_finds_models_and_is_
     assert got["missing"].status_code == 404
     assert "model 'gpt-4' is not served here; models: ['mock']" in str(got["missing"])
     assert got["refused"].status_code == 400
-    assert "presence_penalty is not supported by this server" in str(got["refused"])
+    assert "presence_penalty is not supported by the runner of worker 'mock#0'" in str(
+        got["refused"]
+    )
     assert got["after"].choices[0].text == whole.choices[0].text
 
 

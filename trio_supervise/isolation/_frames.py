@@ -24,7 +24,16 @@ import msgspec
 
 from .. import _errors
 from .._errors import ConfigError, InferenceError, RunnerError, SuperviseError
-from .._types import Chunk, FinishReason, Request, SamplingParams, Usage
+from .._types import (
+    SAMPLING_EXTRAS,
+    ChatMessage,
+    Chunk,
+    FinishReason,
+    Request,
+    SamplingParams,
+    TokenLogprob,
+    Usage,
+)
 from ..supervision import Backoff, Directive, Policy, RestartIntensity, Rules, on
 from ..supervision import rules as rules_
 
@@ -89,6 +98,10 @@ class RequestData(msgspec.Struct, array_like=True, frozen=True):
     stop: list[str]
     idempotent: bool
     deadline: float | None
+    extras: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The sampling fields of ``SAMPLING_EXTRAS`` that are set (logit_bias as pairs)."""
+    messages: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    continue_final: bool = False
 
 
 # --- parent to child --------------------------------------------------------------------------
@@ -169,6 +182,7 @@ class Ready(_Message):
     max_concurrency: int
     policy: PolicyData | None = None
     deterministic: bool = False
+    sampling_fields: list[str] = msgspec.field(default_factory=list)
 
 
 class ChunkFrame(_Message):
@@ -181,6 +195,7 @@ class ChunkFrame(_Message):
     finish_reason: str | None = None
     usage: tuple[int, int] | None = None
     error: ErrorData | None = None
+    logprobs: list[tuple[str, float, list[tuple[str, float]]]] | None = None
 
 
 class BatchEnd(_Message):
@@ -267,16 +282,24 @@ def request_to_data(request: Request) -> RequestData:
         list(params.stop),
         request.idempotent,
         request.deadline,
+        {name: getattr(params, name) for name in params.extras()},
+        [(m.role, m.content) for m in request.messages],
+        request.continue_final,
     )
 
 
 def request_from_data(data: RequestData) -> Request:
     """The request back."""
+    extras = {k: v for k, v in data.extras.items() if k in SAMPLING_EXTRAS}
+    if "logit_bias" in extras:
+        extras["logit_bias"] = tuple(tuple(pair) for pair in extras["logit_bias"])
     params = SamplingParams(
-        data.max_tokens, data.temperature, data.top_p, data.seed, tuple(data.stop)
+        data.max_tokens, data.temperature, data.top_p, data.seed, tuple(data.stop), **extras
     )
     prompt = data.prompt if isinstance(data.prompt, str) else tuple(data.prompt)
-    return Request(data.id, prompt, params, data.idempotent, data.deadline)
+    messages = tuple(ChatMessage(role, content) for role, content in data.messages)
+    return Request(data.id, prompt, params, data.idempotent, data.deadline,
+                   messages=messages, continue_final=data.continue_final)  # fmt: skip
 
 
 def chunk_to_frame(seq: int, chunk: Chunk) -> ChunkFrame:
@@ -286,8 +309,11 @@ def chunk_to_frame(seq: int, chunk: Chunk) -> ChunkFrame:
     )
     reason = None if chunk.finish_reason is None else chunk.finish_reason.value
     error = None if chunk.error is None else error_to_data(chunk.error)
+    logprobs = None
+    if chunk.logprobs is not None:
+        logprobs = [(one.token, one.logprob, list(one.top)) for one in chunk.logprobs]
     return ChunkFrame(
-        seq, chunk.request_id, list(chunk.token_ids), chunk.text, reason, usage, error
+        seq, chunk.request_id, list(chunk.token_ids), chunk.text, reason, usage, error, logprobs
     )
 
 
@@ -299,7 +325,12 @@ def chunk_from_frame(frame: ChunkFrame) -> Chunk:
     if frame.error is not None:
         restored = error_from_data(frame.error)
         error = restored if isinstance(restored, InferenceError) else RunnerError(str(restored))
-    return Chunk(frame.request_id, tuple(frame.token_ids), frame.text, reason, usage, error)
+    logprobs = None
+    if frame.logprobs is not None:
+        logprobs = tuple(TokenLogprob(token, logprob, tuple(map(tuple, top)))  # type: ignore[arg-type]
+                         for token, logprob, top in frame.logprobs)  # fmt: skip
+    return Chunk(frame.request_id, tuple(frame.token_ids), frame.text, reason, usage, error,
+                 logprobs)  # fmt: skip
 
 
 def _exception_class(name: str) -> type[Exception]:

@@ -42,6 +42,7 @@ from ..tier._runner import (
     resolve_factory,
     runner_attributes,
     runner_deterministic,
+    runner_sampling_fields,
     tell_generation,
 )
 from . import _codec as codec
@@ -99,6 +100,7 @@ class RunnerHost:
         self.device: Any = None
         self.concurrency = 1
         self.deterministic = False
+        self.sampling_fields: list[str] = []
         self.loaded = False
         self._cancelled: dict[int, set[str]] = {}
 
@@ -147,7 +149,8 @@ class RunnerHost:
         return True
 
     async def _ready(self) -> None:
-        await self.send(frames.Ready(os.getpid(), self.concurrency, None, self.deterministic))
+        await self.send(frames.Ready(os.getpid(), self.concurrency, None, self.deterministic,
+                                     self.sampling_fields))  # fmt: skip
 
     async def _construct(self, init: frames.Init) -> bool:
         """Build the runner and open its device; a failure is reported as Fatal."""
@@ -159,6 +162,7 @@ class RunnerHost:
                 tell_generation(self.runner, init.generation)
                 self.concurrency, _, needs_device = runner_attributes(self.runner)
                 self.deterministic = runner_deterministic(self.runner)
+                self.sampling_fields = sorted(runner_sampling_fields(self.runner))
             except ConfigError:
                 raise
             except Exception as exc:

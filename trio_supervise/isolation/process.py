@@ -178,7 +178,8 @@ class ProcessHome:
         child.on_frame = runner.deliver
         nursery.start_soon(child.watch_heartbeats, spec.heartbeat_timeout)
         children.replenish_spare()
-        return LoadedRunner(runner, reply.max_concurrency, reply.deterministic)
+        return LoadedRunner(runner, reply.max_concurrency, reply.deterministic,
+                            frozenset(reply.sampling_fields))  # fmt: skip
 
     async def send(self, message: Any) -> None:
         """Send a frame to the child."""

@@ -167,11 +167,15 @@ class Stepper(Generic[S]):
                 member.states = [s for s, c in zip(member.states, mine, strict=True) if not c.final]
 
 
-def ending(text: str, produced: int, params: SamplingParams) -> FinishReason | None:
-    """How a request whose output so far is ``text`` (``produced`` tokens) ends now: ``STOP``
-    when the text ends with a stop sequence, ``LENGTH`` at ``max_tokens``, else None."""
-    if any(text.endswith(stop) for stop in params.stop):
-        return FinishReason.STOP
+def ending(text: str, produced: int, params: SamplingParams, added: int = 1) -> FinishReason | None:
+    """How a request whose output so far is ``text`` (``produced`` tokens, the last of which
+    wrote its last ``added`` characters) ends now: ``STOP`` when a stop sequence ends within
+    those characters (not before ``min_tokens`` tokens: a token's text may go on past it, as a
+    word's trailing space does), ``LENGTH`` at ``max_tokens``, else None."""
+    if params.stop and produced >= params.min_tokens:
+        for stop in params.stop:
+            if stop in text[-(len(stop) + added - 1) :]:
+                return FinishReason.STOP
     if produced >= params.max_tokens:
         return FinishReason.LENGTH
     return None

@@ -27,6 +27,14 @@ without one, from the request id), so a request gives the same text whatever bat
 CPU the weights are float64, which keeps that effect near 1e-14, so a different choice would
 need an exact tie between two candidates. On CuPy they are float32.)
 
+It honours every extra sampling field, as vLLM defines them (``runners/_sampling.py``): on the
+raw logits ``logit_bias`` (token ids in the vocabulary, else the request fails alone with
+``BadRequest``), ``repetition_penalty`` (prompt and output), ``presence_penalty`` and
+``frequency_penalty`` (output), then temperature, ``top_k``, ``top_p``, ``min_p``;
+``min_tokens``; ``ignore_eos`` changes nothing (no end-of-text token). ``logprobs``: the chosen
+character's log probability and the most likely alternatives under the RAW distribution, the
+log-softmax of the model's logits before bias, penalties and temperature (vLLM's default).
+
 Example::
 
     async with trio_supervise.open_worker(
@@ -39,7 +47,6 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.resources
 import pathlib
 from collections.abc import AsyncIterator, Sequence
@@ -51,13 +58,15 @@ import numpy.typing as npt
 import trio
 
 from .._errors import BadRequest, ConfigError, RunnerError
-from .._types import Batch, Chunk, RebuildCause, Request, SamplingParams, Usage
-from ._stepping import Stepper, ending
+from .._types import SAMPLING_EXTRAS, Batch, Chunk, RebuildCause, Request, SamplingParams
+from ._sampling import RequestState, request_generator, sample_next
+from ._stepping import Stepper
 
 __all__ = [
     "WEIGHTS_FILE",
     "CharLM",
     "CharModel",
+    "CharTokenizer",
     "complete",
     "forward",
     "load_weights",
@@ -72,6 +81,14 @@ _TO_ASCII = str.maketrans("\t\u00a0\u2018\u2019\u201c\u201d\u2013\u2014", "  ''\
 """Single characters replaced by ASCII ones (as in the training text), one for one."""
 
 _MATRICES = ("emb", "w1", "b1", "w2", "b2", "w3", "b3")
+
+
+def _index(model: Any) -> dict[str, int]:
+    return {c: i for i, c in enumerate(model.vocab)}
+
+
+def _encode(index: dict[str, int], fallback: int, text: str) -> list[int]:
+    return [index.get(c, fallback) for c in text.translate(_TO_ASCII)]
 
 
 @final
@@ -103,12 +120,8 @@ class CharModel:
     """The token that pads a window on the left (``"\\n"``)."""
     fallback: int
     """The token of characters outside the vocabulary (``"?"``)."""
-    index: dict[str, int] = attrs.field(init=False)
+    index: dict[str, int] = attrs.field(init=False, default=attrs.Factory(_index, takes_self=True))
     """Character to token id."""
-
-    @index.default
-    def _index(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.vocab)}
 
     @property
     def vocab_size(self) -> int:
@@ -118,9 +131,7 @@ class CharModel:
     def encode(self, text: str) -> list[int]:
         """Token ids of ``text``, one per character: a tab becomes a space, typographic quotes
         and dashes their ASCII forms, any other character outside the vocabulary ``"?"``."""
-        index = self.index
-        fallback = self.fallback
-        return [index.get(c, fallback) for c in text.translate(_TO_ASCII)]
+        return _encode(self.index, self.fallback, text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
         """The text of token ids (valid ones)."""
@@ -134,12 +145,7 @@ class CharModel:
         """
         if isinstance(prompt, str):
             return self.encode(prompt)
-        bad = [t for t in prompt if not 0 <= t < self.vocab_size]
-        if bad:
-            raise BadRequest(
-                f"prompt token ids must be in [0, {self.vocab_size}) for CharLM's vocabulary, "
-                f"got {bad[:5]}{' ...' if len(bad) > 5 else ''}"
-            )
+        _check_ids(prompt, self.vocab_size, "prompt token ids")
         return list(prompt)
 
     def window(self, token_ids: Sequence[int]) -> list[int]:
@@ -148,10 +154,64 @@ class CharModel:
         return [self.pad] * (self.context - len(tail)) + tail
 
 
+def _check_ids(token_ids: Sequence[int], vocab_size: int, what: str) -> None:
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise BadRequest(f"{what} must be in [0, {vocab_size}) for CharLM's vocabulary, "
+                         f"got {bad[:5]}{' ...' if len(bad) > 5 else ''}")  # fmt: skip
+
+
+@final
+@attrs.frozen(eq=False)
+class CharTokenizer:
+    """CharLM's tokenizer, without the weights (:meth:`CharLM.load_tokenizer`): its fields and
+    ``encode`` are :class:`CharModel`'s; ``decode`` checks the ids."""
+
+    vocab: str
+    context: int
+    pad: int
+    fallback: int
+    index: dict[str, int] = attrs.field(init=False, default=attrs.Factory(_index, takes_self=True))
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of tokens."""
+        return len(self.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, as :meth:`CharModel.encode` gives them."""
+        return _encode(self.index, self.fallback, text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids; ``BadRequest`` for one not in ``range(vocab_size)``."""
+        _check_ids(token_ids, len(self.vocab), "token ids")
+        return "".join(self.vocab[t] for t in token_ids)
+
+
 def _weights_path(weights: str | None) -> Any:
     if weights is not None:
         return pathlib.Path(weights)
     return importlib.resources.files(__package__ or "trio_supervise.runners") / WEIGHTS_FILE
+
+
+def _read(weights: str | None, matrices: Sequence[str]) -> tuple[str, Any, CharTokenizer]:
+    """Where a weights file is, its arrays ``matrices`` (float32) and its tokenizer.
+
+    Raises:
+        ConfigError: the file is missing or is not a CharLM weights file.
+    """
+    source = _weights_path(weights)
+    try:
+        with importlib.resources.as_file(source) as path, numpy.load(path) as data:
+            arrays = {name: numpy.asarray(data[name], numpy.float32) for name in matrices}
+            vocab = "".join(chr(int(c)) for c in data["vocab"])
+            context, pad, fallback = (int(data[k]) for k in ("context", "pad", "fallback"))
+    except (OSError, KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"cannot read CharLM weights from {str(source)!r}: {exc}") from exc
+    if not (0 <= pad < len(vocab) and 0 <= fallback < len(vocab) and context >= 1):
+        raise ConfigError(f"CharLM weights in {str(source)!r} are inconsistent: pad={pad}, "
+                          f"fallback={fallback}, context={context}")  # fmt: skip
+    return str(source), arrays, CharTokenizer(vocab, context, pad, fallback)
 
 
 def load_weights(xp: Any, weights: str | None = None, dtype: Any = None) -> CharModel:
@@ -164,16 +224,13 @@ def load_weights(xp: Any, weights: str | None = None, dtype: Any = None) -> Char
     Raises:
         ConfigError: the file is missing or is not a CharLM weights file.
     """
-    source = _weights_path(weights)
+    where, arrays, tokenizer = _read(weights, _MATRICES)
+    vocab, context = tokenizer.vocab, tokenizer.context
     try:
-        with importlib.resources.as_file(source) as path, numpy.load(path) as data:
-            arrays = {name: numpy.asarray(data[name], numpy.float32) for name in _MATRICES}
-            vocab = "".join(chr(int(c)) for c in data["vocab"])
-            context, pad, fallback = (int(data[k]) for k in ("context", "pad", "fallback"))
-        vocab_size, embed = arrays["emb"].shape
+        _, embed = arrays["emb"].shape
         (hidden,) = arrays["b1"].shape
-    except (OSError, KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"cannot read CharLM weights from {str(source)!r}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError(f"cannot read CharLM weights from {where!r}: {exc}") from exc
     expected = {
         "emb": (len(vocab), embed),
         "w1": (context * embed, hidden),
@@ -184,12 +241,13 @@ def load_weights(xp: Any, weights: str | None = None, dtype: Any = None) -> Char
         "b3": (len(vocab),),
     }
     wrong = [f"{k}: {arrays[k].shape} != {s}" for k, s in expected.items() if arrays[k].shape != s]
-    if wrong or not (0 <= pad < vocab_size and 0 <= fallback < vocab_size and context >= 1):
-        raise ConfigError(f"CharLM weights in {str(source)!r} are inconsistent: {wrong}")
+    if wrong:
+        raise ConfigError(f"CharLM weights in {where!r} are inconsistent: {wrong}")
     if dtype is None:
         dtype = numpy.float64 if xp is numpy else numpy.float32
     on_device = {name: xp.asarray(array, dtype=dtype) for name, array in arrays.items()}
-    return CharModel(xp, **on_device, vocab=vocab, context=context, pad=pad, fallback=fallback)
+    return CharModel(xp, **on_device, vocab=vocab, context=context, pad=tokenizer.pad,
+                     fallback=tokenizer.fallback)  # fmt: skip
 
 
 def forward(xp: Any, model: CharModel, windows: Any) -> Any:
@@ -212,40 +270,6 @@ def _host_logits(model: CharModel, windows: npt.NDArray[numpy.int64]) -> npt.NDA
     return numpy.asarray(to_host(logits), dtype=numpy.float64)
 
 
-def request_generator(request: Request) -> numpy.random.Generator:
-    """The request's own generator: from its seed, or (seed None) from its id, deterministic."""
-    seed = request.params.seed
-    if seed is None:
-        digest = hashlib.sha256(request.id.encode()).digest()
-        return numpy.random.default_rng([2, int.from_bytes(digest[:8], "little")])
-    return numpy.random.default_rng([0 if seed >= 0 else 1, abs(seed)])
-
-
-def sample_next(
-    logits: npt.NDArray[numpy.float64],
-    temperature: float,
-    top_p: float,
-    rng: numpy.random.Generator,
-) -> int:
-    """A token from one row of logits: argmax at temperature 0, else a draw from the
-    temperature-scaled softmax restricted to the smallest set of most likely tokens whose mass
-    reaches ``top_p`` (nucleus sampling). A draw takes exactly one number from ``rng``."""
-    if temperature == 0:
-        return int(numpy.argmax(logits))
-    with numpy.errstate(over="ignore"):  # a tiny temperature: -inf, whose exp is 0, as meant
-        scaled = (logits - logits.max()) / temperature
-    probs = numpy.exp(scaled)
-    probs /= probs.sum()
-    order = numpy.argsort(-probs, kind="stable")
-    cumulative = numpy.cumsum(probs[order])
-    keep = len(order)
-    if top_p < 1.0:
-        keep = min(keep, int(numpy.searchsorted(cumulative, top_p)) + 1)
-    u = rng.random() * cumulative[keep - 1]
-    chosen = min(int(numpy.searchsorted(cumulative[:keep], u, side="right")), keep - 1)
-    return int(order[chosen])
-
-
 def complete(
     model: CharModel,
     prompt: str,
@@ -254,45 +278,18 @@ def complete(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = 0,
+    **extras: Any,
 ) -> str:
     """Generate ``max_chars`` characters after ``prompt`` synchronously, one request alone (for
-    scripts; a worker uses :class:`CharLM`). Same result as the runner for the same request."""
-    request = Request("complete", prompt, SamplingParams(max_chars, temperature, top_p, seed=seed))
-    rng = request_generator(request)
-    ids = model.encode(prompt)
-    out: list[int] = []
-    for _ in range(max_chars):
-        logits = _host_logits(model, numpy.array([model.window(ids)], dtype=numpy.int64))
-        token = sample_next(logits[0], temperature, top_p, rng)
-        ids.append(token)
-        out.append(token)
-    return model.decode(out)
-
-
-@attrs.define
-class _Active:
-    """One request being decoded."""
-
-    request: Request
-    token_ids: list[int]
-    prompt_tokens: int
-    rng: numpy.random.Generator
-    text: str = ""
-    completion_tokens: int = 0
-
-
-def _advance(model: CharModel, state: _Active, logits: npt.NDArray[numpy.float64]) -> Chunk:
-    """Sample the state's next token from its row of logits; its chunk."""
-    request = state.request
-    params = request.params
-    token = sample_next(logits, params.temperature, params.top_p, state.rng)
-    char = model.vocab[token]
-    state.token_ids.append(token)
-    state.text += char
-    state.completion_tokens += 1
-    reason = ending(state.text, state.completion_tokens, params)
-    usage = None if reason is None else Usage(state.prompt_tokens, state.completion_tokens)
-    return Chunk(request.id, (token,), char, reason, usage)
+    scripts; a worker uses :class:`CharLM`). Same result as the runner for the same request;
+    ``extras`` are more :class:`SamplingParams` fields (``top_k=5``, ``stop=(".",)``, ...)."""
+    params = SamplingParams(max_chars, temperature, top_p, seed=seed, **extras)
+    request = Request("complete", prompt, params)
+    state = RequestState.start(request, model.encode(prompt), model.vocab_size, "CharLM")
+    while True:
+        windows = numpy.array([model.window(state.token_ids)], dtype=numpy.int64)
+        if state.advance(model.vocab, _host_logits(model, windows)[0]).final:
+            return state.text
 
 
 class CharLM:
@@ -315,6 +312,8 @@ class CharLM:
     max_model_len = 4096
     """The most tokens (prompt plus completion) a request may have; a request over it fails
     alone with ``BadRequest``."""
+    sampling_fields = frozenset(SAMPLING_EXTRAS)
+    """It honours every extra sampling field (``ignore_eos`` trivially: no end-of-text token)."""
 
     def __init__(self, *, weights: str | None = None, max_concurrency: int = 8) -> None:
         self.weights = weights
@@ -322,6 +321,12 @@ class CharLM:
         self.model: CharModel | None = None
         self.device: Any = None
         self._stepper = Stepper(self._step)
+
+    @classmethod
+    def load_tokenizer(cls, *, weights: str | None = None, **_ignored: Any) -> CharTokenizer:
+        """The tokenizer of ``weights`` (default: the packaged file), from its vocabulary only;
+        other runner arguments are ignored. Blocking. ``ConfigError`` if it cannot be read."""
+        return _read(weights, ())[2]
 
     def __repr__(self) -> str:
         state = "loaded" if self.model is not None else "not loaded"
@@ -339,21 +344,23 @@ class CharLM:
     async def execute(self, batch: Batch) -> AsyncIterator[Chunk]:
         """Decode the batch's requests together with those of the other batches executing:
         per step one forward pass over all active ones, then one chunk per request (its token
-        and character). A request ends with ``STOP`` when its text ends with a stop sequence,
-        with ``LENGTH`` at ``max_tokens``; one whose prompt has an invalid token id, or whose
+        and character, with ``logprobs`` where asked). A request ends with ``STOP`` when its
+        text ends with a stop sequence (after ``min_tokens``), with ``LENGTH`` at
+        ``max_tokens``; one whose prompt or ``logit_bias`` has an invalid token id, or whose
         prompt and ``max_tokens`` exceed :attr:`max_model_len`, fails alone with
         ``BadRequest``."""
         model = self.model
         if model is None or self.device is None:
             raise RunnerError("CharLM.execute was called before load (or after aclose)")
-        active: list[_Active] = []
+        active: list[RequestState] = []
         for request in batch.requests:
             try:
                 ids = self._prompt_ids(model, request)
+                state = RequestState.start(request, ids, model.vocab_size, "CharLM")
             except BadRequest as exc:
                 yield Chunk(request.id, error=exc)
                 continue
-            active.append(_Active(request, ids, len(ids), request_generator(request)))
+            active.append(state)
         async with contextlib.aclosing(self._stepper.stream(batch, active)) as chunks:
             async for chunk in chunks:
                 yield chunk
@@ -369,14 +376,15 @@ class CharLM:
             )
         return ids
 
-    async def _step(self, states: list[_Active]) -> list[Chunk]:
+    async def _step(self, states: list[RequestState]) -> list[Chunk]:
         """One forward pass over every state's window, then one sampled token each."""
         model, device = self.model, self.device
         if model is None or device is None:
             raise RunnerError("CharLM was closed while decoding")
         windows = numpy.array([model.window(state.token_ids) for state in states], numpy.int64)
         logits = await device.run_sync(_host_logits, model, windows)
-        return [_advance(model, state, row) for state, row in zip(states, logits, strict=True)]
+        vocab = model.vocab
+        return [state.advance(vocab, row) for state, row in zip(states, logits, strict=True)]
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Nothing to rebuild: the model keeps no session state (a checkpoint)."""

@@ -145,7 +145,7 @@ class MockRunner:
         text = text_of(token)
         state.text += text
         state.position = position + 1
-        reason = ending(state.text, state.position, request.params)
+        reason = ending(state.text, state.position, request.params, len(text))
         usage = None
         if reason is not None:
             prompt = request.prompt

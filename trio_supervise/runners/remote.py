@@ -4,7 +4,12 @@ How a remote runner works
 -------------------------
 The runner drives ``{base_url}/v1/completions`` (streamed, server-sent events; or
 ``/v1/chat/completions`` with ``endpoint="chat"``) and ``{base_url}/v1/models`` with an
-``httpx.AsyncClient`` (vLLM, TGI, or another trio-supervise).
+``httpx.AsyncClient`` (vLLM, TGI, or another trio-supervise). A chat request (one with
+``messages``: what a front's chat endpoint admits) always goes to the backend's chat endpoint,
+with its messages, so the backend's own chat template renders them; a chat stream continued
+with ``resume`` sends the answer so far as the last assistant message with
+``continue_final_message`` (vLLM's, and this server's). The sampling fields are forwarded
+(``sampling_fields``: all of them but ``logprobs``, which are not read back).
 It needs no device (``needs_device = False``) and runs ``max_connections`` batches at once.
 Inside ``execute`` each request of a batch streams in its own task, in a nursery that lives in
 the context manager :func:`trio.as_safe_channel` makes, never across a ``yield``.
@@ -57,7 +62,7 @@ from .._errors import (
     Unauthorized,
     Unrecoverable,
 )
-from .._types import Batch, Chunk, RebuildCause, Request
+from .._types import SAMPLING_EXTRAS, Batch, Chunk, RebuildCause, Request
 from ..devices import DeviceContext
 from ..openai import (
     CHAT_PATH,
@@ -139,6 +144,8 @@ class RemoteRunner:
 
     needs_device = False
     default_policy = REMOTE_POLICY
+    sampling_fields = frozenset(SAMPLING_EXTRAS) - {"logprobs"}
+    """Forwarded to the backend, which refuses (400) what it cannot honour."""
 
     def __init__(
         self,
@@ -211,7 +218,7 @@ class RemoteRunner:
         self.max_connections = max_connections
         self.max_concurrency = max_connections
         self.breaker: CircuitBreaker = breaker
-        self._path, self._write_body = _ENDPOINTS[endpoint]
+        self._endpoint = _ENDPOINTS[endpoint]
         self._sessions = Sessions(
             url,
             timeout=self.timeout,
@@ -324,8 +331,9 @@ class RemoteRunner:
         """One request's stream, ending with one chunk (its last, or its error) unless its
         consumer left or the batch was halted; its scope is cancelled in both cases."""
         async with send:
+            path, write = (CHAT_PATH, chat_request) if request.messages else self._endpoint
             try:
-                body = self._write_body(self.model, request)
+                body = write(self.model, request)
                 probe = self.breaker.before_call(trio.current_time())
             except InferenceError as exc:  # a prompt the endpoint cannot take; an open breaker
                 await send.send(Chunk(request.id, error=exc))
@@ -338,7 +346,7 @@ class RemoteRunner:
             try:
                 with scope:
                     last = await stream_completion(
-                        client, self.base_url, self._path, body, request.id, batch, send,
+                        client, self.base_url, path, body, request.id, batch, send,
                         answered=self.breaker.record_success, scrub=self._sessions.scrub,
                         model=self.model,
                     )  # fmt: skip

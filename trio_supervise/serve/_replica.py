@@ -8,19 +8,30 @@ and name) every time the root starts the slot again.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any, final
 
 import attrs
 import trio
 
+from .._errors import ConfigError
 from ..supervision import Policy
-from ..tier._runner import DEVICE_POLICY, resolve_factory, runner_attributes, runner_max_model_len
+from ..tier._runner import (
+    DEVICE_POLICY,
+    Tokenizer,
+    resolve_factory,
+    runner_attributes,
+    runner_max_model_len,
+    runner_tokenizer,
+)
 from ..worker._options import HEARTBEAT_TIMEOUT, WorkerOptions, check_options
 from ..worker._worker import Worker, WorkerState
 from ._config_tables import WorkerConfig
 
-__all__ = ["DEFAULT_MAX_MODEL_LEN", "Replica", "max_model_len", "replicas_of"]
+logger = logging.getLogger("trio_supervise")
+
+__all__ = ["DEFAULT_MAX_MODEL_LEN", "Replica", "load_tokenizer", "max_model_len", "replicas_of"]
 
 
 @final
@@ -158,3 +169,20 @@ def max_model_len(w: WorkerConfig) -> int:
         if own is not None:
             return own
     return DEFAULT_MAX_MODEL_LEN
+
+
+def load_tokenizer(w: WorkerConfig) -> Tokenizer | None:
+    """The tokenizer the runner class of ``w`` offers for its first replica's arguments (its
+    ``load_tokenizer``), or None. Blocking: call it in a thread. The runner's module is
+    imported here even for a process-isolated runner (importing it must not touch a GPU); one
+    that cannot be imported here has no tokenizer on this server.
+
+    Raises:
+        ConfigError: ``load_tokenizer`` failed.
+    """
+    try:
+        factory = resolve_factory(w.runner)
+    except ConfigError as exc:
+        logger.warning("model %r has no tokenizer here: %s", w.name, exc)
+        return None
+    return runner_tokenizer(factory, w.args_of(0))

@@ -166,10 +166,15 @@ class PoolStream:
 
     async def collect(self) -> Collected:
         """Read to the end: ``(token_ids, text, finish_reason, usage)``."""
+        self.wake_at_the_end_only()
+        return await collect(self)
+
+    def wake_at_the_end_only(self) -> None:
+        """A reader that wants the whole answer: its output coalesces until the end (see
+        ``RequestStream.wake_at_the_end_only``)."""
         self._whole = True
         if self._inner is not None:
             self._inner.wake_at_the_end_only()
-        return await collect(self)
 
 
 @final

@@ -1,15 +1,17 @@
 """The HTTP front end: a small raw-ASGI app over a :class:`~.pool.WorkerPool`
 (run by hypercorn on Trio).
 
-Routes: ``POST /v1/completions`` (OpenAI-style, streamed as server-sent events when asked),
-``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /version``, ``GET /v1/workers``,
-``GET /healthz``, ``GET /readyz``, ``GET /metrics``.
+Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (OpenAI-style, streamed as
+server-sent events when asked: ``serve/_generate.py``), ``POST /tokenize`` and
+``POST /detokenize`` (vLLM's, for a model whose runner offers a tokenizer), ``GET /v1/models``,
+``GET /v1/models/{id}``, ``GET /version``, ``GET /v1/workers``, ``GET /healthz``,
+``GET /readyz``, ``GET /metrics``.
 The app moves bytes; the OpenAI codec (``trio_supervise.openai``) reads and writes them.
 Everything a request carries is checked at the edge against what every tier can carry (integers
 within 64 bits, text that is valid UTF-8, ``max_tokens`` within the model's ``max_model_len``):
 a malformed body is a 4xx that names the field and never reaches a worker. A generating
-endpoint is a handler that reads its body with the codec and answers through the app's
-``_whole`` or ``_stream``, given the codec's writers of its responses.
+endpoint is ``_generate.generate`` given the codec's reader of its body and writers of its
+answers.
 A body must be ``application/json`` (else 415), arrive within ``[server] body_timeout`` (else
 408), and be framed one way (``Content-Length`` with ``Transfer-Encoding`` is a 400 and the
 connection closes). Past ``[server] max_connections`` requests at once, a 503 closes the
@@ -26,33 +28,33 @@ connection open).
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any, final
 
-import attrs
 import trio
 
-from .._errors import BadRequest, InferenceError, WorkerStopped, shown
-from .._types import Chunk, FinishReason, Usage
+from .._errors import BadRequest, InferenceError, shown
 from ..openai import (
+    CHAT,
+    CHAT_PATH,
+    COMPLETION,
     COMPLETIONS_PATH,
+    DETOKENIZE_PATH,
     MODEL_PREFIX,
     MODELS_PATH,
-    SSE_DONE,
+    TOKENIZE_PATH,
     VERSION_PATH,
-    UsageEvents,
-    completion_body,
-    completion_event,
     error_body,
     error_object,
     error_status,
     model_named,
     models_body,
+    parse_chat,
     parse_completion,
+    parse_detokenize,
+    parse_tokenize,
+    render_chat,
     retry_after_header,
-    sse_event,
     version_body,
 )
 from ._asgi import (
@@ -61,38 +63,17 @@ from ._asgi import (
     Receive,
     Scope,
     Send,
-    send_event,
-    send_events_start,
     send_json,
-    until_disconnect,
 )
+from ._generate import generate
 from .metrics import Metrics
-from .pool import PoolStream, WorkerPool
+from .pool import WorkerPool
 
 __all__ = ["App"]
 
 logger = logging.getLogger("trio_supervise")
 
-WholeWriter = Callable[[str, str, int, str, FinishReason | None, Usage | None], dict[str, Any]]
-"""An endpoint's whole answer: ``(id, model, created, text, finish_reason, usage)`` -> body."""
-EventWriter = Callable[[str, str, int, Chunk], bytes]
-"""An endpoint's streamed answer: ``(id, model, created, chunk)`` -> one SSE event."""
-LastWriter = Callable[[str, str, int], bytes]
-"""A stream's last event before ``data: [DONE]`` (its usage, where asked): ``(id, model,
-created)`` -> one SSE event."""
-
 MAX_BODY = 1024 * 1024
-
-
-@attrs.frozen
-class _Answer:
-    """A request admitted to the pool, to answer: its stream, model, and when it began (Unix
-    seconds for the body's ``created``; trio's clock for the metrics)."""
-
-    stream: PoolStream
-    model: str
-    created: int
-    started: float
 
 
 @final
@@ -115,6 +96,9 @@ class App:
             ("GET", VERSION_PATH): self.version,
             ("GET", "/v1/workers"): self.workers,
             ("POST", COMPLETIONS_PATH): self.completions,
+            ("POST", CHAT_PATH): self.chat,
+            ("POST", TOKENIZE_PATH): self.tokenize,
+            ("POST", DETOKENIZE_PATH): self.detokenize,
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -134,7 +118,7 @@ class App:
             # Two framings: a proxy may read the body one way and this server another (request
             # smuggling). Refuse, and close the connection so nothing after it is read.
             framing = "a request may not have both Content-Length and Transfer-Encoding"
-            await self._refuse(receive, send, 400, error_object(framing, "BadRequest", 400))
+            await self.refuse(receive, send, 400, error_object(framing, "BadRequest", 400))
             return
         handler = self._routes.get((method, path))
         if handler is None and method == "GET" and path.startswith(MODEL_PREFIX):
@@ -151,7 +135,7 @@ class App:
         if self.open_requests >= self.server.max_connections:
             busy = f"the server is serving {self.server.max_connections} requests already"
             error = error_object(busy, "Overloaded", 503, retryable=True)
-            await self._refuse(receive, send, 503, error, [(b"retry-after", b"1")], patience=1.0)
+            await self.refuse(receive, send, 503, error, [(b"retry-after", b"1")], patience=1.0)
             return
         self._count_open_requests(1)
         try:
@@ -195,7 +179,7 @@ class App:
         try:
             found = model_named(scope["path"][len(MODEL_PREFIX) :], self.pool.models)
         except InferenceError as exc:
-            await self._error(send, exc, "?", record=False)
+            await self.error(send, exc, "?", record=False)
             return
         await send_json(send, 200, found)
 
@@ -212,43 +196,69 @@ class App:
         await send({"type": "http.response.body", "body": body})
 
     async def completions(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await generate(self, scope, receive, send, parse_completion, COMPLETION)
+
+    async def chat(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await generate(self, scope, receive, send, parse_chat, CHAT)
+
+    async def tokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.json_body(scope, receive, send)
+        if body is None:
+            return
+        try:
+            asked = parse_tokenize(body)
+            model = self.pool.model_for(asked.model)
+            tokenizer = self._tokenizer(model)
+            text = asked.prompt
+            if text is None:
+                text = render_chat(asked.messages, tokenizer,
+                                   add_generation_prompt=asked.add_generation_prompt)  # fmt: skip
+            tokens = await trio.to_thread.run_sync(tokenizer.encode, text)
+        except InferenceError as exc:
+            await self.error(send, exc, "?", record=False)
+            return
+        limit = self.pool.max_model_len[model]
+        await send_json(send, 200, {"count": len(tokens), "max_model_len": limit,
+                                    "tokens": list(tokens)})  # fmt: skip
+
+    async def detokenize(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = await self.json_body(scope, receive, send)
+        if body is None:
+            return
+        try:
+            asked = parse_detokenize(body)
+            model = self.pool.model_for(asked.model)
+            tokenizer = self._tokenizer(model)
+            bad = [t for t in asked.tokens if t >= tokenizer.vocab_size]
+            if bad:
+                raise BadRequest(f"tokens must be in [0, {tokenizer.vocab_size}) for model "
+                                 f"{model!r}, got {shown(bad[:5])}")  # fmt: skip
+            text = await trio.to_thread.run_sync(tokenizer.decode, asked.tokens)
+        except InferenceError as exc:
+            await self.error(send, exc, "?", record=False)
+            return
+        await send_json(send, 200, {"prompt": text})
+
+    def _tokenizer(self, model: str) -> Any:
+        tokenizer = self.pool.tokenizers.get(model)
+        if tokenizer is None:
+            raise BadRequest(f"model {model!r} has no tokenizer on this server (its runner offers "
+                             "no load_tokenizer)")  # fmt: skip
+        return tokenizer
+
+    async def json_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
+        """The body of a JSON request, or None once answered (415, too big, too slow)."""
         content_type = dict(scope.get("headers", ())).get(b"content-type", b"")
         if content_type.split(b";")[0].strip().lower() != b"application/json":
             # Also what keeps a browser's cross-site form or text/plain post out.
             got = shown(content_type.decode("latin-1"))
             message = f"the body must be application/json, got {got}"
             error = error_object(message, "UnsupportedMediaType", 415)
-            await self._refuse(receive, send, 415, error)
-            return
-        body = await self._read_body(receive, send)
-        if body is None:
-            return
-        model = "?"
-        try:
-            asked = parse_completion(body)
-            model = self.pool.model_for(asked.model)
-            if self.pool.draining:
-                raise WorkerStopped("the server is draining", retry_after=1.0)
-            limit = self.pool.max_model_len[model]
-            if asked.params.max_tokens > limit:
-                raise BadRequest(
-                    f"max_tokens must be at most {limit} (the max_model_len of model "
-                    f"{model!r}), got {asked.params.max_tokens}"
-                )
-            stream = self.pool.generate(asked.request(f"cmpl-{uuid.uuid4().hex[:24]}"), model)
-        except InferenceError as exc:
-            await self._error(send, exc, model)
-            return
-        answer = _Answer(stream, model, int(time.time()), trio.current_time())
-        if asked.stream and asked.include_usage:
-            events = UsageEvents()
-            await self._stream(receive, send, answer, events, events.last)
-        elif asked.stream:
-            await self._stream(receive, send, answer, completion_event)
-        else:
-            await self._whole(receive, send, answer, completion_body)
+            await self.refuse(receive, send, 415, error)
+            return None
+        return await self.read_body(receive, send)
 
-    async def _refuse(
+    async def refuse(
         self,
         receive: Receive,
         send: Send,
@@ -276,7 +286,7 @@ class App:
                 if message["type"] == "http.disconnect" or not message.get("more_body"):
                     return
 
-    async def _read_body(self, receive: Receive, send: Send) -> bytes | None:
+    async def read_body(self, receive: Receive, send: Send) -> bytes | None:
         """The whole body, or None once the client left or was answered (too big, too slow)."""
         parts: list[bytes] = []
         size = 0
@@ -291,7 +301,7 @@ class App:
                     if message.get("more_body"):
                         await self._drop_body(receive)
                     error = BadRequest(f"the body is over {MAX_BODY} bytes")
-                    await self._error(send, error, "?", headers=CLOSE)
+                    await self.error(send, error, "?", headers=CLOSE)
                     return None
                 parts.append(part)
                 if not message.get("more_body"):
@@ -300,78 +310,7 @@ class App:
         await send_json(send, 408, error_object(late, "RequestTimeout", 408), CLOSE)
         return None
 
-    async def _whole(
-        self, receive: Receive, send: Send, answer: _Answer, write: WholeWriter
-    ) -> None:
-        """Answer with the whole completion once it has ended (``write`` writes it)."""
-        stream, model = answer.stream, answer.model
-        failed: BaseException | None = None
-        async with until_disconnect(receive) as work:
-            with work:
-                try:
-                    _, text, reason, usage = await stream.collect()
-                except Exception as exc:
-                    if not isinstance(exc, InferenceError):
-                        logger.exception("completion failed")
-                    failed = exc
-            if work.cancelled_caught:
-                return  # the client left: collect() closed the stream, cancelling the request
-            # The answer is written outside the work's scope: a disconnect cannot cut it.
-            if failed is not None:
-                await self._error(send, failed, model)
-                return
-            self.metrics.finished(model, trio.current_time() - answer.started)
-            whole = write(stream.request.id, model, answer.created, text, reason, usage)
-            await send_json(send, 200, whole)
-
-    async def _stream(
-        self,
-        receive: Receive,
-        send: Send,
-        answer: _Answer,
-        write: EventWriter,
-        last: LastWriter | None = None,
-    ) -> None:
-        """Answer with server-sent events as the chunks come (``write`` writes each one; ``last``,
-        where given, the event after the last chunk of a stream that did not fail)."""
-        stream, model = answer.stream, answer.model
-        request_id, created = stream.request.id, answer.created
-        began = False
-        failed: BaseException | None = None
-        async with until_disconnect(receive) as work:
-            with work:
-                try:
-                    async with stream:
-                        async for chunk in stream:
-                            if not began:
-                                began = True
-                                waited = trio.current_time() - answer.started
-                                self.metrics.first_token(model, waited)
-                                await send_events_start(send)
-                            data = write(request_id, model, created, chunk)
-                            await send_event(send, data)
-                    self.metrics.finished(model, trio.current_time() - answer.started)
-                except Exception as exc:
-                    if not isinstance(exc, InferenceError):
-                        logger.exception("a streamed completion failed")
-                    self.metrics.failed(model, exc)
-                    failed = exc
-            if work.cancelled_caught:
-                return  # the client left: its request was cancelled as the stream closed
-            # The end is written outside the work's scope: a disconnect cannot cut it.
-            if failed is not None and not began:
-                await self._error(send, failed, model, record=False)
-                return
-            if not began:
-                await send_events_start(send)
-            if failed is not None:
-                data = sse_event(error_body(failed, error_status(failed)[0]))
-                await send_event(send, data)
-            elif last is not None:
-                await send_event(send, last(request_id, model, created))
-            await send({"type": "http.response.body", "body": SSE_DONE})
-
-    async def _error(
+    async def error(
         self,
         send: Send,
         error: BaseException,

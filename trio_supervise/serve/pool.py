@@ -45,8 +45,9 @@ from ..supervision import (
     SupervisorHandle,
     rules,
 )
+from ..tier._runner import Tokenizer
 from ..worker._worker import Worker, WorkerState
-from ._replica import Replica, max_model_len, replicas_of
+from ._replica import Replica, load_tokenizer, max_model_len, replicas_of
 from ._routing import ModelRoute, PoolStream, Waiting
 from .config import ServeConfig
 
@@ -76,6 +77,8 @@ class WorkerPool:
         }
         self.max_model_len: dict[str, int] = {w.name: max_model_len(w) for w in config.workers}
         """The most tokens a request of each model may ask for (``max_tokens``)."""
+        self.tokenizers: dict[str, Tokenizer | None] = {}
+        """Each model's tokenizer, where its runner offers one (loaded as ``run`` begins)."""
         self._ready_changed = trio.Event()
         self.handle: SupervisorHandle | None = None
         self.draining = False
@@ -113,6 +116,8 @@ class WorkerPool:
             RestartIntensity(server.max_worker_restarts, server.within),
             [self._child_spec(r) for replicas in self.replicas.values() for r in replicas],
         )
+        for w in self.config.workers:
+            self.tokenizers[w.name] = await trio.to_thread.run_sync(load_tokenizer, w)
         try:
             async with trio.open_nursery() as nursery:
                 self.handle = await nursery.start(root.run)

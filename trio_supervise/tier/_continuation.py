@@ -27,7 +27,7 @@ from typing import Literal, final
 import attrs
 
 from .._errors import BadRequest, ContinuationMismatch
-from .._types import Chunk, Request, Usage
+from .._types import ChatMessage, Chunk, Request, Usage
 
 __all__ = ["CONTINUATIONS", "Continuation", "check_continuation", "continuation_mode"]
 
@@ -120,8 +120,17 @@ class Continuation:
         self.carried = len(tokens)
         prompt = request.prompt
         prompt = prompt + tokens if isinstance(prompt, tuple) else prompt + text
-        params = attrs.evolve(request.params, max_tokens=left)
-        return attrs.evolve(request, prompt=prompt, params=params)
+        min_tokens = max(0, request.params.min_tokens - len(tokens))
+        params = attrs.evolve(request.params, max_tokens=left, min_tokens=min_tokens)
+        messages = request.messages
+        if messages:  # a chat: the answer so far becomes the assistant message it continues
+            if request.continue_final:
+                last = messages[-1]
+                messages = (*messages[:-1], ChatMessage("assistant", last.content + text))
+            else:
+                messages = (*messages, ChatMessage("assistant", text))
+        return attrs.evolve(request, prompt=prompt, params=params, messages=messages,
+                            continue_final=bool(messages))  # fmt: skip
 
     def skip(self, chunk: Chunk) -> Chunk | None:
         """During a replay: ``chunk`` less what was delivered already (None if nothing is left).
@@ -154,7 +163,9 @@ class Continuation:
             return chunk
         if n_tokens == len(tokens) and n_chars == len(text) and not chunk.final:
             return None
-        return attrs.evolve(chunk, token_ids=tokens[n_tokens:], text=text[n_chars:])
+        logprobs = None if chunk.logprobs is None else chunk.logprobs[n_tokens:]
+        return attrs.evolve(chunk, token_ids=tokens[n_tokens:], text=text[n_chars:],
+                            logprobs=logprobs)  # fmt: skip
 
     def _mismatch(self, request_id: str, where: str) -> ContinuationMismatch:
         return ContinuationMismatch(

@@ -26,7 +26,12 @@ from .._errors import ContextPoisoned, HungWorker, Unrecoverable
 from ..devices import CpuDevice, DeviceContext
 from ._breaker import BreakerState, CircuitBreaker
 from ._port import TierPort
-from ._runner import runner_attributes, runner_deterministic, tell_generation
+from ._runner import (
+    runner_attributes,
+    runner_deterministic,
+    runner_sampling_fields,
+    tell_generation,
+)
 
 __all__ = ["CLOSE_TIMEOUT", "InlineHome", "LoadedRunner", "RunnerHome", "close_runner"]
 
@@ -47,6 +52,8 @@ class LoadedRunner:
     """How many batches may execute at once (the runner's ``max_concurrency``)."""
     deterministic: bool
     """The runner's promise (see :func:`~._runner.runner_deterministic`)."""
+    sampling_fields: frozenset[str] = frozenset()
+    """The extra sampling fields it honours (see :func:`~._runner.runner_sampling_fields`)."""
 
 
 class RunnerHome(Protocol):
@@ -115,12 +122,13 @@ class InlineHome:
             tell_generation(runner, port.generation)
             concurrency, _, needs_device = runner_attributes(runner)
             deterministic = runner_deterministic(runner)
+            sampling = runner_sampling_fields(runner)
             _watch_breaker(runner, port.breaker_changed)
             self.device = port.open_device() if needs_device else CpuDevice()
             await runner.load(self.device)
         if scope.cancelled_caught:
             raise HungWorker(f"the runner was not ready within readiness_timeout={timeout:g}s")
-        return LoadedRunner(runner, concurrency, deterministic)
+        return LoadedRunner(runner, concurrency, deterministic, sampling)
 
     async def teardown(self, fatal: BaseException | None) -> BaseException | None:
         """Probe the device after a poisoning, close the runner, close the device."""

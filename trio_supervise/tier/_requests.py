@@ -17,10 +17,11 @@ import copy
 from collections.abc import Callable
 from typing import Any, final
 
+import attrs
 import trio
 
 from .._errors import ContinuationMismatch, InferenceError, RequestTimeout, RunnerError
-from .._types import Chunk, FinishReason, Request, Usage
+from .._types import Chunk, FinishReason, Request, TokenLogprob, Usage
 from ._continuation import Continuation, continuation_mode, may_continue
 
 __all__ = ["RequestState", "RequestStream", "error_for_request"]
@@ -170,7 +171,7 @@ class RequestState:
                 )
         if chunk.error is not None:
             if tokens or chunk.text:  # its output still reaches the consumer, then the error
-                self.pending.append(Chunk(self.id, tokens, chunk.text))
+                self.pending.append(Chunk(self.id, tokens, chunk.text, logprobs=chunk.logprobs))
             self.fail(error_for_request(chunk.error))
             return len(tokens)
         self.pending.append(chunk)
@@ -198,8 +199,7 @@ class RequestState:
                 return None
             chunk = skipped
         if chunk.usage is not None and continuation.carried:
-            chunk = Chunk(chunk.request_id, chunk.token_ids, chunk.text, chunk.finish_reason,
-                          continuation.usage(chunk.usage), chunk.error)  # fmt: skip
+            chunk = attrs.evolve(chunk, usage=continuation.usage(chunk.usage))
         self.continuing = continuation.skipping or bool(continuation.carried)
         return chunk
 
@@ -258,12 +258,18 @@ class RequestState:
             return None
         tokens: list[int] = []
         text: list[str] = []
+        logprobs: list[TokenLogprob] | None = None
         for chunk in pending:
             tokens.extend(chunk.token_ids)
             text.append(chunk.text)
+            if chunk.logprobs is not None:
+                if logprobs is None:
+                    logprobs = []
+                logprobs.extend(chunk.logprobs)
         last = pending[-1]
         pending.clear()
-        return Chunk(self.id, tuple(tokens), "".join(text), last.finish_reason, last.usage)
+        return Chunk(self.id, tuple(tokens), "".join(text), last.finish_reason, last.usage,
+                     logprobs=None if logprobs is None else tuple(logprobs))  # fmt: skip
 
 
 @final

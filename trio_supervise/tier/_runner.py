@@ -9,27 +9,33 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import trio
 
 from .._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
+from .._types import SAMPLING_EXTRAS
 from ..supervision import Backoff, Directive, Policy, RestartIntensity, on, rules
 
 if TYPE_CHECKING:
-    from .._types import Batch, Chunk, RebuildCause
+    from .._types import Batch, Chunk, RebuildCause, Request
     from ..devices import DeviceContext
 
 __all__ = [
     "DEVICE_POLICY",
     "ModelRunner",
     "RunnerFactory",
+    "Tokenizer",
     "open_chunks",
     "resolve_factory",
     "runner_attributes",
     "runner_deterministic",
+    "runner_max_model_len",
+    "runner_sampling_fields",
+    "runner_tokenizer",
     "tell_generation",
+    "unhonoured_problem",
 ]
 
 
@@ -42,7 +48,11 @@ class ModelRunner(Protocol):
     ``needs_device`` (bool, default True; False means the runner gets a ``CpuDevice`` and never
     opens a GPU, as a remote runner does), ``deterministic`` (bool, default False; True promises
     that a request gives the same output whatever its batch and whenever it runs, given its
-    seed, so a stream cut by a failure can be replayed and continued: see ``Request.continuation``).
+    seed, so a stream cut by a failure can be replayed and continued: see ``Request.continuation``),
+    ``sampling_fields`` (the names of ``SAMPLING_EXTRAS`` it
+    honours, default none: a request that sets another one fails alone with ``BadRequest``),
+    ``max_model_len`` (int: the most tokens, prompt plus completion, a request may have), and
+    the classmethod ``load_tokenizer(**runner_args)`` (a tokenizer, for the server).
     """
 
     async def load(self, device: DeviceContext) -> None:
@@ -120,6 +130,73 @@ def runner_deterministic(runner: Any) -> bool:
     if not isinstance(deterministic, bool):
         raise ConfigError(f"runner.deterministic must be a bool, got {deterministic!r}")
     return deterministic
+
+
+def runner_sampling_fields(runner_or_factory: Any) -> frozenset[str]:
+    """``sampling_fields`` of a runner (or its class): which of
+    :data:`~trio_supervise._types.SAMPLING_EXTRAS` it honours (default: none), checked."""
+    fields: Any = getattr(runner_or_factory, "sampling_fields", frozenset())
+    if not isinstance(fields, frozenset | set | tuple | list) or not set(fields) <= set(
+        SAMPLING_EXTRAS
+    ):
+        raise ConfigError(
+            "runner.sampling_fields must be a set of the names "
+            f"{', '.join(SAMPLING_EXTRAS)}, got {fields!r}"
+        )
+    return frozenset(fields)
+
+
+def unhonoured_problem(request: Request, honoured: frozenset[str], runner: str) -> str | None:
+    """Why ``runner`` cannot run ``request`` as asked (a sampling field set that it does not
+    honour), or None."""
+    extras = request.params.extras()
+    missing = [name for name in extras if name not in honoured]
+    if not missing:
+        return None
+    what = ", ".join(sorted(honoured)) if honoured else "none of them"
+    return (
+        f"{missing[0]} is not supported by {runner}: of the extra sampling fields "
+        f"({', '.join(SAMPLING_EXTRAS)}) it honours {what}; got "
+        f"{missing[0]}={getattr(request.params, missing[0])!r}"
+    )
+
+
+class Tokenizer(Protocol):
+    """What a runner's tokenizer gives the server (``/tokenize``, token-id prompts, prompt
+    lengths): text to token ids and back, and the size of the vocabulary. A runner class offers
+    one with a classmethod ``load_tokenizer(**runner_args)`` (called off the event loop); one
+    whose tokenizer has a ``chat_template`` (a ``transformers`` tokenizer) renders chats with it
+    (see :func:`trio_supervise.openai.render_chat`)."""
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids are in ``range(vocab_size)``."""
+        ...
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``."""
+        ...
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids."""
+        ...
+
+
+def runner_tokenizer(factory: Any, runner_args: dict[str, Any]) -> Tokenizer | None:
+    """The tokenizer a runner class offers for ``runner_args`` (its ``load_tokenizer``), or
+    None. Blocking: call it in a thread.
+
+    Raises:
+        ConfigError: ``load_tokenizer`` failed.
+    """
+    load = getattr(factory, "load_tokenizer", None)
+    if load is None:
+        return None
+    try:
+        tokenizer: Tokenizer | None = load(**runner_args)
+    except Exception as exc:
+        raise ConfigError(f"{factory!r}.load_tokenizer failed: {exc!r}") from exc
+    return tokenizer
 
 
 def runner_max_model_len(runner_or_factory: Any) -> int | None:

@@ -26,7 +26,7 @@ from typing import Any, final
 
 import trio
 
-from .._errors import HungWorker, RunnerError
+from .._errors import BadRequest, HungWorker, RunnerError
 from .._types import Batch, Chunk, RebuildCause, chunk_problem
 from ..devices._cuda_errors import classify_cuda_error
 from ..supervision import Directive
@@ -34,6 +34,7 @@ from ._breaker import BreakerState, CircuitBreaker
 from ._home import InlineHome, RunnerHome
 from ._port import Job, TierPort
 from ._requests import RequestState, error_for_request
+from ._runner import unhonoured_problem
 
 __all__ = ["Gate", "RestartRequested", "Tier"]
 
@@ -77,6 +78,7 @@ class Tier:
         self.runner: Any = None
         self.concurrency = 1  # batches at once: the runner's max_concurrency, once loaded
         self.deterministic = False  # the runner's promise, once loaded (runner_deterministic)
+        self.sampling_fields: frozenset[str] = frozenset()  # what it honours, once loaded
         self.fatal: BaseException | None = None
         self.failed_job: Job | None = None  # the batch whose failure ended this incarnation
         self.dispatch_gate = Gate()  # closed: no job is taken from the queue
@@ -153,6 +155,7 @@ class Tier:
                     self.runner = loaded.runner
                     self.concurrency = loaded.concurrency
                     self.deterministic = loaded.deterministic
+                    self.sampling_fields = loaded.sampling_fields
                     self.port.ready(self.deterministic)
                     await self._dispatch(nursery)
         except Exception as exc:  # from load or dispatch; batches report through fail()
@@ -206,12 +209,26 @@ class Tier:
                 self.held = None
             if not job.open_states():
                 continue  # every consumer left, or every deadline passed, while it waited
+            self._refuse_unhonoured(job)
+            if not job.open_states():
+                continue
             job.states = job.open_states()
             counts = self.port.counts
             job.seq, counts.batches = counts.batches, counts.batches + 1
             job.generation = self.generation
             self.in_flight.add(job)
             return job
+
+    def _refuse_unhonoured(self, job: Job) -> None:
+        """Fail (alone, with BadRequest) each request that sets a sampling field the runner
+        does not honour: nothing a client asked for is dropped silently."""
+        for state in job.open_states():
+            if state.request.params.extras():
+                problem = unhonoured_problem(
+                    state.request, self.sampling_fields, f"the runner of worker {self.name!r}"
+                )
+                if problem is not None:
+                    state.fail(BadRequest(problem))
 
     async def _run_batch(self, job: Job, slots: trio.Semaphore) -> None:
         try:

@@ -287,7 +287,8 @@ class RayHome:
         self.runner = RunnerProxy(self, reply.max_concurrency)
         nursery.start_soon(self._heartbeats, actor, spec.heartbeat_timeout)
         actors.replenish_spare()
-        return LoadedRunner(self.runner, reply.max_concurrency, reply.deterministic)
+        return LoadedRunner(self.runner, reply.max_concurrency, reply.deterministic,
+                            frozenset(reply.sampling_fields))  # fmt: skip
 
     async def _heartbeats(self, actor: RayActor, silence: float) -> None:
         """A runner that blocks the actor's Trio loop for ``silence`` seconds (Ray still
