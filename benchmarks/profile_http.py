@@ -30,6 +30,7 @@ RATE_HZ = 250
 # (where a frame's file is, what it is charged to), first match wins.
 PARTS = (
     ("trio_supervise/serve/app.py", "our HTTP app: routing, parsing, SSE events, JSON"),
+    ("trio_supervise/serve/_generate.py", "our HTTP app: routing, parsing, SSE events, JSON"),
     ("trio_supervise/serve/_asgi.py", "our HTTP app: routing, parsing, SSE events, JSON"),
     ("trio_supervise/openai/", "our HTTP app: routing, parsing, SSE events, JSON"),
     ("trio_supervise/serve/pool.py", "our pool: admission, batcher, router"),

@@ -253,6 +253,10 @@ class Request:
     continue_final: bool = False
     """With ``messages``: the output continues the last (assistant) message rather than
     starting a new one (how a chat stream is resumed on another runner)."""
+    max_tokens_asked: bool = True
+    """False where the client gave no ``max_tokens`` and it is the model's length less the
+    prompt's, as counted here (a chat's default): a runner that passes the request on to a
+    server that counts the prompt itself (a remote backend) leaves it to that server."""
 
     def __attrs_post_init__(self) -> None:
         if self.continuation not in ("auto", "replay", "resume", "off"):
@@ -275,6 +279,8 @@ class Request:
             raise _bad(f"prompt must be a str or a tuple of token ids, got {shown(prompt)}")
         if not all(isinstance(m, ChatMessage) for m in self.messages):
             raise _bad(f"messages must be ChatMessage values, got {shown(self.messages)}")
+        if not isinstance(self.max_tokens_asked, bool):
+            raise _bad(f"max_tokens_asked must be a bool, got {self.max_tokens_asked!r}")
         if self.continue_final and (not self.messages or self.messages[-1].role != "assistant"):
             raise _bad("continue_final needs messages whose last one is the assistant's")
         if not isinstance(self.params, SamplingParams):

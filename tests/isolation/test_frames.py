@@ -72,7 +72,7 @@ def test_ray_payloads_carry_whole_frames_with_no_length_prefix() -> None:
 def test_a_frame_over_the_limit_is_refused_before_it_is_sent() -> None:
     huge = f.Execute(1, [f.RequestData("r", "x" * f.MAX_FRAME, 1, 1.0, 1.0, None, [], True, None)])
     assert codec.encoding_problem(huge) == (
-        f"MalformedFrame: a frame of {f.MAX_FRAME + 45} bytes exceeds the 16777216-byte limit"
+        f"MalformedFrame: a frame of {f.MAX_FRAME + 46} bytes exceeds the 16777216-byte limit"
     )
     with pytest.raises(codec.MalformedFrame, match=r"^a frame of \d+ bytes exceeds"):
         codec.pack(huge)
@@ -104,6 +104,17 @@ def test_requests_and_chunks_round_trip() -> None:
     assert f.chunk_from_frame(f.chunk_to_frame(0, chunk)) == chunk
     failed = f.chunk_from_frame(f.chunk_to_frame(0, ts.Chunk("r", error=ts.BadRequest("long"))))
     assert type(failed.error) is ts.BadRequest and failed.final
+    # the sampling extras, a chat's messages, log probabilities: all cross
+    params = ts.SamplingParams(5, top_k=3, min_p=0.1, presence_penalty=-1.5, repetition_penalty=1.2,
+                               min_tokens=2, ignore_eos=True, logit_bias=((3, -100.0), (7, 2.5)),
+                               logprobs=4)  # fmt: skip
+    chat = ts.Request("c", "user: a\nassistant: b", params,
+                      messages=[ts.ChatMessage("user", "a"), ts.ChatMessage("assistant", "b")],
+                      continue_final=True, max_tokens_asked=False)  # fmt: skip
+    assert f.request_from_data(f.request_to_data(chat)) == chat
+    lps = (ts.TokenLogprob("a", -0.5, (("a", -0.5), ("b", -1.5))), ts.TokenLogprob("b", -2.0))
+    with_logprobs = ts.Chunk("r", (4, 5), "ab", logprobs=lps)
+    assert f.chunk_from_frame(f.chunk_to_frame(0, with_logprobs)) == with_logprobs
 
 
 def test_policies_cross_as_data_when_they_name_only_known_classes() -> None:

@@ -284,3 +284,32 @@ async def test_an_idle_child_outlives_the_thread_that_started_it(tmp_path: Path)
             assert report.read_text() == "0"  # written by the child's load, before its Ready
             assert child_pid(worker) == pid and worker.generation == 1
             assert await outcome(worker.generate(req("b"))) == ("ok", await_text("b"))
+
+
+async def test_sampling_fields_and_logprobs_cross_to_a_child_and_back() -> None:
+    """What a child's runner honours crosses in its Ready: CharLM in a child samples with
+    top_k and gives log probabilities, as inline; MockRunner in a child refuses top_k alone."""
+    params = SamplingParams(5, temperature=0.9, seed=3, top_k=4, logprobs=2)
+    with trio.fail_after(60):
+        got = {}
+        for isolation in ("inline", "process"):
+            async with ts.open_worker(
+                "trio_supervise.runners.charlm:CharLM", device="cpu", isolation=isolation
+            ) as worker:
+                chunks = []
+                async with worker.generate(Request("a", "The ", params)) as stream:
+                    chunks = [chunk async for chunk in stream]
+                got[isolation] = chunks
+        async with ts.open_worker(
+            "trio_supervise.runners.mock:MockRunner", device="cpu", isolation="process"
+        ) as worker:
+            kind, error = await outcome(worker.generate(Request("b", "x", params)))
+            ok, _ = await outcome(worker.generate(req("c", 2)))
+    texts = {k: "".join(c.text for c in v) for k, v in got.items()}
+    logprobs = {k: [lp for c in v for lp in c.logprobs or ()] for k, v in got.items()}
+    assert texts["inline"] == texts["process"] and len(texts["process"]) == 5
+    assert [lp.token for lp in logprobs["process"]] == list(texts["process"])
+    assert all(len(lp.top) == 2 for lp in logprobs["process"])
+    assert [lp.token for lp in logprobs["inline"]] == [lp.token for lp in logprobs["process"]]
+    assert kind == "error" and isinstance(error, ts.BadRequest) and ok == "ok"
+    assert "top_k is not supported by the runner of worker" in str(error)

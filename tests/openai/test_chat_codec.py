@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 
 import trio_supervise as ts
@@ -363,6 +364,17 @@ def test_a_chat_request_that_continues_the_final_message_says_so() -> None:
     assert (asked.continue_final, asked.add_generation_prompt) == (True, False)
     (read,) = asked.requests("r", [request.prompt], [3])
     assert read == request
+
+
+def test_a_chat_request_without_max_tokens_asked_leaves_it_to_the_server() -> None:
+    params = ts.SamplingParams(max_tokens=4000)
+    request = ts.Request("r", "user: U\nassistant: ", params,
+                         messages=(ChatMessage("user", "U"),), max_tokens_asked=False)  # fmt: skip
+    body = openai.chat_request("m", request)
+    assert "max_tokens" not in body and body["messages"] == [{"role": "user", "content": "U"}]
+    assert chat(body).shared.max_tokens is None
+    asked = openai.chat_request("m", attrs.evolve(request, max_tokens_asked=True))
+    assert asked["max_tokens"] == 4000
 
 
 def test_a_chat_request_never_sends_logprobs() -> None:

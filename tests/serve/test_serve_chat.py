@@ -214,7 +214,11 @@ async def test_chat_through_a_front_of_remote_runners_streams_with_usage_once() 
             )
             chunks = [c async for c in stream]
             whole = await client.chat.completions.create(**ask, n=2, extra_body={"top_k": 3})
-            return {"chunks": chunks, "whole": whole}
+            # no max_tokens: what is left of the model's length, counted where the prompt is
+            # (by the backend: the front has no tokenizer, and leaves it to the backend)
+            free = {k: v for k, v in ask.items() if k != "max_tokens"}
+            rest = await client.chat.completions.create(**free)
+            return {"chunks": chunks, "whole": whole, "rest": rest}
 
         return run
 
@@ -235,6 +239,10 @@ async def test_chat_through_a_front_of_remote_runners_streams_with_usage_once() 
     assert through["chunks"][-1].usage == direct["chunks"][-1].usage
     texts = [[c.message.content for c in got["whole"].choices] for got in (through, direct)]
     assert texts[0] == texts[1] and texts[0][0] != texts[0][1]
+    rests = [got["rest"] for got in (through, direct)]
+    assert rests[0].choices[0].message.content == rests[1].choices[0].message.content
+    assert rests[0].usage == rests[1].usage
+    assert rests[1].usage.total_tokens == 4096 or rests[1].choices[0].finish_reason == "stop"
 
 
 @pytest.mark.parametrize(

@@ -138,6 +138,26 @@ def test_a_resume_runs_the_prompt_plus_what_was_delivered_for_the_tokens_left() 
     assert Continuation(tokens=[1, 2, 3], texts=["abc"]).rerun(by_ids, "resume") is None
 
 
+def test_a_resumed_chat_continues_the_assistant_message_and_keeps_its_logprobs_aligned() -> None:
+    params = ts.SamplingParams(6, min_tokens=3, logprobs=1)
+    chat = ts.Request("c", "user: hi\nassistant: ", params, messages=[ts.ChatMessage("user", "hi")],
+                      max_tokens_asked=False)  # fmt: skip
+    c = Continuation(tokens=[1, 2], texts=["He", "y"])
+    run = c.rerun(chat, "resume")
+    assert run is not None and run.prompt == "user: hi\nassistant: Hey"
+    assert run.messages == (ts.ChatMessage("user", "hi"), ts.ChatMessage("assistant", "Hey"))
+    assert run.continue_final and run.max_tokens_asked  # the tokens left, exactly
+    assert (run.params.max_tokens, run.params.min_tokens) == (4, 1)
+    again = Continuation(tokens=[3], texts=[" yo"]).rerun(run, "resume")
+    assert again is not None and again.messages[-1] == ts.ChatMessage("assistant", "Hey yo")
+    # a replay drops the delivered prefix of a chunk, and the log probabilities with it
+    replay = Continuation(tokens=[1, 2], texts=["a", "b"])
+    assert replay.rerun(chat, "replay") is chat
+    lps = tuple(ts.TokenLogprob(t, -1.0) for t in "abc")
+    rest = replay.skip(ts.Chunk("c", (1, 2, 3), "abc", logprobs=lps))
+    assert rest is not None and rest.token_ids == (3,) and rest.logprobs == lps[2:]
+
+
 def test_the_default_replays_only_an_idempotent_request_on_a_deterministic_runner() -> None:
     assert continuation_mode(req("a"), True) == "replay"
     assert continuation_mode(req("a"), False) is None

@@ -102,6 +102,7 @@ class RequestData(msgspec.Struct, array_like=True, frozen=True):
     """The sampling fields of ``SAMPLING_EXTRAS`` that are set (logit_bias as pairs)."""
     messages: list[tuple[str, str]] = msgspec.field(default_factory=list)
     continue_final: bool = False
+    max_tokens_asked: bool = True
 
 
 # --- parent to child --------------------------------------------------------------------------
@@ -285,6 +286,7 @@ def request_to_data(request: Request) -> RequestData:
         {name: getattr(params, name) for name in params.extras()},
         [(m.role, m.content) for m in request.messages],
         request.continue_final,
+        request.max_tokens_asked,
     )
 
 
@@ -299,7 +301,8 @@ def request_from_data(data: RequestData) -> Request:
     prompt = data.prompt if isinstance(data.prompt, str) else tuple(data.prompt)
     messages = tuple(ChatMessage(role, content) for role, content in data.messages)
     return Request(data.id, prompt, params, data.idempotent, data.deadline,
-                   messages=messages, continue_final=data.continue_final)  # fmt: skip
+                   messages=messages, continue_final=data.continue_final,
+                   max_tokens_asked=data.max_tokens_asked)  # fmt: skip
 
 
 def chunk_to_frame(seq: int, chunk: Chunk) -> ChunkFrame:

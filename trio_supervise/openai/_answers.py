@@ -54,10 +54,15 @@ class Generation:
         return self.shared.stream
 
     def requests(
-        self, answer_id: str, prompts: Sequence[Prompt], max_tokens: Sequence[int]
+        self,
+        answer_id: str,
+        prompts: Sequence[Prompt],
+        max_tokens: Sequence[int],
+        *,
+        max_tokens_asked: bool = True,
     ) -> list[Request]:
         """Each choice's request, by index: prompt ``p`` (with at most ``max_tokens[p]``
-        tokens), choice ``i`` of ``n``."""
+        tokens), choice ``i`` of ``n`` (see ``Request.max_tokens_asked``)."""
         shared, n = self.shared, self.shared.n
         several = len(prompts) * n > 1
         requests = []
@@ -75,6 +80,7 @@ class Generation:
                         continuation=shared.continuation,
                         messages=self.messages,
                         continue_final=self.continue_final,
+                        max_tokens_asked=max_tokens_asked,
                     )
                 )
         return requests

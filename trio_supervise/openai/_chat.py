@@ -166,7 +166,8 @@ CHAT = Answers(
 
 def chat_request(model: str, request: Request) -> dict[str, Any]:
     """A client's body asking ``model`` to stream a chat answer to ``request``: its messages
-    (continuing the last one where ``continue_final``), or else its prompt as one user message.
+    (continuing the last one where ``continue_final``), or else its prompt as one user message;
+    no ``max_tokens`` where the client gave none (``Request.max_tokens_asked``).
 
     Raises:
         BadRequest: the request has no messages and its prompt is token ids (a chat takes text).
@@ -180,4 +181,7 @@ def chat_request(model: str, request: Request) -> dict[str, Any]:
     body: dict[str, Any] = {"model": model, "messages": messages}
     if request.continue_final:
         body |= {"continue_final_message": True, "add_generation_prompt": False}
-    return body | sampling_body(request.params)
+    body |= sampling_body(request.params)
+    if not request.max_tokens_asked:
+        del body["max_tokens"]  # the backend counts the prompt: it gives what is left
+    return body

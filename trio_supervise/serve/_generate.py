@@ -80,6 +80,8 @@ class Plan:
     prompts: list[Prompt]
     max_tokens: list[int]
     echoes: list[str]
+    max_tokens_asked: bool
+    """False: a chat's default, the model's length less the prompt's."""
 
 
 async def plan(pool: WorkerPool, asked: Generation, model: str) -> Plan:
@@ -123,7 +125,8 @@ async def plan(pool: WorkerPool, asked: Generation, model: str) -> Plan:
     echoes = [""] * len(prompts)
     if asked.echo:
         echoes = [p if isinstance(p, str) else _decode(tokenizer, p) for p in prompts]
-    return Plan(prompts, budget, [e for e in echoes for _ in range(asked.shared.n)])
+    echoes = [e for e in echoes for _ in range(asked.shared.n)]
+    return Plan(prompts, budget, echoes, given is not None or asked.endpoint == "completions")
 
 
 def _decode(tokenizer: Tokenizer | None, prompt: tuple[int, ...]) -> str:
@@ -185,7 +188,9 @@ async def generate(
             raise WorkerStopped("the server is draining", retry_after=1.0)
         planned = await plan(pool, asked, model)
         answer_id = f"{answers.prefix}-{uuid.uuid4().hex[:24]}"
-        for request in asked.requests(answer_id, planned.prompts, planned.max_tokens):
+        requests = asked.requests(answer_id, planned.prompts, planned.max_tokens,
+                                  max_tokens_asked=planned.max_tokens_asked)  # fmt: skip
+        for request in requests:
             streams.append(pool.generate(request, model))
     except InferenceError as exc:
         for stream in streams:

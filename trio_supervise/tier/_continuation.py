@@ -130,7 +130,7 @@ class Continuation:
             else:
                 messages = (*messages, ChatMessage("assistant", text))
         return attrs.evolve(request, prompt=prompt, params=params, messages=messages,
-                            continue_final=bool(messages))  # fmt: skip
+                            continue_final=bool(messages), max_tokens_asked=True)  # fmt: skip
 
     def skip(self, chunk: Chunk) -> Chunk | None:
         """During a replay: ``chunk`` less what was delivered already (None if nothing is left).
