@@ -88,6 +88,7 @@ PUBLIC_MODULES = (
     "trio_supervise.runners.mock",
     "trio_supervise.runners.charlm",
     "trio_supervise.runners.remote",
+    "trio_supervise.runners.transformers",
 )
 
 # Names from other packages. No intersphinx: its inventories would be fetched over the network,

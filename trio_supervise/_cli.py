@@ -58,7 +58,9 @@ def demo_policy(policy: Policy = DEVICE_POLICY, *, out: TextIO | None = None) ->
     return directives
 
 
-def serve_command(path: str | None, *, host: str | None, port: int | None) -> int:
+def serve_command(
+    path: str | None, *, host: str | None, port: int | None, model: str | None = None
+) -> int:
     """``serve``: 0 after a drain, 1 when the pool gave up, 2 for a bad config; a second
     SIGTERM/SIGINT exits at once with 128 + the signal number."""
     import attrs
@@ -72,7 +74,9 @@ def serve_command(path: str | None, *, host: str | None, port: int | None) -> in
     console = Console(stderr=True, soft_wrap=True)  # one line per message, as a log reads
     _log_warnings_to_stderr()
     try:
-        config = ServeConfig.from_toml(path) if path else default_config()
+        if path and model:
+            raise ConfigError("serve takes a config file or --model, not both")
+        config = ServeConfig.from_toml(path) if path else default_config(model)
         server = attrs.evolve(
             config.server,
             **{k: v for k, v in (("host", host), ("port", port)) if v is not None},
@@ -153,21 +157,24 @@ def _leaves(exc: BaseException, kind: Any) -> list[Any]:
     return [leaf for leaf in leaves(exc) if isinstance(leaf, kind)]
 
 
-def default_config() -> Any:
-    """The built-in config: the shipped character model as worker ``charlm``, device auto."""
+def default_config(model: str | None = None) -> Any:
+    """The built-in config: the shipped character model as worker ``charlm``, device auto; with
+    ``model`` (a directory or a Hugging Face name), that model by ``TransformersRunner``
+    instead, named as its directory is."""
     from .serve import ServeConfig
 
-    return ServeConfig.from_dict(
-        {
-            "workers": [
-                {
-                    "name": "charlm",
-                    "runner": "trio_supervise.runners.charlm:CharLM",
-                    "device": "auto",
-                }
-            ]
+    if model is None:
+        worker: dict[str, Any] = {
+            "name": "charlm",
+            "runner": "trio_supervise.runners.charlm:CharLM",
         }
-    )
+    else:
+        worker = {"name": Path(model.rstrip("/")).name or "model", "runner": TRANSFORMERS,
+                  "runner_args": {"model": model}}  # fmt: skip
+    return ServeConfig.from_dict({"workers": [{**worker, "device": "auto"}]})
+
+
+TRANSFORMERS = "trio_supervise.runners.transformers:TransformersRunner"
 
 
 def check_config(path: str) -> int:
@@ -246,7 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = commands.add_parser(
         "demo", help="serve a model over HTTP and keep answering while its workers are poisoned"
     )
-    demo.add_argument("--isolation", choices=("inline", "process"), default="inline")
+    demo.add_argument(
+        "--isolation", choices=("inline", "process"), default="inline",
+        help="where each replica's runner lives: this process, or a child process of its own",
+    )  # fmt: skip
+    demo.add_argument(
+        "--model", help="serve this transformers model (a directory, or a Hugging Face name) "
+        "instead of the shipped character model: pip install 'trio-supervise[transformers]'",
+    )  # fmt: skip
     demo.add_argument("--seconds", type=float, default=8.0, help="how long the load runs (8)")
     demo.add_argument(
         "--policy", action="store_true", help="instead: the default policy deciding a script"
@@ -258,6 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve_parser.add_argument("config", nargs="?", help="a TOML config (default: built in)")
     serve_parser.add_argument("--host", help="override [server] host")
     serve_parser.add_argument("--port", type=int, help="override [server] port")
+    serve_parser.add_argument(
+        "--model", help="without a config: serve this transformers model (a directory, or a "
+        "Hugging Face name) instead of the character model",
+    )  # fmt: skip
     config = commands.add_parser("config", help="work with a serve config file")
     config_commands = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
     check = config_commands.add_parser(
@@ -279,14 +297,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         from ._demo import run_demo
 
-        result = trio.run(lambda: run_demo(isolation=args.isolation, seconds=args.seconds))
+        result = trio.run(
+            lambda: run_demo(isolation=args.isolation, seconds=args.seconds, model=args.model)
+        )
         return 0 if result["finished"] > 0 else 1
     if args.command == "chaos":
         return run_chaos_command(args)
     if args.command == "config" and args.config_command == "check":
         return check_config(args.file)
     if args.command == "serve":
-        return serve_command(args.config, host=args.host, port=args.port)
+        return serve_command(args.config, host=args.host, port=args.port, model=args.model)
     parser.print_help()
     return 2
 

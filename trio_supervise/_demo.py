@@ -22,20 +22,25 @@ from .testing import Fault, FaultPlan
 __all__ = ["run_demo"]
 
 MODEL = "trio_supervise.runners.charlm:CharLM"
+TRANSFORMERS = "trio_supervise.runners.transformers:TransformersRunner"
 PROMPTS = ("The ", "In the ", "A worker ", "Return the ", "This module ", "If the ")
 
 
-def demo_config(isolation: str, plan: FaultPlan) -> ServeConfig:
-    """Two replicas of the character model, with faults injected by plan."""
+def demo_config(isolation: str, plan: FaultPlan, model: str | None = None) -> ServeConfig:
+    """Two replicas of the character model (or of ``model`` by ``TransformersRunner``), with
+    faults injected by plan."""
+    inner: dict[str, Any] = {"inner": MODEL}
+    if model is not None:
+        inner = {"inner": TRANSFORMERS, "inner_args": {"model": model}}
     return ServeConfig.from_dict(
         {
             "server": {"port": 0, "drain_timeout": 5, "max_worker_restarts": 20, "within": 60},
             "batching": {"max_batch_size": 8, "max_wait": 0.01},
             "workers": [
                 {
-                    "name": "charlm",
+                    "name": "charlm" if model is None else "model",
                     "runner": "trio_supervise.testing:FaultyRunner",
-                    "runner_args": {"inner": MODEL, "plan": plan.to_dict()},
+                    "runner_args": {**inner, "plan": plan.to_dict()},
                     "device": "auto",
                     "replicas": 2,
                     "isolation": isolation,
@@ -58,9 +63,10 @@ def demo_plan(isolation: str) -> FaultPlan:
 
 
 async def run_demo(
-    *, isolation: str = "inline", seconds: float = 8.0, live: bool = True
+    *, isolation: str = "inline", seconds: float = 8.0, live: bool = True, model: str | None = None
 ) -> dict[str, Any]:
-    """Run the demo; return its counts (``finished``, ``failed`` by class, ``restarts``)."""
+    """Run the demo (on ``model`` by ``TransformersRunner``, where given); return its counts
+    (``finished``, ``failed`` by class, ``restarts``)."""
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -103,7 +109,7 @@ async def run_demo(
                 counts[f"HTTP {response.status_code} {response.json()['error']['type']}"] += 1
 
     async with trio.open_nursery() as nursery:
-        handle: ServerHandle = await nursery.start(serve, demo_config(isolation, plan))
+        handle: ServerHandle = await nursery.start(serve, demo_config(isolation, plan, model))
         stop = trio.Event()
         start = time.perf_counter()
         async with httpx.AsyncClient(base_url=handle.url, timeout=30) as http:

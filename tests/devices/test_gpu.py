@@ -476,3 +476,37 @@ async def test_process_worker_recovers_from_a_sticky_error(
     assert first_process.returncode == STICKY_EXIT_CODE, (
         f"the poisoned child exited with {first_process.returncode}, not {STICKY_EXIT_CODE}"
     )
+
+
+@pytest.mark.gpu
+async def test_a_device_side_assert_in_a_transformers_child_is_cured_by_a_fresh_child(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A real device-side assert (an out-of-range index) in the child of a process tier running
+    ``TransformersRunner`` on the GPU: ContextPoisoned, the child exits, and a fresh child serves
+    the next request on the GPU."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.support.tiny_models import tiny_model
+
+    model = tiny_model(tmp_path / "tiny", "llama")
+    marker = tmp_path / "asserted"
+    runner_args = {"marker": str(marker), "model": str(model), "dtype": "float32"}
+    with trio.fail_after(PROCESS_TEST_TIMEOUT_S):
+        async with open_worker(
+            "tests.support.gpu_runners:asserting_transformers_runner", runner_args=runner_args,
+            device=STICKY_DEVICE, isolation="process",
+        ) as worker:  # fmt: skip
+            first = int(_child_process(worker).pid)
+            asked = Request("a", "The worker", SamplingParams(max_tokens=4), idempotent=False)
+            kind, error = await _outcome(worker.generate(asked))
+            assert marker.exists(), "the runner never reached its assert"
+            fault_at = float(marker.read_text())
+            assert kind == "error" and isinstance(error, ContextPoisoned), repr(error)
+            _record(request, "assert_error", str(error)[:120])
+            b = Request("b", "The worker", SamplingParams(max_tokens=4, temperature=0))
+            kind, text = await _outcome(worker.generate(b))
+            _record(request, "assert_recovery_ms", round((time.time() - fault_at) * 1e3, 1))
+            assert kind == "ok" and worker.generation == 2, text
+            assert int(_child_process(worker).pid) != first
+            _assert_gone(first)

@@ -15,6 +15,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import trio
+
 import trio_supervise as ts
 from trio_supervise.runners.mock import MockRunner, text_of, token_at
 
@@ -175,3 +177,31 @@ class StickyRunner(MockRunner):
         await super().aclose()
         if self.device is not None:
             self.device.close()  # swallows the errors of a poisoned context
+
+
+def asserting_transformers_runner(*, marker: str, **kwargs: Any) -> Any:
+    """A ``TransformersRunner`` (``kwargs``) whose first batch ever (gated by ``marker``)
+    indexes a CUDA tensor out of range: a real device-side assert, which PyTorch raises as
+    ``CUDA error: device-side assert triggered`` (sticky: only a fresh process can use the GPU
+    again). Built by import path in the worker's child process, where the extra is installed."""
+    from trio_supervise.runners.transformers import TransformersRunner
+
+    class Asserting(TransformersRunner):  # type: ignore[misc]
+        async def execute(self, batch: ts.Batch) -> AsyncIterator[ts.Chunk]:
+            if _first_time(marker):
+                await trio.to_thread.run_sync(self._assert_on_device, limiter=self._thread)
+                raise AssertionError("an out-of-range index on the GPU raised nothing")
+            async for chunk in super().execute(batch):
+                yield chunk
+
+        def _assert_on_device(self) -> None:
+            torch = self.torch
+            try:
+                where = next(self.model.parameters()).device
+                values = torch.zeros(4, device=where)
+                values[torch.tensor([1 << 20], device=where)].sum().item()
+                torch.cuda.synchronize(where)
+            except RuntimeError as exc:  # torch.AcceleratorError too
+                raise ts.classify_cuda_error(exc) from exc
+
+    return Asserting(**kwargs)

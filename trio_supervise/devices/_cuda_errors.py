@@ -23,15 +23,21 @@ def classify_cuda_error(exc: BaseException) -> BaseException:
     ``CUDARuntimeError`` and ``CUDADriverError`` are recognised by their class name and
     ``.status`` (duck-typed: a driver error cannot even be built without ``libcuda``). Sticky
     codes become :class:`ContextPoisoned`, status 2 and CuPy's ``OutOfMemoryError`` become
-    :class:`OutOfMemory`, no device or driver (35, 100) becomes :class:`Unrecoverable`. The new
-    error is chained to the original (``__cause__``).
+    :class:`OutOfMemory`, no device or driver (35, 100) becomes :class:`Unrecoverable`.
+    PyTorch's ``torch.OutOfMemoryError`` is :class:`OutOfMemory`; its ``RuntimeError`` or
+    ``torch.AcceleratorError`` of a sticky status (``CUDA error: an illegal memory access was
+    encountered``, a device-side assert, ...) is :class:`ContextPoisoned`. The new error is
+    chained to the original (``__cause__``).
     """
     if isinstance(exc, InferenceError):
         return exc
     name = type(exc).__name__
     mapped: InferenceError | None = None
-    if name == "OutOfMemoryError" and type(exc).__module__.startswith("cupy"):
+    module = type(exc).__module__
+    if name == "OutOfMemoryError" and module.startswith(("cupy", "torch")):
         mapped = OutOfMemory(str(exc))
+    elif isinstance(exc, RuntimeError) and _is_sticky_torch_error(exc):
+        mapped = ContextPoisoned(f"sticky CUDA error: {exc}")
     elif name in ("CUDARuntimeError", "CUDADriverError"):
         status = getattr(exc, "status", None)
         if status in STICKY_CUDA_STATUSES:
@@ -46,6 +52,30 @@ def classify_cuda_error(exc: BaseException) -> BaseException:
     return mapped
 
 
+TORCH_STICKY_MESSAGES = (
+    "an illegal memory access was encountered",
+    "unspecified launch failure",
+    "device-side assert triggered",
+    "misaligned address",
+    "an illegal instruction was encountered",
+    "illegal instruction",
+    "the launch timed out and was terminated",
+    "uncorrectable ecc error",
+    "unknown error",
+)
+"""What PyTorch says of the sticky statuses: it raises them as ``RuntimeError`` or, newer,
+``torch.AcceleratorError``, with ``CUDA error: <the runtime's message>``."""
+
+
+def _is_sticky_torch_error(exc: RuntimeError) -> bool:
+    """A PyTorch CUDA error (its message begins ``CUDA error``) of a sticky status."""
+    text = str(exc)
+    if "CUDA error" not in text and type(exc).__name__ != "AcceleratorError":
+        return False
+    lowered = text.lower()
+    return any(message in lowered for message in TORCH_STICKY_MESSAGES)
+
+
 def is_sticky_cuda_error(exc: BaseException) -> bool:
     """Whether ``exc``, or an exception it was raised from, is a sticky CUDA error (one that
     poisons the whole process, so that only a fresh process can use the device again)."""
@@ -54,6 +84,8 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
         if type(seen).__name__ in ("CUDARuntimeError", "CUDADriverError") and (
             getattr(seen, "status", None) in STICKY_CUDA_STATUSES
         ):
+            return True
+        if isinstance(seen, RuntimeError) and _is_sticky_torch_error(seen):
             return True
         seen = seen.__cause__
     return False

@@ -28,7 +28,7 @@ whose consumer is slow wait for it; each request produces at most ``max_tokens``
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterable, Sequence
 from typing import Generic, Protocol, TypeVar, final
 
 import attrs
@@ -73,13 +73,15 @@ class Stepper(Generic[S]):
 
     Args:
         step: ``await step(states)`` decodes one token for each state, in one forward pass,
-            and returns one chunk per state, in order (a final one ends its request). It must
+            and returns one chunk per state, in order (a final one ends its request), or None
+            for a state it left for a later step (a runner whose batch is full). It must
             check for cancellation, should let other tasks run when it computes, and must
             change no state before its last await (so that a step cancelled while it awaits
-            the device changed nothing).
+            the device changed nothing; a step that cannot be cancelled, as one in a thread
+            that is never abandoned, may).
     """
 
-    def __init__(self, step: Callable[[list[S]], Awaitable[list[Chunk]]]) -> None:
+    def __init__(self, step: Callable[[list[S]], Awaitable[Sequence[Chunk | None]]]) -> None:
         self.step = step
         self._members: list[_Member[S]] = []  # in order of arrival
         self._lock = trio.Lock()
@@ -163,8 +165,9 @@ class Stepper(Generic[S]):
             mine = chunks[start : start + len(member.states)]
             start += len(member.states)
             if member.joined:  # else it left while the step awaited the device
-                member.buffer.extend(mine)
-                member.states = [s for s, c in zip(member.states, mine, strict=True) if not c.final]
+                member.buffer.extend(c for c in mine if c is not None)
+                member.states = [s for s, c in zip(member.states, mine, strict=True)
+                                 if c is None or not c.final]  # fmt: skip
 
 
 def ending(text: str, produced: int, params: SamplingParams, added: int = 1) -> FinishReason | None:
@@ -172,7 +175,7 @@ def ending(text: str, produced: int, params: SamplingParams, added: int = 1) -> 
     wrote its last ``added`` characters) ends now: ``STOP`` when a stop sequence ends within
     those characters (not before ``min_tokens`` tokens: a token's text may go on past it, as a
     word's trailing space does), ``LENGTH`` at ``max_tokens``, else None."""
-    if params.stop and produced >= params.min_tokens:
+    if params.stop and added and produced >= params.min_tokens:
         for stop in params.stop:
             if stop in text[-(len(stop) + added - 1) :]:
                 return FinishReason.STOP

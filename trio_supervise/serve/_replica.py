@@ -159,15 +159,19 @@ DEFAULT_MAX_MODEL_LEN = 4096
 """``max_model_len`` where neither the config nor the runner gives one."""
 
 
-def max_model_len(w: WorkerConfig) -> int:
+def max_model_len(w: WorkerConfig, tokenizer: Any = None) -> int:
     """The config's ``max_model_len``, else the runner's own (an inline runner's attribute: a
-    process-isolated runner is not imported here), else :data:`DEFAULT_MAX_MODEL_LEN`."""
+    process-isolated runner is not imported here), else its tokenizer's (a
+    ``TransformersRunner``'s: the model config's), else :data:`DEFAULT_MAX_MODEL_LEN`."""
     if w.max_model_len is not None:
         return w.max_model_len
     if w.isolation == "inline":
         own = runner_max_model_len(resolve_factory(w.runner))
         if own is not None:
             return own
+    told = getattr(tokenizer, "max_model_len", None)
+    if isinstance(told, int) and not isinstance(told, bool) and told >= 1:
+        return told
     return DEFAULT_MAX_MODEL_LEN
 
 

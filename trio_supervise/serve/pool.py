@@ -117,7 +117,9 @@ class WorkerPool:
             [self._child_spec(r) for replicas in self.replicas.values() for r in replicas],
         )
         for w in self.config.workers:
-            self.tokenizers[w.name] = await trio.to_thread.run_sync(load_tokenizer, w)
+            tokenizer = await trio.to_thread.run_sync(load_tokenizer, w)
+            self.tokenizers[w.name] = tokenizer
+            self.max_model_len[w.name] = max_model_len(w, tokenizer)
         try:
             async with trio.open_nursery() as nursery:
                 self.handle = await nursery.start(root.run)

@@ -67,6 +67,17 @@ class FaultyRunner:
         self.default_policy = getattr(inner, "default_policy", None)
         self.needs_device = getattr(inner, "needs_device", True)
         self.deterministic = getattr(inner, "deterministic", False)  # faults change no output
+        self.sampling_fields = frozenset(getattr(inner, "sampling_fields", frozenset()))
+        self.max_model_len = getattr(inner, "max_model_len", None)
+
+    @classmethod
+    def load_tokenizer(
+        cls, *, inner: Any, inner_args: Mapping[str, Any] | None = None, **_ignored: Any
+    ) -> Any:
+        """The tokenizer of the runner it wraps (its class's ``load_tokenizer``), or None."""
+        factory = resolve_factory(inner) if isinstance(inner, str) else type(inner)
+        load = getattr(factory, "load_tokenizer", None)
+        return None if load is None else load(**dict(inner_args or {}))
 
     def __repr__(self) -> str:
         return f"FaultyRunner({self.inner!r}, {self.plan!r})"
