@@ -802,3 +802,32 @@ def test_pytorchs_out_of_memory_is_out_of_memory_and_other_errors_stay() -> None
         ValueError("an illegal memory access was encountered"),
     ):
         assert ts.classify_cuda_error(other) is other
+
+
+# --- the declared property, and the third tier ----------------------------------------------------
+
+
+async def test_it_does_not_say_deterministic_so_a_cut_stream_is_not_replayed(tiny: Tiny) -> None:
+    """A row's logits depend on its batch in the last bits (float32 padding and batched
+    products), so the runner does not promise determinism: a worker on it knows, and an
+    explicit ``replay`` is refused up front while ``resume`` is accepted."""
+    assert TransformersRunner.deterministic is False
+    with trio.fail_after(60):
+        async with ts.open_worker(RUNNER, **on_worker(tiny.path("gpt2"))) as worker:
+            assert worker.deterministic is False
+            with pytest.raises(ts.BadRequest, match="needs a deterministic runner"):
+                worker.generate(req("a", max_tokens=2, continuation="replay"))  # at admission
+            resumed = await read(worker.generate(req("b", max_tokens=2, continuation="resume")))
+    assert resumed.error is None and resumed.tokens == tiny.greedy("gpt2", PROMPT, 2)
+
+
+@pytest.mark.ray
+async def test_a_ray_actor_runs_the_model_as_inline(tiny: Tiny, ray_address: str) -> None:
+    """The same greedy tokens from the runner in a Ray actor (the session's local Ray), with a
+    logprob per token crossing back."""
+    pytest.importorskip("ray")
+    with trio.fail_after(120):
+        async with ts.open_worker(RUNNER, **on_worker(tiny.path("llama")), isolation="ray") as w:
+            got = await read(w.generate(req("r", max_tokens=6, logprobs=1)))
+    assert got.error is None, got.error
+    assert got.tokens == tiny.greedy("llama", PROMPT, 6)
