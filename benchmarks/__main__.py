@@ -1,8 +1,9 @@
 """``python -m benchmarks``: every CPU benchmark in one run, as a JSON file and a markdown table.
 
 Runs the scripts' ``measure`` functions one after another (``bench_supervisor``,
-``bench_worker``, ``bench_http``, and ``bench_ray`` where Ray is installed; each still runs on
-its own too), then writes:
+``bench_worker``, ``bench_http``, ``bench_ray`` where Ray is installed, and
+``bench_transformers`` where PyTorch and ``transformers`` are; a suite left out for want of them
+says so in a note; each still runs on its own too), then writes:
 
 * a JSON file (``--json PATH``; default ``benchmarks/results.json``, next to this file) with
   the environment, the sizes, every row's numbers and the rows whose target was missed;
@@ -10,14 +11,14 @@ its own too), then writes:
   per benchmark with our number, the baseline's, the ratio, the DESIGN.md target and whether
   it is met; a missed target says by how much, e.g. ``MISSED by 4%`` (see ``Row.shortfall``).
 
-Progress goes to stderr, so stdout holds the table alone. The full run takes about two minutes
-on a 2-core machine; ``--quick`` (small sizes, a few seconds) is for smoke tests and its numbers
-mean little. ``--repeat N`` overrides every script's repetitions; ``--only NAME`` runs a subset.
-``--busy N`` keeps N other processes busy (``while True: pass``) for the whole run, as on a
-loaded machine; ``--idle-and-busy`` runs everything twice, idle and then with one busy process
-per CPU, and prints one table with both columns (the JSON then holds ``{"idle", "busy"}``).
-``trio-supervise bench [ARGS]`` runs this from a checkout. The exit status is 0 whether targets
-are met or not: the table is the verdict.
+Progress goes to stderr, so stdout holds the table alone. The full run takes about three
+minutes on a 2-core machine (the transformers suite about 40 s of it); ``--quick`` (small sizes,
+a few seconds) is for smoke tests and its numbers mean little. ``--repeat N`` overrides every
+script's repetitions; ``--only NAME`` runs a subset. ``--busy N`` keeps N other processes busy
+(``while True: pass``) for the whole run, as on a loaded machine; ``--idle-and-busy`` runs
+everything twice, idle and then with one busy process per CPU, and prints one table with both
+columns (the JSON then holds ``{"idle", "busy"}``). ``trio-supervise bench [ARGS]`` runs this
+from a checkout. The exit status is 0 whether targets are met or not: the table is the verdict.
 """
 
 from __future__ import annotations
@@ -35,7 +36,13 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from benchmarks import bench_http, bench_ray, bench_supervisor, bench_worker
+from benchmarks import (
+    bench_http,
+    bench_ray,
+    bench_supervisor,
+    bench_transformers,
+    bench_worker,
+)
 from benchmarks._common import (
     FormatValue,
     Measurements,
@@ -62,6 +69,26 @@ class Suite(Generic[SizesT]):
     format_value: FormatValue
 
 
+def installed(*modules: str) -> bool:
+    """Whether every one of these modules can be imported (without importing it)."""
+    return all(importlib.util.find_spec(module) is not None for module in modules)
+
+
+OPTIONAL: dict[str, tuple[tuple[str, ...], str]] = {
+    "ray": (("ray",), "Ray is not installed: pip install 'trio-supervise[ray]'"),
+    "transformers": (
+        ("torch", "transformers"),
+        "PyTorch or transformers is not installed: pip install 'trio-supervise[transformers]'",
+    ),
+}
+"""The suites that need an extra: the modules they import, and why they are left out without
+them."""
+
+SKIPPED: dict[str, str] = {
+    name: why for name, (modules, why) in OPTIONAL.items() if not installed(*modules)
+}
+"""The optional suites this environment cannot run, and why (a note in the report)."""
+
 SUITES: tuple[Suite[Any], ...] = (
     Suite(
         "supervisor",
@@ -80,7 +107,20 @@ SUITES: tuple[Suite[Any], ...] = (
     Suite("http", bench_http.measure, bench_http.FULL, bench_http.QUICK, bench_http.format_value),
     *(
         [Suite("ray", bench_ray.measure, bench_ray.FULL, bench_ray.QUICK, bench_ray.format_value)]
-        if importlib.util.find_spec("ray") is not None
+        if "ray" not in SKIPPED
+        else []
+    ),
+    *(
+        [
+            Suite(
+                "transformers",
+                bench_transformers.measure,
+                bench_transformers.FULL,
+                bench_transformers.QUICK,
+                bench_transformers.format_value,
+            )
+        ]
+        if "transformers" not in SKIPPED
         else []
     ),
 )
@@ -163,6 +203,9 @@ def busy_processes(count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
 def run_suites(args: argparse.Namespace) -> list[SuiteRun]:
     """Run the chosen suites in order, progress on stderr."""
     chosen = [suite for suite in SUITES if not args.only or suite.name in args.only]
+    if not args.only:
+        for name, why in SKIPPED.items():
+            print(f"{name}: skipped ({why})", file=sys.stderr, flush=True)
     runs = []
     for number, suite in enumerate(chosen, 1):
         sizes = pick_sizes(args, full=suite.full, quick=suite.quick)
@@ -223,6 +266,8 @@ def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
         else "Every DESIGN.md target measured here is met."
     )
     notes = [f"- {run.suite.name}: {note}" for run in runs for note in run.measured.notes]
+    if {run.suite.name for run in runs} == {suite.name for suite in SUITES}:  # not --only
+        notes += [f"- {name}: skipped: {why}" for name, why in SKIPPED.items()]
     tables = [f"\n{table}" for run in runs for table in run.measured.tables]
     return "\n".join([summary, "", markdown_table(runs), "", verdict, "", *notes, *tables]) + "\n"
 

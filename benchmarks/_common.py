@@ -220,7 +220,8 @@ def format_target(row: Row, format_value: FormatValue) -> str:
         return "no target"
     if row.baseline is None:
         return f"{'>' if row.higher_is_better else '<'} {format_value(row.target, row.unit)}"
-    return f"{'>=' if row.higher_is_better else '<='} {row.target:.1f}"
+    target = f"{row.target:.1f}" if round(row.target, 1) == row.target else f"{row.target:g}"
+    return f"{'>=' if row.higher_is_better else '<='} {target}"
 
 
 def row_cells(row: Row, format_value: FormatValue) -> tuple[str, ...]:

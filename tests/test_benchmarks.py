@@ -2,7 +2,8 @@
 
 The ``--quick`` suite runs once for the module (``python -m benchmarks`` in-process, with
 ``--repeat 1``); each script's own ``main`` is checked with a stand-in ``measure``, so nothing
-is measured twice.
+is measured twice. The ``transformers`` suite is in it where PyTorch and ``transformers`` are
+installed (its ``--quick`` sizes leave out the kill rows: a child's start takes seconds).
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from typing import Any
 import pytest
 
 from benchmarks import __main__ as suite
-from benchmarks import bench_http, bench_ray, bench_supervisor, bench_worker
+from benchmarks import bench_http, bench_ray, bench_supervisor, bench_transformers, bench_worker
 from benchmarks._common import Measurements, Row
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW_KEYS = {"label", "unit", "ours", "baseline", "ratio", "target", "met", "shortfall"}
+HAS_TRANSFORMERS = "transformers" not in suite.SKIPPED
+"""PyTorch and transformers are installed: the quick suite runs the transformers suite too."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +59,8 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     assert written == json.loads(json.dumps(quick_suite.record))
     assert set(written) == {"quick", "busy", "wall_s", "environment", "suites", "missed"}
     assert written["quick"] is True and written["busy"] == 0
-    assert set(written["suites"]) == {"supervisor", "worker", "http", "ray"}
+    optional = {"transformers"} if HAS_TRANSFORMERS else set()
+    assert set(written["suites"]) == {"supervisor", "worker", "http", "ray", *optional}
     for entry in written["suites"].values():
         assert set(entry) == {"sizes", "wall_s", "results", "notes", "tables"}
         assert entry["sizes"]["repeat"] == 1
@@ -109,6 +113,21 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     }
     for row in written["suites"]["ray"]["results"].values():
         assert row["baseline"] > 0 and row["target"] is None  # beside the process tier
+    if HAS_TRANSFORMERS:
+        transformers = written["suites"]["transformers"]
+        results = transformers["results"]
+        assert set(results) == {"tokens_per_s", "lag_p99_s", "lag_p99_vs_idle_s",
+                                "short_behind_long_s"}  # QUICK  # fmt: skip
+        tokens = results["tokens_per_s"]
+        assert tokens["baseline"] > 0 and tokens["target"] == 0.95
+        assert tokens["tokens_agree"] is True  # the worker's greedy tokens are the loop's
+        assert 0 <= tokens["determinism_same"] <= tokens["determinism_of"] == 8
+        lag = results["lag_p99_s"]
+        assert lag["baseline"] is None and lag["target"] == 5e-3 and lag["samples"] > 0
+        assert results["lag_p99_vs_idle_s"]["baseline"] > 0
+        assert any(
+            note.startswith("kill-to-next-token: left out") for note in transformers["notes"]
+        )
     missed = [
         f"{name}.{key}"
         for name, entry in written["suites"].items()
@@ -172,7 +191,20 @@ def test_a_missed_target_says_by_how_much() -> None:
     assert (info.verdict, info.shortfall) == ("-", None)
 
 
-@pytest.mark.parametrize("module", [bench_supervisor, bench_worker, bench_http, bench_ray])
+def test_a_suite_left_out_for_want_of_its_extra_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker = suite.SUITES[1]
+    monkeypatch.setattr(suite, "SUITES", (worker,))
+    monkeypatch.setattr(suite, "SKIPPED", {"transformers": "PyTorch is not installed"})
+    rows = Measurements((Row("r", "round trip", "s", 1.5e-5, 1e-5, 2.0, False),))
+    run = suite.SuiteRun(worker, bench_worker.QUICK, rows, 1.0)
+    text = suite.markdown_report([run], suite.json_record([run], quick=True, wall_s=1.0))
+    assert "\n- transformers: skipped: PyTorch is not installed\n" in text
+
+
+MODULES = [bench_supervisor, bench_worker, bench_http, bench_ray, bench_transformers]
+
+
+@pytest.mark.parametrize("module", MODULES)
 def test_each_script_reports_on_its_own(
     module: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -197,7 +229,7 @@ def test_each_script_reports_on_its_own(
 
 
 @pytest.mark.parametrize(
-    "script", ["bench_supervisor.py", "bench_worker.py", "bench_http.py", "bench_ray.py"]
+    "script", [f"{module.__name__.rsplit('.', 1)[1]}.py" for module in MODULES]
 )
 def test_each_script_runs_as_a_file(script: str) -> None:
     done = subprocess.run(

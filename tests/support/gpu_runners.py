@@ -15,8 +15,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
-
 import trio_supervise as ts
 from trio_supervise.runners.mock import MockRunner, text_of, token_at
 
@@ -189,7 +187,7 @@ def asserting_transformers_runner(*, marker: str, **kwargs: Any) -> Any:
     class Asserting(TransformersRunner):  # type: ignore[misc]
         async def execute(self, batch: ts.Batch) -> AsyncIterator[ts.Chunk]:
             if _first_time(marker):
-                await trio.to_thread.run_sync(self._assert_on_device, limiter=self._thread)
+                await self._thread.run(self._assert_on_device)
                 raise AssertionError("an out-of-range index on the GPU raised nothing")
             async for chunk in super().execute(batch):
                 yield chunk

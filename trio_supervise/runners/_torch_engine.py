@@ -16,8 +16,8 @@ set, in any order):
    longer, each row's own position (``mask.cumsum - 1``);
 3. the requests not yet in the cache are prefilled together, left-padded, and their cache is
    left-padded (or the old one is) to the same length and appended to the batch's;
-4. the last position's logits of each row go back, as float64 rows on the host, in the order
-   asked.
+4. the last position's logits of each row go back, on the device, in the order asked (the
+   runner takes a plain greedy row's argmax there, and copies the others to the host).
 
 Padding is masked out of attention, and positions ignore it, so a row's logits are those of the
 request alone but for floating-point summation order (which a batch of another size changes in
@@ -30,9 +30,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any, final
-
-import numpy
-import numpy.typing as npt
 
 __all__ = ["Engine"]
 
@@ -74,7 +71,7 @@ class Engine:
         """One token's logits for each state, in order: a row already in the cache decodes its
         last token (``state.token_ids[-1]``), one not yet in it (``id(state)`` in ``prompts``)
         is prefilled with its prompt ids, while rows are free (else its logits are None).
-        Returns float64 NumPy rows."""
+        Returns the rows of the model's logits, on its device."""
         try:
             with self.torch.inference_mode():
                 return self._step(states, prompts)
@@ -101,11 +98,7 @@ class Engine:
         joining = [state for state in states if id(state) in prompts][:free]
         if joining:
             self._prefill(joining, [prompts[id(state)] for state in joining], logits)
-        done = [state for state in states if id(state) in logits]
-        host = torch.stack([logits[id(state)] for state in done]).to("cpu", torch.float64)
-        by_state = {id(state): row for state, row in zip(done, host.numpy(), strict=True)}
-        rows: list[npt.NDArray[numpy.float64] | None] = [by_state.get(id(s)) for s in states]
-        return rows
+        return [logits.get(id(state)) for state in states]
 
     def _prefill(
         self, joining: list[Any], prompts: list[Sequence[int]], logits: dict[int, Any]

@@ -61,6 +61,7 @@ from .._types import (
     Usage,
 )
 from ..devices._cuda_errors import classify_cuda_error
+from ._model_thread import ModelThread
 from ._sampling import (
     LogitsProcessor,
     check_logit_bias,
@@ -234,7 +235,7 @@ class TransformersRunner:
         self.engine: Engine | None = None
         self.eos_ids: frozenset[int] = frozenset()
         self.vocab_size = 0
-        self._thread = trio.CapacityLimiter(1)  # the model's thread: one call at a time
+        self._thread = ModelThread(f"model {model}")  # every call on one thread, in order
         self._stepper = Stepper(self._step)
 
     def __repr__(self) -> str:
@@ -278,7 +279,7 @@ class TransformersRunner:
         """
         name = getattr(device, "name", "cpu")
         where = name if isinstance(name, str) and name.startswith("cuda") else "cpu"
-        await trio.to_thread.run_sync(self._load, where, limiter=self._thread)
+        await self._thread.run(self._load, where)
 
     def _load(self, where: str) -> None:
         torch, transformers = self.torch, self.transformers
@@ -351,7 +352,7 @@ class TransformersRunner:
     async def _step(self, states: list[_Decoding]) -> list[Chunk | None]:
         """One forward pass and one sampled token for each state, in the model's thread (a
         thread that is never abandoned: the step finishes, then a cancellation is seen)."""
-        return await trio.to_thread.run_sync(self._step_sync, states, limiter=self._thread)
+        return await self._thread.run(self._step_sync, states)
 
     def _step_sync(self, states: list[_Decoding]) -> list[Chunk | None]:
         engine = self.engine
@@ -368,28 +369,45 @@ class TransformersRunner:
             if mapped is exc:
                 raise
             raise mapped from exc
+        # A plain greedy row needs only its argmax, taken on the device for all of them at
+        # once; the others are copied to the host as float64 and sampled there.
+        torch = self.torch
+        done = [i for i, row in enumerate(rows) if row is not None]
+        greedy = [i for i in done if self._plain_greedy(states[i])]
+        sampled = [i for i in done if not self._plain_greedy(states[i])]
+        picked: dict[int, int] = {}
+        if greedy:
+            best = torch.stack([rows[i] for i in greedy]).argmax(dim=-1).tolist()
+            picked = dict(zip(greedy, best, strict=True))
+        host: dict[int, Any] = {}
+        if sampled:
+            values = torch.stack([rows[i] for i in sampled]).to("cpu", torch.float64).numpy()
+            host = dict(zip(sampled, values, strict=True))
         chunks: list[Chunk | None] = []
-        for state, row in zip(states, rows, strict=True):
-            if row is None:  # the batch is full: it waits for a free row
+        for i, state in enumerate(states):
+            if rows[i] is None:  # the batch is full: it waits for a free row
                 chunks.append(None)
                 continue
             state.started = True
-            chunks.append(self._advance(state, row))
+            chunks.append(self._advance(state, host.get(i), picked.get(i)))
         return chunks
 
-    def _advance(self, state: _Decoding, logits: Any) -> Chunk:
-        """Sample the state's next token from its row of raw logits; its chunk."""
+    def _plain_greedy(self, state: _Decoding) -> bool:
+        """Temperature 0 on the raw logits: no processor, no log probabilities, no end of text
+        held back."""
+        params = state.request.params
+        return (
+            params.temperature == 0 and state.processor is None and params.logprobs is None
+            and not (params.min_tokens > state.completion_tokens and self.eos_ids)
+        )  # fmt: skip
+
+    def _advance(self, state: _Decoding, logits: Any, token: int | None = None) -> Chunk:
+        """Sample the state's next token from its row of raw logits (or take ``token``, a plain
+        greedy row's argmax); its chunk."""
         request = state.request
         params = request.params
-        processed = logits if state.processor is None else state.processor(logits)
-        holding_eos = params.min_tokens > state.completion_tokens and self.eos_ids
-        if holding_eos:  # no end of text before min_tokens
-            processed = processed.copy()
-            processed[list(self.eos_ids)] = -numpy.inf
-        token = sample_next(processed, params.temperature, params.top_p, state.rng,
-                            params.top_k, params.min_p)  # fmt: skip
-        if state.processor is not None:
-            state.processor.record(token)
+        if token is None:
+            token = self._sample(state, logits)
         state.token_ids.append(token)
         state.completion_tokens += 1
         produced = state.completion_tokens
@@ -405,6 +423,18 @@ class TransformersRunner:
             logprobs = (self._logprob(logits, token, params.logprobs),)
         return Chunk(request.id, (token,), text, reason, usage, logprobs=logprobs)
 
+    def _sample(self, state: _Decoding, logits: Any) -> int:
+        params = state.request.params
+        processed = logits if state.processor is None else state.processor(logits)
+        if params.min_tokens > state.completion_tokens and self.eos_ids:
+            processed = processed.copy()  # no end of text before min_tokens
+            processed[list(self.eos_ids)] = -numpy.inf
+        token = sample_next(processed, params.temperature, params.top_p, state.rng,
+                            params.top_k, params.min_p)  # fmt: skip
+        if state.processor is not None:
+            state.processor.record(token)
+        return token
+
     def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
         values = log_softmax(logits)
         best = numpy.argsort(-values, kind="stable")[:top] if top else ()
@@ -418,7 +448,10 @@ class TransformersRunner:
 
     async def aclose(self) -> None:
         """Drop the model (and, on a GPU, PyTorch's cached blocks), in the model's thread."""
-        await trio.to_thread.run_sync(self._close, limiter=self._thread)
+        try:
+            await self._thread.run(self._close)
+        finally:
+            self._thread.close()
 
     def _close(self) -> None:
         self.engine = None
