@@ -163,21 +163,11 @@ def build_model(directory: Path, sizes: Sizes, seed: int = 0) -> Path:
     """A GPT-2 of ``sizes`` with random weights and a trained byte-level BPE tokenizer, saved to
     ``directory`` (as ``tests/support/tiny_models.py`` builds its tiny ones)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+    from transformers import GPT2Config, GPT2LMHeadModel
 
-    core = Tokenizer(models.BPE())
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=320, special_tokens=["<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
-    )  # fmt: skip
-    core.train_from_iterator(CORPUS, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
-    )
-    tokenizer.save_pretrained(directory)
+    from tests.support.tiny_models import build_tokenizer
+
+    tokenizer = build_tokenizer(directory, CORPUS, chat_template=None)
     eos = tokenizer.eos_token_id
     torch.manual_seed(seed)
     config = GPT2Config(n_layer=sizes.layers, n_head=sizes.heads, n_embd=sizes.embd,

@@ -9,6 +9,7 @@ characters of the third sentence split over byte tokens, and an end of text afte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,11 @@ CHAT_TEMPLATE = (
 )
 
 
-def _tokenizer(directory: Path) -> Any:
+def build_tokenizer(
+    directory: Path, corpus: Sequence[str] = CORPUS, chat_template: str | None = CHAT_TEMPLATE
+) -> Any:
+    """A byte-level BPE tokenizer of 320 tokens (``<|endoftext|>`` the end of text and the
+    padding) trained on ``corpus``, with ``chat_template``, saved to ``directory``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -35,11 +40,12 @@ def _tokenizer(directory: Path) -> Any:
         vocab_size=320, special_tokens=["<|endoftext|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
     )  # fmt: skip
-    core.train_from_iterator(CORPUS, trainer)
+    core.train_from_iterator(corpus, trainer)
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=core, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
-    tokenizer.chat_template = CHAT_TEMPLATE
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
     tokenizer.save_pretrained(directory)
     return tokenizer
 
@@ -51,7 +57,7 @@ def tiny_model(directory: Path, family: str = "gpt2", seed: int = 0, train_steps
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = _tokenizer(directory)
+    tokenizer = build_tokenizer(directory)
     vocab = len(tokenizer)
     eos = tokenizer.eos_token_id
     torch.manual_seed(seed)
