@@ -277,3 +277,32 @@ async def test_a_bad_chat_body_is_a_clear_400_and_the_server_serves_after(
     assert bad.status_code == 400, bad.text
     assert named in bad.json()["error"]["message"]
     assert good.status_code == 200 and health.status_code == 200
+
+
+async def test_a_prompt_that_fills_the_model_leaves_no_room_and_says_so() -> None:
+    """The prompt's length is counted by the model's tokenizer: a chat whose rendering fills
+    ``max_model_len`` is a 400 that gives both numbers, and so is ``max_tokens`` past what is
+    left after a prompt."""
+    config = ServeConfig.from_dict(
+        {
+            "server": {"port": 0, "drain_timeout": 5},
+            "workers": [{"name": "c", "runner": CHARLM, "device": "cpu", "max_model_len": 20}],
+        }
+    )
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            handle = await start_server(nursery, config)
+            async with httpx.AsyncClient(base_url=handle.url) as http:
+                full = await http.post(
+                    "/v1/chat/completions", json={"messages": [{"role": "user", "content": "ab"}]}
+                )
+                over = await http.post("/v1/completions", json={"prompt": "abc", "max_tokens": 18})
+                fits = await http.post("/v1/completions", json={"prompt": "abc", "max_tokens": 17})
+            handle.drain()
+    assert full.status_code == 400 and full.json()["error"]["message"] == (
+        "the prompt has 20 tokens, and the max_model_len of model 'c' is 20: no room for a "
+        "completion"
+    )  # "user: ab\nassistant: ", one token per character
+    assert over.status_code == 400 and "at most 17" in over.json()["error"]["message"]
+    assert "the prompt has 3 tokens" in over.json()["error"]["message"]
+    assert fits.status_code == 200 and fits.json()["usage"]["completion_tokens"] == 17

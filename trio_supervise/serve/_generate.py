@@ -115,7 +115,12 @@ async def plan(pool: WorkerPool, asked: Generation, model: str) -> Plan:
         wanted = given
         if wanted is None:
             wanted = COMPLETION_MAX_TOKENS if asked.endpoint == "completions" else limit - length
-        if length + wanted > limit or wanted < 1:
+        if length >= limit:
+            raise BadRequest(
+                f"the prompt has {length} tokens, and the max_model_len of model {model!r} is "
+                f"{limit}: no room for a completion"
+            )
+        if length + wanted > limit:
             counted = f" and the prompt has {length} tokens" if length else ""
             raise BadRequest(
                 f"max_tokens must be at most {limit - length} (the max_model_len of model "
