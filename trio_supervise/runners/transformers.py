@@ -313,14 +313,26 @@ class TransformersRunner:
         if self.engine is None:
             raise RunnerError("TransformersRunner.execute was called before load")
         active: list[_Decoding] = []
-        for request in batch.requests:
-            try:
-                active.append(self._start(request))
-            except BadRequest as exc:
-                yield Chunk(request.id, error=exc)
+        # tokenizing a long prompt takes a while: in the model's thread, not the event loop's
+        for request, started in await self._thread.run(self._start_all, batch.requests):
+            if isinstance(started, BadRequest):
+                yield Chunk(request.id, error=started)
+            else:
+                active.append(started)
         async with contextlib.aclosing(self._stepper.stream(batch, active)) as chunks:
             async for chunk in chunks:
                 yield chunk
+
+    def _start_all(
+        self, requests: Sequence[Request]
+    ) -> list[tuple[Request, _Decoding | BadRequest]]:
+        started: list[tuple[Request, _Decoding | BadRequest]] = []
+        for request in requests:
+            try:
+                started.append((request, self._start(request)))
+            except BadRequest as exc:
+                started.append((request, exc))
+        return started
 
     def _start(self, request: Request) -> _Decoding:
         prompt = request.prompt
