@@ -13,6 +13,10 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # a test's Ray: on loopback
+# Ray starts its workers at nice 15: beside busy processes at nice 0 (scripts/stress_suite.sh),
+# an actor gets a few percent of a core, and one that imports PyTorch took 170 s to load instead
+# of 5. The tests' Ray runs its workers at the tests' own priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 RAY_DAEMONS = ("raylet", "gcs_server")
 
 # No deadline in either: a test asserts what happens, never how long it takes (a loaded machine

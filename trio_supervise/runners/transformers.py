@@ -182,6 +182,10 @@ class TransformersRunner:
         max_model_len: the most tokens (prompt plus completion) a request may have; default:
             the model config's ``max_position_embeddings``.
         trust_remote_code: run code that ships with the model (off unless you trust it).
+        threads: PyTorch's threads for the model's work on the CPU (``torch.set_num_threads``
+            in the model's thread); None: PyTorch's default, one per core. On a machine busy
+            with other work, PyTorch's threads spin waiting for each other, many times slower:
+            1 (or fewer than the cores) leaves the CPU to the rest.
         max_concurrency: batches the worker may run at once; they decode together, one forward
             pass per step, and a batch that arrives joins at the next step.
     """
@@ -200,6 +204,7 @@ class TransformersRunner:
         max_model_len: int | None = None,
         trust_remote_code: bool = False,
         max_concurrency: int = 8,
+        threads: int | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigError(f"TransformersRunner model must be a path or a name, got {model!r}")
@@ -221,12 +226,19 @@ class TransformersRunner:
             raise ConfigError(
                 f"TransformersRunner max_batch_size must be an int >= 1, got {max_batch_size!r}"
             )
+        if threads is not None and (
+            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
+        ):
+            raise ConfigError(
+                f"TransformersRunner threads must be an int >= 1 or None, got {threads!r}"
+            )
         if not isinstance(trust_remote_code, bool):
             raise ConfigError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         self.torch, self.transformers = _imports()
         self.model_name = model
         self.dtype = dtype
         self.max_batch_size = max_batch_size
+        self.threads = threads
         self.max_model_len = max_model_len
         self.trust_remote_code = trust_remote_code
         self.max_concurrency = max_concurrency
@@ -283,6 +295,8 @@ class TransformersRunner:
 
     def _load(self, where: str) -> None:
         torch, transformers = self.torch, self.transformers
+        if self.threads is not None:  # this thread's: every call of the model runs on it
+            torch.set_num_threads(self.threads)
         self.tokenizer = _hf_tokenizer(self.transformers, self.model_name, self.trust_remote_code)
         dtype = "auto" if self.dtype == "auto" else getattr(torch, self.dtype)
         try:
