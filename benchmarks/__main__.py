@@ -141,7 +141,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
         description="Every CPU benchmark in one run: a JSON file and a markdown table of "
-        "ratios against their baselines, with the DESIGN.md targets.",
+        "ratios against their baselines, with their targets (docs/benchmarks.md).",
     )
     parser.add_argument(
         "--quick", action="store_true", help="small sizes (a few seconds; for smoke tests)"
@@ -220,7 +220,7 @@ def run_suites(args: argparse.Namespace) -> list[SuiteRun]:
 
 # --- the markdown table -----------------------------------------------------------------------
 
-HEADER = ("benchmark", "ours", "baseline", "ratio", "target (DESIGN.md)", "met")
+HEADER = ("benchmark", "ours", "baseline", "ratio", "target", "met")
 RIGHT_ALIGNED = (False, True, True, True, False, False)
 
 
@@ -263,7 +263,7 @@ def markdown_report(runs: Sequence[SuiteRun], record: dict[str, Any]) -> str:
     verdict = (
         f"{len(missed)} target(s) missed: {', '.join(missed)}."
         if missed
-        else "Every DESIGN.md target measured here is met."
+        else "Every target measured here is met."
     )
     notes = [f"- {run.suite.name}: {note}" for run in runs for note in run.measured.notes]
     if {run.suite.name for run in runs} == {suite.name for suite in SUITES}:  # not --only
@@ -328,7 +328,7 @@ def run_once(args: argparse.Namespace, busy: int) -> tuple[list[SuiteRun], dict[
 
 def idle_and_busy_table(idle: Sequence[SuiteRun], busy: Sequence[SuiteRun], cpus: int) -> str:
     """One markdown table: each row's target, then ours, ratio and verdict idle and busy."""
-    header = ("benchmark", "target (DESIGN.md)", "idle: ours", "ratio", "met",
+    header = ("benchmark", "target", "idle: ours", "ratio", "met",
               f"{cpus} CPUs busy: ours", "ratio", "met")  # fmt: skip
     lines = []
     for idle_run, busy_run in zip(idle, busy, strict=True):

@@ -121,3 +121,17 @@ def test_help_lists_bench(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert re.search(r"^ +bench +run the CPU benchmarks", capsys.readouterr().out, re.MULTILINE)
+
+
+def test_config_alone_says_what_it_takes_and_serve_help_says_what_it_does(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["config"]) == 2
+    assert "check" in capsys.readouterr().err  # its subcommands, not silence
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "OpenAI-compatible HTTP API" in out and "--api-key-file" in out and "--model" in out
+    with pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert "where each replica's runner lives" in capsys.readouterr().out

@@ -59,7 +59,12 @@ def demo_policy(policy: Policy = DEVICE_POLICY, *, out: TextIO | None = None) ->
 
 
 def serve_command(
-    path: str | None, *, host: str | None, port: int | None, model: str | None = None
+    path: str | None,
+    *,
+    host: str | None,
+    port: int | None,
+    model: str | None = None,
+    api_key_file: str | None = None,
 ) -> int:
     """``serve``: 0 after a drain, 1 when the pool gave up, 2 for a bad config; a second
     SIGTERM/SIGINT exits at once with 128 + the signal number."""
@@ -69,6 +74,7 @@ def serve_command(
 
     from ._errors import RestartIntensityExceeded, Unrecoverable
     from .serve import ServeConfig
+    from .serve._keys import load_api_keys
     from .serve.server import serve
 
     console = Console(stderr=True, soft_wrap=True)  # one line per message, as a log reads
@@ -77,13 +83,12 @@ def serve_command(
         if path and model:
             raise ConfigError("serve takes a config file or --model, not both")
         config = ServeConfig.from_toml(path) if path else default_config(model)
-        server = attrs.evolve(
-            config.server,
-            **{k: v for k, v in (("host", host), ("port", port)) if v is not None},
-        )
+        overrides = (("host", host), ("port", port), ("api_key_file", api_key_file))
+        server = attrs.evolve(config.server, **{k: v for k, v in overrides if v is not None})
         config = attrs.evolve(config, server=server)
         config.validate()
         config.check_runners()
+        load_api_keys(config.server)  # a key file that cannot be read: exit 2, before anything
     except ConfigError as exc:
         console.print(str(exc), style="red", markup=False, highlight=False)
         return 2
@@ -268,10 +273,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .testing._cli import add_chaos_parser, run_chaos_command
 
     add_chaos_parser(commands)
-    serve_parser = commands.add_parser("serve", help="serve a worker pool over HTTP")
+    serve_parser = commands.add_parser(
+        "serve", help="serve a worker pool over HTTP",
+        description="Serve the models of a TOML config (default: the shipped character model) "
+        "behind an OpenAI-compatible HTTP API, until SIGTERM or SIGINT drains it.",
+    )  # fmt: skip
     serve_parser.add_argument("config", nargs="?", help="a TOML config (default: built in)")
     serve_parser.add_argument("--host", help="override [server] host")
     serve_parser.add_argument("--port", type=int, help="override [server] port")
+    serve_parser.add_argument(
+        "--api-key-file", help="ask every model route for one of the keys in this file (one "
+        "per line), as [server] api_key_file; or set TRIO_SUPERVISE_API_KEY",
+    )  # fmt: skip
     serve_parser.add_argument(
         "--model", help="without a config: serve this transformers model (a directory, or a "
         "Hugging Face name) instead of the character model",
@@ -305,8 +318,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_chaos_command(args)
     if args.command == "config" and args.config_command == "check":
         return check_config(args.file)
+    if args.command == "config":
+        config.print_help(sys.stderr)
+        return 2
     if args.command == "serve":
-        return serve_command(args.config, host=args.host, port=args.port, model=args.model)
+        return serve_command(args.config, host=args.host, port=args.port, model=args.model,
+                             api_key_file=args.api_key_file)  # fmt: skip
     parser.print_help()
     return 2
 

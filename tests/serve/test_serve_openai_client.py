@@ -128,14 +128,15 @@ async def test_the_async_client_streams_with_usage_finds_models_and_is_refused()
             async with httpx.AsyncClient(base_url=handle.url) as http:
                 version = (await http.get("/version")).json()
                 listed = (await http.get("/v1/models")).json()
-                wrong_method = (await http.post("/v1/models/mock")).status_code
+                wrong_method = await http.post("/v1/models/mock")
             handle.drain()
     check_usage_stream(got["chunks"], got["whole"])
     model = got["model"]
     assert model.id == "mock" and listed["data"] == [model.model_dump(exclude_unset=True)]
     assert got["after"].choices[0].text == got["whole"].choices[0].text
     assert version == {"version": ts.__version__}
-    assert wrong_method == 405
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["type"] == "MethodNotAllowed"
 
 
 async def test_a_continued_stream_counts_the_usage_of_what_the_client_was_sent_once() -> None:

@@ -54,6 +54,7 @@ _CONNECTIONS = Count(1, 1_000_000)
 _BATCH_SIZE = Count(1, 4096)
 _MODEL_LEN = Count(1, 10_000_000)
 _HOST = Text(str.strip, "a non-empty host name or address")
+_PATH = Text(str.strip, "a non-empty file path")
 _NAME = Text(bool, "a non-empty name")
 _RUNNER = Text(lambda text: text.count(":") == 1 and all(text.split(":")),
                "an import path 'module:factory'")  # fmt: skip
@@ -128,6 +129,15 @@ def _server(report: _Report, s: ServerConfig) -> None:
     connections = s.max_connections
     check(("server", "max_connections"), _CONNECTIONS.problem(connections), connections)
     check(("server", "reuse_port"), FLAG.problem(s.reuse_port), s.reuse_port)
+    check(("server", "metrics_need_key"), FLAG.problem(s.metrics_need_key), s.metrics_need_key)
+    if s.api_key_file is not None:
+        check(("server", "api_key_file"), _PATH.problem(s.api_key_file), s.api_key_file)
+    for i, key in enumerate(s.api_keys):
+        if not (isinstance(key, str) and key.strip() == key and key and key.isprintable()):
+            kind = "a string" if isinstance(key, str) else type(key).__name__
+            report.problems.append(Problem(("server", "api_keys", i), (
+                f"server.api_keys[{i}]: must be a non-empty string of printable characters "
+                f"with no space around it, got {kind} that is not shown (a secret)")))  # fmt: skip
 
 
 def _workers(report: _Report, workers: tuple[WorkerConfig, ...]) -> None:

@@ -36,6 +36,9 @@ MAX_DEPTH = 64
 _MAX_FILE_BYTES = 16 * 1024 * 1024
 
 KeyPath = tuple[str | int, ...]
+
+SECRET = "api_keys"
+"""The key whose values are never shown in a problem."""
 """Where a value is: ``("workers", 1, "name")`` is ``workers[1].name``."""
 
 
@@ -118,7 +121,8 @@ def read(value: object, type_: Any, path: KeyPath, problems: list[Problem], unre
         problems.append(Problem(order, f"{dotted(where)}: {text}"))
 
     def wrong(kind: str) -> None:
-        problem(path, f"must be {kind}, got {shown(value)}")
+        got = "a value that is not shown (a secret)" if SECRET in path else shown(value)
+        problem(path, f"must be {kind}, got {got}")
         unread.add(path)
 
     if get_origin(type_) in (Union, UnionType):  # every union here is ``X | None``

@@ -120,6 +120,15 @@ class ServerConfig:
     send_timeout: float = 30.0
     """Seconds a client may take none of the data sent to it (it stopped reading) before its
     connection is dropped (``TCP_USER_TIMEOUT``)."""
+    api_keys: tuple[str, ...] = attrs.field(default=(), repr=False)
+    """Keys a client may send as ``Authorization: Bearer <key>`` (with ``api_key_file`` and the
+    ``TRIO_SUPERVISE_API_KEY`` environment variable: any of them); none anywhere: no key asked
+    for. Never shown: not in a repr, an error, ``config check`` or a log."""
+    api_key_file: str | None = None
+    """A file of keys, one per line (blank lines and ``#`` comments left out), read as the
+    server starts."""
+    metrics_need_key: bool = False
+    """``/metrics`` asks for a key too (by default a scraper reads it without one)."""
 
 
 @final

@@ -66,6 +66,7 @@ from ._asgi import (
     send_json,
 )
 from ._generate import generate
+from ._keys import ApiKeys
 from .metrics import Metrics
 from .pool import WorkerPool
 
@@ -80,8 +81,10 @@ MAX_BODY = 1024 * 1024
 class App:
     """The ASGI application (one per ``serve``)."""
 
-    def __init__(self, pool: WorkerPool, metrics: Metrics) -> None:
+    def __init__(self, pool: WorkerPool, metrics: Metrics, keys: ApiKeys | None = None) -> None:
         self.pool = pool
+        self.keys = keys
+        """The API keys it asks for (``serve/_keys.py``); None: none."""
         self.metrics = metrics
         self.server = pool.config.server
         self.ready = False  # every model has a READY replica, once the pool started
@@ -125,9 +128,23 @@ class App:
             handler = self.model
         if handler is None:
             known = path.startswith(MODEL_PREFIX) or any(p == path for _, p in self._routes)
-            status = 405 if known else 404
-            unknown = error_object(f"no route {method} {path}", "NotFound", status)
-            await send_json(send, status, unknown)
+            if known:
+                wrong = f"{path} does not take {method}"
+                await send_json(send, 405, error_object(wrong, "MethodNotAllowed", 405))
+            else:
+                await send_json(
+                    send, 404, error_object(f"no route {method} {path}", "NotFound", 404)
+                )
+            return
+        keys = self.keys
+        if (
+            keys is not None
+            and keys.needed(path)
+            and not keys.accepts(headers.get(b"authorization"))
+        ):
+            refused = "a valid API key is needed: send it as 'Authorization: Bearer <key>'"
+            error = error_object(refused, "Unauthorized", 401)
+            await self.refuse(receive, send, 401, error, [(b"www-authenticate", b"Bearer")])
             return
         if path in _PROBES:  # an orchestrator's probes and scrapes are answered under any load
             await handler(scope, receive, send)

@@ -97,9 +97,12 @@ class ServeConfig:
         """
         return cls.from_dict(read_toml(path))
 
-    def to_dict(self) -> dict[str, Any]:
-        """The effective config as plain data (what ``config check`` prints)."""
+    def to_dict(self, *, secrets: bool = False) -> dict[str, Any]:
+        """The effective config as plain data (what ``config check`` prints): each API key
+        replaced by ``"<hidden>"`` unless ``secrets``."""
         data: dict[str, Any] = _converter.unstructure(self)
+        if not secrets:
+            data["server"]["api_keys"] = ["<hidden>"] * len(self.server.api_keys)
         return data
 
     def validate(self) -> None:

@@ -19,6 +19,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .._errors import Unrecoverable
 from ..worker._worker import WorkerState
+from ._keys import load_api_keys
 from .app import App
 from .config import ServeConfig
 from .metrics import Metrics
@@ -92,8 +93,9 @@ async def serve(
     if not isinstance(config, ServeConfig):
         raise TypeError(f"serve takes a ServeConfig, got {config!r}")
     drain_timeout = config.server.drain_timeout
+    keys = load_api_keys(config.server)  # before anything starts: a bad key file is a ConfigError
     pool = WorkerPool(config)
-    app = App(pool, Metrics())
+    app = App(pool, Metrics(), keys)
     _make_room_for(config.server.max_connections)
     hypercorn_config = HypercornConfig()
     server = config.server
