@@ -136,8 +136,9 @@ def test_no_key_is_shown_by_the_config_or_its_problems(
         'runner = "trio_supervise.runners.mock:MockRunner"\n'
     )
     assert main(["config", "check", str(toml)]) == 0
-    out = capsys.readouterr().out
-    assert KEY not in out and json.loads(out)["server"]["api_keys"] == ["<hidden>"]
+    head, _, effective = capsys.readouterr().out.partition("\n")
+    assert head.endswith("valid; the effective config:")
+    assert KEY not in effective and json.loads(effective)["server"]["api_keys"] == ["<hidden>"]
 
 
 def test_serve_with_a_key_file_that_cannot_be_read_exits_2(
