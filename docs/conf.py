@@ -127,6 +127,8 @@ nitpick_ignore = [
     # What a runner class's load_tokenizer gives (described in docs/worker.md), named in the
     # annotation of WorkerPool.tokenizers.
     ("py:class", "trio_supervise.tier._runner.Tokenizer"),
+    # The API keys a server asks for (described in docs/serving.md), named in App's signature.
+    ("py:class", "trio_supervise.serve._keys.ApiKeys"),
 ]
 
 
