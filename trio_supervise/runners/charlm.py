@@ -91,27 +91,19 @@ def _encode(index: dict[str, int], fallback: int, text: str) -> list[int]:
     return [index.get(c, fallback) for c in text.translate(_TO_ASCII)]
 
 
+def _check_ids(token_ids: Sequence[int], vocab_size: int, what: str) -> None:
+    bad = [t for t in token_ids if not 0 <= t < vocab_size]
+    if bad:
+        raise BadRequest(f"{what} must be in [0, {vocab_size}) for CharLM's vocabulary, "
+                         f"got {bad[:5]}{' ...' if len(bad) > 5 else ''}")  # fmt: skip
+
+
 @final
 @attrs.frozen(eq=False)
-class CharModel:
-    """Loaded weights (arrays of ``xp``) and the vocabulary (on the host)."""
+class CharTokenizer:
+    """CharLM's vocabulary and its window: what :class:`CharModel` reads text with, and what
+    :meth:`CharLM.load_tokenizer` gives the server (without the weights)."""
 
-    xp: Any
-    """The array module the weights live in (``numpy`` or ``cupy``)."""
-    emb: Any
-    """Character embeddings, ``(vocab, embed)``."""
-    w1: Any
-    """First layer, ``(context * embed, hidden)``."""
-    b1: Any
-    """Its bias, ``(hidden,)``."""
-    w2: Any
-    """Second (residual) layer, ``(hidden, hidden)``."""
-    b2: Any
-    """Its bias, ``(hidden,)``."""
-    w3: Any
-    """Output layer, ``(hidden, vocab)``."""
-    b3: Any
-    """Its bias, ``(vocab,)``."""
     vocab: str
     """The characters; a token id is an index into it."""
     context: int
@@ -134,8 +126,73 @@ class CharModel:
         return _encode(self.index, self.fallback, text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        """The text of token ids (valid ones)."""
+        """The text of token ids; ``BadRequest`` for one not in ``range(vocab_size)``."""
+        _check_ids(token_ids, len(self.vocab), "token ids")
         return "".join(self.vocab[t] for t in token_ids)
+
+
+@final
+@attrs.frozen(eq=False)
+class CharModel:
+    """Loaded weights (arrays of ``xp``) and the vocabulary (on the host, its
+    :class:`CharTokenizer`'s)."""
+
+    xp: Any
+    """The array module the weights live in (``numpy`` or ``cupy``)."""
+    emb: Any
+    """Character embeddings, ``(vocab, embed)``."""
+    w1: Any
+    """First layer, ``(context * embed, hidden)``."""
+    b1: Any
+    """Its bias, ``(hidden,)``."""
+    w2: Any
+    """Second (residual) layer, ``(hidden, hidden)``."""
+    b2: Any
+    """Its bias, ``(hidden,)``."""
+    w3: Any
+    """Output layer, ``(hidden, vocab)``."""
+    b3: Any
+    """Its bias, ``(vocab,)``."""
+    tokenizer: CharTokenizer
+    """The vocabulary, the window's length and its padding."""
+
+    @property
+    def vocab(self) -> str:
+        """The characters; a token id is an index into it."""
+        return self.tokenizer.vocab
+
+    @property
+    def context(self) -> int:
+        """How many previous characters the model sees."""
+        return self.tokenizer.context
+
+    @property
+    def pad(self) -> int:
+        """The token that pads a window on the left."""
+        return self.tokenizer.pad
+
+    @property
+    def fallback(self) -> int:
+        """The token of characters outside the vocabulary."""
+        return self.tokenizer.fallback
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Character to token id."""
+        return self.tokenizer.index
+
+    @property
+    def vocab_size(self) -> int:
+        """The number of tokens."""
+        return len(self.tokenizer.vocab)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text`` (see :meth:`CharTokenizer.encode`)."""
+        return self.tokenizer.encode(text)
+
+    def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids (see :meth:`CharTokenizer.decode`)."""
+        return self.tokenizer.decode(token_ids)
 
     def prompt_ids(self, prompt: str | tuple[int, ...]) -> list[int]:
         """Token ids of a prompt given as text or as token ids.
@@ -150,42 +207,9 @@ class CharModel:
 
     def window(self, token_ids: Sequence[int]) -> list[int]:
         """The last ``context`` tokens, padded on the left."""
-        tail = list(token_ids[-self.context :]) if token_ids else []
-        return [self.pad] * (self.context - len(tail)) + tail
-
-
-def _check_ids(token_ids: Sequence[int], vocab_size: int, what: str) -> None:
-    bad = [t for t in token_ids if not 0 <= t < vocab_size]
-    if bad:
-        raise BadRequest(f"{what} must be in [0, {vocab_size}) for CharLM's vocabulary, "
-                         f"got {bad[:5]}{' ...' if len(bad) > 5 else ''}")  # fmt: skip
-
-
-@final
-@attrs.frozen(eq=False)
-class CharTokenizer:
-    """CharLM's tokenizer, without the weights (:meth:`CharLM.load_tokenizer`): its fields and
-    ``encode`` are :class:`CharModel`'s; ``decode`` checks the ids."""
-
-    vocab: str
-    context: int
-    pad: int
-    fallback: int
-    index: dict[str, int] = attrs.field(init=False, default=attrs.Factory(_index, takes_self=True))
-
-    @property
-    def vocab_size(self) -> int:
-        """The number of tokens."""
-        return len(self.vocab)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``, as :meth:`CharModel.encode` gives them."""
-        return _encode(self.index, self.fallback, text)
-
-    def decode(self, token_ids: Sequence[int]) -> str:
-        """The text of token ids; ``BadRequest`` for one not in ``range(vocab_size)``."""
-        _check_ids(token_ids, len(self.vocab), "token ids")
-        return "".join(self.vocab[t] for t in token_ids)
+        context = self.tokenizer.context
+        tail = list(token_ids[-context:]) if token_ids else []
+        return [self.tokenizer.pad] * (context - len(tail)) + tail
 
 
 def _weights_path(weights: str | None) -> Any:
@@ -246,8 +270,7 @@ def load_weights(xp: Any, weights: str | None = None, dtype: Any = None) -> Char
     if dtype is None:
         dtype = numpy.float64 if xp is numpy else numpy.float32
     on_device = {name: xp.asarray(array, dtype=dtype) for name, array in arrays.items()}
-    return CharModel(xp, **on_device, vocab=vocab, context=context, pad=tokenizer.pad,
-                     fallback=tokenizer.fallback)  # fmt: skip
+    return CharModel(xp, **on_device, tokenizer=tokenizer)
 
 
 def forward(xp: Any, model: CharModel, windows: Any) -> Any:
