@@ -307,9 +307,7 @@ async def short_behind_long(
 
         async def read_short(i: int) -> None:
             start = time.perf_counter()
-            request = Request(f"short{i}", batch[i], greedy(short))
-            async for _ in worker.generate(request):
-                pass
+            await worker.generate(Request(f"short{i}", batch[i], greedy(short))).collect()
             waits.append(time.perf_counter() - start)
 
         async with trio.open_nursery() as nursery:

@@ -12,7 +12,7 @@ import trio
 from .._errors import ConfigError, ContextPoisoned, OutOfMemory, Unrecoverable
 from .._types import Batch, Chunk, RebuildCause
 from ..isolation._host import CHILD_ENV
-from ..tier._runner import open_chunks, resolve_factory
+from ..tier._runner import open_chunks, resolve_factory, runner_tokenizer
 from ._plan import PROCESS_ONLY, Fault, FaultPlan, Trigger
 
 __all__ = ["FaultyRunner", "InjectedError"]
@@ -76,8 +76,7 @@ class FaultyRunner:
     ) -> Any:
         """The tokenizer of the runner it wraps (its class's ``load_tokenizer``), or None."""
         factory = resolve_factory(inner) if isinstance(inner, str) else type(inner)
-        load = getattr(factory, "load_tokenizer", None)
-        return None if load is None else load(**dict(inner_args or {}))
+        return runner_tokenizer(factory, dict(inner_args or {}))
 
     def __repr__(self) -> str:
         return f"FaultyRunner({self.inner!r}, {self.plan!r})"
