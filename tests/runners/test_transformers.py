@@ -833,3 +833,21 @@ async def test_a_ray_actor_runs_the_model_as_inline(tiny: Tiny, ray_address: str
             got = await read(w.generate(req("r", max_tokens=6, logprobs=1)))
     assert got.error is None, got.error
     assert got.tokens == tiny.greedy("llama", PROMPT, 6)
+
+
+async def test_without_the_extra_loading_says_which_to_install(
+    tiny: Tiny, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PyTorch is imported by ``load``, in the model's thread (seconds the event loop does not
+    wait): without it, building the runner succeeds, and loading it, or its tokenizer, is a
+    ConfigError that names the extra."""
+    import sys
+
+    path = str(tiny.path("gpt2"))  # built with PyTorch, before it goes
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if it were not installed
+    runner = TransformersRunner(model=path)
+    with pytest.raises(ts.ConfigError, match=r"pip install 'trio-supervise\[transformers\]'"):
+        await runner.load(CpuDevice())
+    with pytest.raises(ts.ConfigError, match=r"trio-supervise\[transformers\]"):
+        TransformersRunner.load_tokenizer(model=path)
+    await runner.aclose()  # never loaded: nothing to release

@@ -22,7 +22,7 @@ function of the request's own history and generator, never of its batch.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import final
 
 import attrs
@@ -38,6 +38,7 @@ __all__ = [
     "RequestState",
     "check_logit_bias",
     "log_softmax",
+    "pick_token",
     "request_generator",
     "sample_next",
     "token_logprob",
@@ -166,13 +167,38 @@ def log_softmax(logits: Logits) -> Logits:
     return result
 
 
-def token_logprob(vocab: str, logits: Logits, token: int, top: int) -> TokenLogprob:
+def token_logprob(
+    text_of: Callable[[int], str], logits: Logits, token: int, top: int
+) -> TokenLogprob:
     """``token``'s log probability under the raw ``logits`` (one row of the model's), with the
-    ``top`` most likely tokens, most likely first (ties: lower id first)."""
+    ``top`` most likely tokens, most likely first (ties: lower id first); ``text_of(id)`` is a
+    token's text."""
     logprobs = log_softmax(logits)
     best = numpy.argsort(-logprobs, kind="stable")[:top] if top else ()
-    pairs = tuple((vocab[i], float(logprobs[i])) for i in best)
-    return TokenLogprob(vocab[token], float(logprobs[token]), pairs)
+    pairs = tuple((text_of(int(i)), float(logprobs[i])) for i in best)
+    return TokenLogprob(text_of(token), float(logprobs[token]), pairs)
+
+
+def pick_token(
+    params: SamplingParams,
+    rng: numpy.random.Generator,
+    processor: LogitsProcessor | None,
+    logits: Logits,
+    banned: Sequence[int] = (),
+) -> int:
+    """The next token of a request from its row of raw ``logits``: through its ``processor``
+    (which records it), never one of ``banned`` (an end of text before ``min_tokens``), by
+    :func:`sample_next`."""
+    processed = logits if processor is None else processor(logits)
+    if banned:
+        processed = processed.copy() if processed is logits else processed
+        processed[list(banned)] = -numpy.inf
+    token = sample_next(
+        processed, params.temperature, params.top_p, rng, params.top_k, params.min_p
+    )
+    if processor is not None:
+        processor.record(token)
+    return token
 
 
 def request_generator(request: Request) -> numpy.random.Generator:
@@ -220,17 +246,7 @@ class RequestState:
         """Sample the next token from the request's row of raw ``logits``; its chunk."""
         request = self.request
         params = request.params
-        processor = self.processor
-        if processor is None:  # the common case: the model's logits as they are
-            token = sample_next(
-                logits, params.temperature, params.top_p, self.rng, params.top_k, params.min_p
-            )
-        else:
-            token = sample_next(
-                processor(logits), params.temperature, params.top_p, self.rng, params.top_k,
-                params.min_p,
-            )  # fmt: skip
-            processor.record(token)
+        token = pick_token(params, self.rng, self.processor, logits)
         char = vocab[token]
         self.token_ids.append(token)
         self.text += char
@@ -240,5 +256,5 @@ class RequestState:
         top = self.logprobs
         if top is None:
             return Chunk(request.id, (token,), char, reason, usage)
-        logprobs = (token_logprob(vocab, logits, token, top),)
+        logprobs = (token_logprob(vocab.__getitem__, logits, token, top),)
         return Chunk(request.id, (token,), char, reason, usage, logprobs=logprobs)

@@ -1,7 +1,8 @@
 """``TransformersRunner``: a Hugging Face ``transformers`` causal language model as a runner.
 
 Install the extra first: ``pip install 'trio-supervise[transformers]'`` (PyTorch and
-``transformers``; without them, building the runner is a ``ConfigError`` that names the extra).
+``transformers``; without them, loading the runner, or its tokenizer, is a ``ConfigError``
+that names the extra: they are imported then, off the event loop).
 
 Point it at a model: a local directory (``save_pretrained``'s), or a name the Hugging Face cache
 or hub resolves. ``load(device)`` loads the model and its tokenizer in the runner's own thread,
@@ -57,7 +58,6 @@ from .._types import (
     FinishReason,
     RebuildCause,
     Request,
-    TokenLogprob,
     Usage,
 )
 from ..devices._cuda_errors import classify_cuda_error
@@ -65,9 +65,9 @@ from ._model_thread import ModelThread
 from ._sampling import (
     LogitsProcessor,
     check_logit_bias,
-    log_softmax,
+    pick_token,
     request_generator,
-    sample_next,
+    token_logprob,
 )
 from ._stepping import Stepper, ending
 from ._torch_engine import Engine
@@ -234,7 +234,8 @@ class TransformersRunner:
             )
         if not isinstance(trust_remote_code, bool):
             raise ConfigError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
-        self.torch, self.transformers = _imports()
+        self.torch: Any = None  # imported by load, in the model's thread: importing
+        self.transformers: Any = None  # PyTorch takes seconds, which the event loop must not wait
         self.model_name = model
         self.dtype = dtype
         self.max_batch_size = max_batch_size
@@ -294,6 +295,7 @@ class TransformersRunner:
         await self._thread.run(self._load, where)
 
     def _load(self, where: str) -> None:
+        self.torch, self.transformers = _imports()
         torch, transformers = self.torch, self.transformers
         if self.threads is not None:  # this thread's: every call of the model runs on it
             torch.set_num_threads(self.threads)
@@ -446,27 +448,17 @@ class TransformersRunner:
         usage = None if reason is None else Usage(len(state.prompt_ids), produced)
         logprobs = None
         if params.logprobs is not None:
-            logprobs = (self._logprob(logits, token, params.logprobs),)
+            logprobs = (token_logprob(self._token_text, logits, token, params.logprobs),)
         return Chunk(request.id, (token,), text, reason, usage, logprobs=logprobs)
 
     def _sample(self, state: _Decoding, logits: Any) -> int:
         params = state.request.params
-        processed = logits if state.processor is None else state.processor(logits)
-        if params.min_tokens > state.completion_tokens and self.eos_ids:
-            processed = processed.copy()  # no end of text before min_tokens
-            processed[list(self.eos_ids)] = -numpy.inf
-        token = sample_next(processed, params.temperature, params.top_p, state.rng,
-                            params.top_k, params.min_p)  # fmt: skip
-        if state.processor is not None:
-            state.processor.record(token)
-        return token
+        early = params.min_tokens > state.completion_tokens  # no end of text before min_tokens
+        banned = tuple(self.eos_ids) if early else ()
+        return pick_token(params, state.rng, state.processor, logits, banned)
 
-    def _logprob(self, logits: Any, token: int, top: int) -> TokenLogprob:
-        values = log_softmax(logits)
-        best = numpy.argsort(-values, kind="stable")[:top] if top else ()
-        decode = self.tokenizer.decode
-        pairs = tuple((decode([int(i)]), float(values[i])) for i in best)
-        return TokenLogprob(decode([token]), float(values[token]), pairs)
+    def _token_text(self, token: int) -> str:
+        return str(self.tokenizer.decode([token]))
 
     async def rebuild_session(self, cause: RebuildCause) -> None:
         """Nothing to rebuild: the model keeps no session state."""
@@ -482,5 +474,5 @@ class TransformersRunner:
     def _close(self) -> None:
         self.engine = None
         self.model = None
-        if self.torch.cuda.is_available():
+        if self.torch is not None and self.torch.cuda.is_available():
             self.torch.cuda.empty_cache()
