@@ -168,6 +168,22 @@ def read(value: object, type_: Any, path: KeyPath, problems: list[Problem], unre
     return value
 
 
+def read_small_file(path: str | Path, limit: int, what: str) -> bytes:
+    """A file of at most ``limit`` bytes (``what`` it is, for the errors).
+
+    Raises:
+        ConfigError: it cannot be read, or is larger.
+    """
+    try:
+        with open(path, "rb") as file:
+            raw = file.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {str(path)!r}: {exc.strerror}") from None
+    if len(raw) > limit:
+        raise ConfigError(f"{path}: too large for {what} (over {limit} bytes)")
+    return raw
+
+
 def read_toml(path: str | Path) -> Any:
     """The data of a TOML file.
 
@@ -175,13 +191,7 @@ def read_toml(path: str | Path) -> Any:
         ConfigError: the file cannot be read, is too large, is not TOML, or is nested too deeply
             to parse.
     """
-    try:
-        with open(path, "rb") as file:
-            raw = file.read(_MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config {str(path)!r}: {exc.strerror}") from exc
-    if len(raw) > _MAX_FILE_BYTES:
-        raise ConfigError(f"{path}: too large for a config (over {_MAX_FILE_BYTES} bytes)")
+    raw = read_small_file(path, _MAX_FILE_BYTES, "config")
     try:
         data = tomllib.loads(raw.decode())
     except RecursionError:

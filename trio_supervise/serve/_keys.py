@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import final
 
 from .._errors import ConfigError
+from ._config_reading import read_small_file
 from ._config_tables import ServerConfig
 
 __all__ = ["ENV_VAR", "OPEN_PATHS", "ApiKeys", "load_api_keys"]
@@ -73,13 +74,7 @@ def load_api_keys(server: ServerConfig, environ: Mapping[str, str] = os.environ)
     keys = {key.encode() for key in server.api_keys}
     path = server.api_key_file
     if path is not None:
-        try:
-            with open(path, "rb") as file:
-                raw = file.read(_MAX_KEY_FILE + 1)
-        except OSError as exc:
-            raise ConfigError(f"cannot read the API key file {path!r}: {exc.strerror}") from None
-        if len(raw) > _MAX_KEY_FILE:
-            raise ConfigError(f"the API key file {path!r} is over {_MAX_KEY_FILE} bytes")
+        raw = read_small_file(path, _MAX_KEY_FILE, "the API key file")
         try:
             lines = raw.decode().splitlines()
         except UnicodeDecodeError:
