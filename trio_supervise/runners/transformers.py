@@ -92,6 +92,15 @@ def _imports() -> tuple[Any, Any]:
     return torch, transformers
 
 
+def _check_count(name: str, value: object, *, optional: bool = False) -> None:
+    """An argument that is an int >= 1 (or None where ``optional``), else a ConfigError."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        accepted = "an int >= 1 or None" if optional else "an int >= 1"
+        raise ConfigError(f"TransformersRunner {name} must be {accepted}, got {value!r}")
+
+
 @final
 class Detokenizer:
     """One request's output text, token by token, as a client may see it: a token whose bytes
@@ -140,12 +149,15 @@ class ModelTokenizer:
 
     @property
     def vocab_size(self) -> int:
+        """Every token id is below it (added tokens counted)."""
         return len(self.tokenizer)
 
     def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, special tokens added (as the runner encodes a completion)."""
         return list(self.tokenizer.encode(text))
 
     def decode(self, token_ids: Sequence[int]) -> str:
+        """The text of token ids."""
         return str(self.tokenizer.decode(list(token_ids)))
 
     def apply_chat_template(self, messages: list[dict[str, str]], **options: Any) -> Any:
@@ -210,28 +222,9 @@ class TransformersRunner:
             raise ConfigError(f"TransformersRunner model must be a path or a name, got {model!r}")
         if dtype not in DTYPES:
             raise ConfigError(f"TransformersRunner dtype must be one of {DTYPES}, got {dtype!r}")
-        if max_model_len is not None and (
-            isinstance(max_model_len, bool) or not isinstance(max_model_len, int)
-            or max_model_len < 1
-        ):  # fmt: skip
-            raise ConfigError(
-                "TransformersRunner max_model_len must be an int >= 1 or None, "
-                f"got {max_model_len!r}"
-            )
-        if (
-            isinstance(max_batch_size, bool)
-            or not isinstance(max_batch_size, int)
-            or (max_batch_size < 1)
-        ):
-            raise ConfigError(
-                f"TransformersRunner max_batch_size must be an int >= 1, got {max_batch_size!r}"
-            )
-        if threads is not None and (
-            isinstance(threads, bool) or not isinstance(threads, int) or threads < 1
-        ):
-            raise ConfigError(
-                f"TransformersRunner threads must be an int >= 1 or None, got {threads!r}"
-            )
+        _check_count("max_model_len", max_model_len, optional=True)
+        _check_count("max_batch_size", max_batch_size)
+        _check_count("threads", threads, optional=True)
         if not isinstance(trust_remote_code, bool):
             raise ConfigError(f"trust_remote_code must be a bool, got {trust_remote_code!r}")
         self.torch: Any = None  # imported by load, in the model's thread: importing
