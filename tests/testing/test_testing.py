@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import functools
+import io
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,12 +17,21 @@ import trio.testing
 import trio_supervise as ts
 from trio_supervise.runners.mock import MockRecord, MockRunner, token_at
 from trio_supervise.testing import (
+    ChaosReport,
     Fault,
     FaultPlan,
     FaultyRunner,
     InjectedError,
+    Violation,
     assert_survives,
     run_chaos,
+)
+from trio_supervise.testing._cli import (
+    HANG_TIMEOUTS,
+    add_chaos_parser,
+    build_plan,
+    render,
+    worker_factory,
 )
 
 Clock = trio.testing.MockClock
@@ -315,3 +327,177 @@ async def test_run_chaos_refuses_bad_arguments(options: dict[str, Any], message:
     args: dict[str, Any] = {"requests": 1, "concurrency": 1, "plan": FaultPlan.none(), **options}
     with pytest.raises(ts.ConfigError, match=message):
         await run_chaos(mock_factory, **args)
+
+
+# --- what the report says ---------------------------------------------------------------------
+
+
+def made_report(**fields: Any) -> ChaosReport:
+    values: dict[str, Any] = {
+        "requests": 2000,
+        "outcomes": {"finished": 1957, "failed: OutOfMemory": 36, "failed: ContextPoisoned": 7},
+        "restarts": 25,
+        "restarts_by_cause": {"OutOfMemory": 36, "ContextPoisoned": 7},
+        "succeeded_untouched": 1.0,
+        "tokens_per_s": 1000.0,
+        "latency_p50": 0.001,
+        "latency_p99": 0.002,
+        "duration": 1.0,
+        "policy": repr(POLICY),
+        "plan": repr(FaultPlan.random(1, {Fault.POISON: 0.015, Fault.OOM: 0.015}, token=1)),
+        "seed": 1,
+        "violations": (),
+        **fields,
+    }
+    return ChaosReport(**values)
+
+
+@pytest.mark.parametrize(
+    ("fields", "line"),
+    [
+        (
+            {},
+            "43 of 2000 requests did not finish, all of them touched by a fault; "
+            "of the 1957 requests no fault touched, 100.00% finished",
+        ),
+        (
+            {
+                "outcomes": {"finished": 1955, "failed: OutOfMemory": 43, "open": 2},
+                "restarts_by_cause": {"OutOfMemory": 43},
+                "succeeded_untouched": 1955 / 1957,
+            },
+            "45 of 2000 requests did not finish, 43 of them touched by a fault; "
+            "of the 1957 requests no fault touched, 99.90% finished",
+        ),
+        (
+            {
+                "requests": 20,
+                "outcomes": {"finished": 19, "open": 1},
+                "restarts_by_cause": {},
+                "succeeded_untouched": 0.95,
+            },
+            "1 of 20 requests did not finish, not touched by a fault; "
+            "of the 20 requests no fault touched, 95.00% finished",
+        ),
+        (
+            {"requests": 5, "outcomes": {"finished": 5}, "restarts_by_cause": {}},
+            "all 5 requests finished",
+        ),
+    ],
+)
+def test_the_report_says_how_many_did_not_finish_and_whether_faults_touched_them(
+    fields: dict[str, Any], line: str
+) -> None:
+    report = made_report(**fields)
+    assert report.describe_served() == line
+    assert line in report.summary().splitlines()
+    assert "served, untouched" not in report.summary()
+
+
+def test_the_summary_and_the_cli_table_show_the_policy_and_the_plan_whole() -> None:
+    from rich.console import Console
+
+    report = made_report(violations=(Violation("success", "[bold]not markup"),))
+    lines = report.summary().splitlines()
+    assert f"policy: {report.policy}" in lines
+    assert f"plan: {report.plan}; seed 1" in lines
+    out = io.StringIO()
+    Console(file=out, width=60).print(render(report, hang_timeout=0.5))
+    table = out.getvalue()
+    assert "\u2026" not in table  # no ellipsis: nothing is cut
+    cells = "".join(
+        line.split("\u2502")[2] for line in table.splitlines() if line.count("\u2502") == 3
+    )
+    squeezed = cells.replace(" ", "")
+    assert report.policy.replace(" ", "") in squeezed
+    assert report.plan.replace(" ", "") in squeezed
+    assert "[bold]notmarkup" in squeezed and "0.5s" in squeezed
+
+
+async def test_the_report_counts_the_texts_that_matched_and_that_differed() -> None:
+    runs = 0
+
+    @contextlib.asynccontextmanager
+    async def factory(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        nonlocal runs
+        runs += 1
+        yield BrokenWorker("splice" if runs == 1 else "none")  # one text differs, the 3rd
+
+    report = await run_chaos(factory, requests=20, concurrency=4, plan=FaultPlan.none())
+    assert (report.compared, report.differed) == (20, 1)
+    assert "texts: 20 requests compared with a fault-free run: 19 matched, 1 differed" in (
+        report.summary().splitlines()
+    )
+
+    @contextlib.asynccontextmanager
+    async def healthy(plan: FaultPlan) -> AsyncIterator[BrokenWorker]:
+        yield BrokenWorker("none")
+
+    report = await run_chaos(healthy, requests=10, concurrency=4, plan=FaultPlan.none())
+    assert (report.compared, report.differed) == (10, 0)
+    assert report.describe_texts() == "10 requests compared with a fault-free run: 10 matched"
+    report = await run_chaos(
+        healthy, requests=10, concurrency=4, plan=FaultPlan.none(), fault_free=False
+    )
+    assert report.compared == 0 and report.describe_texts() == "not compared with a fault-free run"
+
+
+async def test_faults_fired_are_counted_by_kind(autojump_clock: Clock) -> None:
+    # One request at a time, so each batch holds one request and the seqs are fixed: the run
+    # reaches batch 30 at least, never batch 500.
+    plan = (
+        FaultPlan.at(fault=Fault.OOM, batch=2)
+        + FaultPlan.at(fault=Fault.OOM, batch=5)
+        + FaultPlan.at(fault=Fault.POISON, batch=7)
+        + FaultPlan.at(fault=Fault.HANG, batch=10)
+        + FaultPlan.at(fault=Fault.FAIL_LOAD, generation=2)
+        + FaultPlan.at(fault=Fault.OOM, batch=500)
+    )
+    factory = functools.partial(mock_factory, hang_timeout=1)
+    report = await run_chaos(
+        factory, requests=30, concurrency=1, plan=plan, seed=2, expected=expected
+    )
+    assert_survives(report)
+    assert report.faults_fired == {"oom": 2, "poison": 1, "hang": 1, "fail_load": 1}
+    assert "faults fired: fail_load 1, hang 1, oom 2, poison 1; " in report.summary()
+    # each counted fault did fire: the OOMs failed their requests, the rest restarted the tier
+    assert report.outcomes["failed: OutOfMemory"] == 2 and report.restarts == 3
+    quiet = await run_chaos(mock_factory, requests=5, concurrency=1, plan=FaultPlan.none())
+    assert quiet.faults_fired == {} and "faults fired: none; " in quiet.summary()
+
+
+def chaos_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_chaos_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["chaos", *argv])
+
+
+async def test_the_chaos_command_takes_a_hang_timeout(autojump_clock: Clock) -> None:
+    args = chaos_args(
+        "--requests", "100", "--seed", "4", "--fault-rate", "0.02", "--faults", "hang=0.05",
+        "--hang-timeout", "0.25",
+    )  # fmt: skip
+    factory = worker_factory(args)
+    async with factory(FaultPlan.none()) as worker:
+        assert worker.hang_timeout == 0.25
+    async with worker_factory(chaos_args())(FaultPlan.none()) as worker:
+        assert worker.hang_timeout == HANG_TIMEOUTS["inline"] == 5.0
+    start = trio.current_time()
+    report = await run_chaos(factory, requests=100, concurrency=8, plan=build_plan(args), seed=4)
+    assert_survives(report)
+    hangs = report.faults_fired["hang"]
+    assert hangs >= 1 and report.outcomes.get("failed: HungWorker", 0) <= hangs
+    assert trio.current_time() - start == pytest.approx(0.25 * hangs)  # each hang: 0.25 s
+
+
+def test_the_chaos_command_refuses_a_bad_hang_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    from trio_supervise._cli import main
+
+    parser = argparse.ArgumentParser()
+    add_chaos_parser(parser.add_subparsers(dest="command"))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["chaos", "--help"])
+    assert "--hang-timeout SECONDS" in capsys.readouterr().out
+    for bad in ("0", "-1", "inf", "nan"):
+        assert main(["chaos", "--hang-timeout", bad]) == 2
+        assert "--hang-timeout must be a finite number of seconds > 0" in capsys.readouterr().out

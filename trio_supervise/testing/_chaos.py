@@ -38,7 +38,7 @@ from ._invariants import (
 )
 from ._leftovers import child_pids, task_count, wait_for_tasks
 from ._plan import FaultPlan
-from ._report import ChaosReport, latency_percentiles, tally_outcomes
+from ._report import ChaosReport, latency_percentiles, tally_faults, tally_outcomes
 
 __all__ = ["run_chaos"]
 
@@ -114,15 +114,19 @@ async def run_chaos(
     ]
     await wait_for_tasks(tasks_before, LEFTOVER_GRACE)
     violations += no_leftovers(task_count() - tasks_before, child_pids() - children_before)
-    compared = 0
+    compared = differed = 0
     if fault_free or (fault_free is None and load.deterministic is True):
         reference: dict[str, str] = {}
         clean_failed: list[str] = []
         with trio.move_on_after(timeout) as scope:
             await _fault_free_texts(worker_factory, specs, concurrency, reference, clean_failed)
         clean_overran = timeout if scope.cancelled_caught else None
-        violations += same_text(records, reference, clean_failed, clean_overran)
+        text_violations = same_text(records, reference, clean_failed, clean_overran)
+        violations += text_violations
         compared = len(records.keys() & reference.keys())
+        # the compared requests named by a violation differed (those the run without faults
+        # failed have no reference text: they are not compared)
+        differed = len({i for v in text_violations for i in v.request_ids if i in reference})
     caused = (*FAULT_CAUSED, *fault_errors)
     violations += success(records, caused, min_success)
     outcomes, causes = tally_outcomes(records, caused)
@@ -144,6 +148,8 @@ async def run_chaos(
         violations=tuple(violations),
         continued=load.continued,
         compared=compared,
+        differed=differed,
+        faults_fired=tally_faults(plan, load.batches, load.last_generation),
     )
 
 
@@ -203,6 +209,11 @@ class _Load:
     """Generations beyond the first once the load is through."""
     continued: int = 0
     """Streams continued after a fault during the load."""
+    batches: range = range(0)
+    """The ``seq`` of each batch the worker dispatched during the load (not the probe); empty
+    for a worker without ``statistics()``."""
+    last_generation: int = 0
+    """The worker's generation once the load is through (or cut short)."""
 
     async def drive(self, worker: Any) -> bool:
         """Run the load; then whether the same handle still serves (True: stopped on purpose)."""
@@ -220,12 +231,19 @@ class _Load:
             if self.on_progress is not None:
                 self.on_progress()
 
-        async with trio.open_nursery() as watchers:
-            watchers.start_soon(self.watch_restarts, worker)
-            async with trio.open_nursery() as nursery:
-                for request in self.requests:
-                    nursery.start_soon(bounded, request)
-            watchers.cancel_scope.cancel()
+        batches_before = _batches(worker)
+        try:
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(self.watch_restarts, worker)
+                async with trio.open_nursery() as nursery:
+                    for request in self.requests:
+                        nursery.start_soon(bounded, request)
+                watchers.cancel_scope.cancel()
+        finally:  # also when the worker fails out of its context: its faults fired all the same
+            batches_after = _batches(worker)
+            if batches_before is not None and batches_after is not None:
+                self.batches = range(batches_before, batches_after)
+            self.last_generation = getattr(worker, "generation", 0)
         self.continued = _continued(worker) - continued_before
         self.generations = getattr(worker, "generation", first_generation) - first_generation
         state = getattr(worker, "state", None)
@@ -278,6 +296,14 @@ class _Load:
             if generation > last:
                 self.restarts_at.extend([trio.current_time()] * (generation - last))
                 last = generation
+
+
+def _batches(worker: Any) -> int | None:
+    """``worker.statistics().batches`` (batches dispatched so far, and the next one's ``seq``),
+    or None for a worker without statistics."""
+    statistics = getattr(worker, "statistics", None)
+    batches = getattr(statistics(), "batches", None) if callable(statistics) else None
+    return batches if isinstance(batches, int) else None
 
 
 def _continued(worker: Any) -> int:

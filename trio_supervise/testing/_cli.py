@@ -21,6 +21,9 @@ __all__ = ["add_chaos_parser", "run_chaos_command"]
 
 MOCK = "trio_supervise.runners.mock:MockRunner"
 
+HANG_TIMEOUTS = {"inline": 5.0, "process": 0.5, "ray": 2.0}
+"""The worker's ``hang_timeout`` for each ``--isolation``, unless ``--hang-timeout`` says."""
+
 
 def add_chaos_parser(commands: Any) -> None:
     """Add the ``chaos`` subcommand to the CLI."""
@@ -49,6 +52,16 @@ def add_chaos_parser(commands: Any) -> None:
     chaos.add_argument("--isolation", choices=("inline", "process", "ray"), default="inline")
     chaos.add_argument("--runner", default=MOCK, help=f"the runner's import path ({MOCK})")
     chaos.add_argument("--timeout", type=float, default=120.0, help="seconds for the run (120)")
+    chaos.add_argument(
+        "--hang-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="the worker's hang_timeout: seconds a batch may go without a chunk before the "
+        "worker fails it with HungWorker and restarts (default: "
+        + ", ".join(f"{s:g} with {i}" for i, s in HANG_TIMEOUTS.items())
+        + " isolation)",
+    )
 
 
 def parse_faults(text: str) -> dict[Fault, float]:
@@ -84,6 +97,16 @@ def build_plan(args: argparse.Namespace) -> FaultPlan:
     return FaultPlan.random(args.seed, rates, token=1, delay=0.01)
 
 
+def hang_timeout(args: argparse.Namespace) -> float:
+    """``--hang-timeout``, checked, or the default of ``--isolation`` (``HANG_TIMEOUTS``)."""
+    seconds: float | None = args.hang_timeout
+    if seconds is None:
+        return HANG_TIMEOUTS[args.isolation]
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"--hang-timeout must be a finite number of seconds > 0, got {seconds!r}")
+    return seconds
+
+
 def worker_factory(args: argparse.Namespace) -> Any:
     """``plan -> open_worker(...)`` for the command line's runner and isolation.
 
@@ -92,6 +115,7 @@ def worker_factory(args: argparse.Namespace) -> Any:
     """
     from ..worker._open_worker import open_worker
 
+    hang = hang_timeout(args)
     expected_restarts = args.requests * args.fault_rate
     policy = attrs.evolve(
         DEVICE_POLICY,
@@ -107,7 +131,7 @@ def worker_factory(args: argparse.Namespace) -> Any:
             device="cpu",
             policy=policy,
             isolation=args.isolation,
-            hang_timeout={"process": 0.5, "ray": 2.0}.get(args.isolation, 5.0),
+            hang_timeout=hang,
             heartbeat_timeout=2.0,
             max_pending=args.requests + 1,
         )
@@ -115,31 +139,39 @@ def worker_factory(args: argparse.Namespace) -> Any:
     return factory
 
 
-def render(report: ChaosReport) -> Any:
-    """A rich table of the report."""
+def render(report: ChaosReport, hang_timeout: float | None = None) -> Any:
+    """A rich table of the report (with the worker's ``hang_timeout``, when given). Long values
+    (the plan, the policy) fold onto more lines: nothing is cut."""
     from rich.table import Table
+    from rich.text import Text
 
     table = Table(title="chaos run", show_header=False)
-    table.add_row("requests", f"{report.requests} in {report.duration:.2f}s")
-    table.add_row("throughput", f"{report.tokens_per_s:,.0f} tokens/s")
-    table.add_row(
-        "latency", f"p50 {report.latency_p50 * 1e3:.1f} ms, p99 {report.latency_p99 * 1e3:.1f} ms"
-    )
-    table.add_row("restarts", str(report.restarts))
+    table.add_column(no_wrap=True)
+    table.add_column(overflow="fold")
+
+    def row(name: str, value: str) -> None:
+        table.add_row(name, Text(value))  # as it is: no rich markup in reprs and messages
+
+    row("requests", f"{report.requests} in {report.duration:.2f}s")
+    row("throughput", f"{report.tokens_per_s:,.0f} tokens/s")
+    row("latency", f"p50 {report.latency_p50 * 1e3:.1f} ms, p99 {report.latency_p99 * 1e3:.1f} ms")
+    row("restarts", str(report.restarts))
     for outcome, count in sorted(report.outcomes.items()):
-        table.add_row(f"  {outcome}", str(count))
-    table.add_row("served, untouched by faults", f"{report.succeeded_untouched:.2%}")
-    table.add_row("streams continued after a fault", str(report.continued))
-    compared = (
-        f"{report.compared} requests compared with a run without faults"
-        if report.compared
-        else "not compared (the runner does not say it is deterministic)"
+        row(f"  {outcome}", str(count))
+    row("served", report.describe_served())
+    row("faults fired", report.describe_faults())
+    row("streams continued after a fault", str(report.continued))
+    texts = report.describe_texts()
+    if not report.compared:
+        texts += " (the runner does not say it is deterministic)"
+    row("texts", texts)
+    row("plan", f"{report.plan}; seed {report.seed}")
+    row("policy", report.policy)
+    if hang_timeout is not None:
+        row("hang timeout", f"{hang_timeout:g}s")
+    row(
+        "invariants", "all invariants hold" if report.ok else "\n".join(map(str, report.violations))
     )
-    table.add_row("same text as without faults", compared)
-    table.add_row("plan", report.plan)
-    table.add_row("policy", report.policy)
-    verdict = "all invariants hold" if report.ok else "\n".join(map(str, report.violations))
-    table.add_row("invariants", verdict)
     return table
 
 
@@ -152,6 +184,7 @@ def run_chaos_command(args: argparse.Namespace) -> int:
     try:
         plan = build_plan(args)
         factory = worker_factory(args)
+        hang = hang_timeout(args)
     except ConfigError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return 2
@@ -170,5 +203,5 @@ def run_chaos_command(args: argparse.Namespace) -> int:
             )
 
     report = trio.run(main)
-    console.print(render(report))
+    console.print(render(report, hang))
     return 0 if report.ok else 1
