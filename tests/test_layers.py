@@ -31,7 +31,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("worker", ("trio_supervise.worker",)),
     ("testing", ("trio_supervise.testing",)),
     ("serve", ("trio_supervise.serve",)),
-    ("front", ("trio_supervise", "trio_supervise._cli", "trio_supervise._demo")),
+    (
+        "front",
+        ("trio_supervise", "trio_supervise._cli", "trio_supervise._demo", "trio_supervise._top"),
+    ),
 )
 
 

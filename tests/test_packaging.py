@@ -118,6 +118,7 @@ API = {
         "ServerHandle",
         "WorkerConfig",
         "WorkerPool",
+        "configure_logging",
         "serve",
     },
     "trio_supervise.serve.pool": {"ModelNotFound", "PoolStream", "Replica", "WorkerPool"},

@@ -65,9 +65,13 @@ def serve_command(
     port: int | None,
     model: str | None = None,
     api_key_file: str | None = None,
+    log_level: str = "info",
+    access_log: bool = True,
+    log_json: bool = False,
 ) -> int:
     """``serve``: 0 after a drain, 1 when the pool gave up, 2 for a bad config; a second
-    SIGTERM/SIGINT exits at once with 128 + the signal number."""
+    SIGTERM/SIGINT exits at once with 128 + the signal number. It logs supervision events and
+    an access line per request to standard error (``serve/_logs.py``)."""
     import attrs
     import trio
     from rich.console import Console
@@ -75,10 +79,11 @@ def serve_command(
     from ._errors import RestartIntensityExceeded, Unrecoverable
     from .serve import ServeConfig
     from .serve._keys import load_api_keys
+    from .serve._logs import configure_logging
     from .serve.server import serve
 
     console = Console(stderr=True, soft_wrap=True)  # one line per message, as a log reads
-    _log_warnings_to_stderr()
+    configure_logging(log_level, access_log=access_log, json_lines=log_json)
     try:
         if path and model:
             raise ConfigError("serve takes a config file or --model, not both")
@@ -139,20 +144,6 @@ def serve_command(
 
 
 _BIND_ERRNOS = (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES)
-
-
-def _log_warnings_to_stderr() -> None:
-    """The library's warnings and errors (a failed tier, an escalation, a 500's traceback) on
-    stderr: the library logger has only a NullHandler, for applications to configure."""
-    import logging
-
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.WARNING)
-    logger = logging.getLogger("trio_supervise")
-    logger.addHandler(handler)
-    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
-        logger.setLevel(logging.WARNING)
 
 
 def _leaves(exc: BaseException, kind: Any) -> list[Any]:
@@ -270,9 +261,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--policy", action="store_true", help="instead: the default policy deciding a script"
     )
+    from ._top import add_top_parser, run_top
+    from .serve._logs import LEVELS
     from .testing._cli import add_chaos_parser, run_chaos_command
 
     add_chaos_parser(commands)
+    add_top_parser(commands)
     serve_parser = commands.add_parser(
         "serve", help="serve a worker pool over HTTP",
         description="Serve the models of a TOML config (default: the shipped character model) "
@@ -285,6 +279,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--api-key-file", help="ask every model route for one of the keys in this file (one "
         "per line), as [server] api_key_file; or set TRIO_SUPERVISE_API_KEY",
     )  # fmt: skip
+    serve_parser.add_argument(
+        "--log-level", choices=LEVELS, default="info",
+        help="log this and above to standard error (info: supervision events too)",
+    )  # fmt: skip
+    serve_parser.add_argument(
+        "--access-log", action=argparse.BooleanOptionalAction, default=True,
+        help="one line per request on the trio_supervise.access logger (default: on)",
+    )  # fmt: skip
+    serve_parser.add_argument(
+        "--log-json", action="store_true", help="log JSON lines instead of text"
+    )
     serve_parser.add_argument(
         "--model", help="without a config: serve this transformers model (a directory, or a "
         "Hugging Face name) instead of the character model",
@@ -316,14 +321,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if result["finished"] > 0 else 1
     if args.command == "chaos":
         return run_chaos_command(args)
+    if args.command == "top":
+        return run_top(args)
     if args.command == "config" and args.config_command == "check":
         return check_config(args.file)
     if args.command == "config":
         config.print_help(sys.stderr)
         return 2
     if args.command == "serve":
-        return serve_command(args.config, host=args.host, port=args.port, model=args.model,
-                             api_key_file=args.api_key_file)  # fmt: skip
+        return serve_command(
+            args.config, host=args.host, port=args.port, model=args.model,
+            api_key_file=args.api_key_file, log_level=args.log_level,
+            access_log=args.access_log, log_json=args.log_json,
+        )  # fmt: skip
     parser.print_help()
     return 2
 

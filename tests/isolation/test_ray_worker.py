@@ -261,7 +261,7 @@ def test_serve_drains_on_sigterm_with_a_ray_tier(tmp_path: Path, ray_address: st
         "isolation = 'ray'\nray_options = { num_cpus = 0 }\n"
     )
     code = f"""
-import os, signal, subprocess, sys, httpx
+import os, re, signal, subprocess, sys, httpx
 serve = subprocess.Popen([sys.executable, "-m", "trio_supervise._cli", "serve", {str(config)!r}],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 out = b""
@@ -269,7 +269,7 @@ while b"serving" not in out:
     line = serve.stdout.readline()
     assert line, out
     out += line
-url = out.split(b" on ", 1)[1].split()[0].decode()
+url = re.search(rb"^serving \\[.*\\] on (\\S+)$", out, re.M).group(1).decode()
 reply = httpx.post(url + "/v1/completions", json={{"prompt": "hi", "max_tokens": 3}}, timeout=30)
 assert reply.status_code == 200, reply.text
 workers = httpx.get(url + "/v1/workers", timeout=30).json()["workers"]

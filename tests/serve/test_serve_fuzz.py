@@ -21,6 +21,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.helpers import served_url
+
 MOCK = "trio_supervise.runners.mock:MockRunner"
 
 pytestmark = pytest.mark.slow
@@ -59,7 +61,7 @@ max_model_len = 64
                 break
         else:
             raise AssertionError(f"serve ended before it was ready:\n{output}")
-        yield line.split(" on ", 1)[1].strip()
+        yield served_url(line)
     finally:
         process.send_signal(signal.SIGTERM)
         rest, _ = process.communicate(timeout=60)

@@ -17,6 +17,7 @@ import trio
 
 import trio_supervise as ts
 from tests.support.helpers import serve_config as config
+from tests.support.helpers import served_url
 from tests.support.helpers import start_server as start
 from trio_supervise.serve.pool import WorkerPool
 from trio_supervise.serve.server import ServerHandle, serve
@@ -377,7 +378,7 @@ async def test_a_second_signal_during_the_drain_exits_at_once_with_one_line(
     with trio.fail_after(60):
         process, output = await serve_process(tmp_path, toml)
         output = await read_until(process, output, b"serving")
-        url = output.split(b" on ", 1)[1].split()[0].decode()
+        url = served_url(output)
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
             body = {"prompt": "a", "max_tokens": 4000, "stream": True}
             async with client.stream("POST", "/v1/completions", json=body) as response:

@@ -12,6 +12,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.helpers import serve_config as config
+from tests.support.helpers import served_url
 from tests.support.helpers import start_server as start
 from trio_supervise.serve.server import ServerHandle
 
@@ -221,7 +222,7 @@ async def test_the_serve_command_answers_then_drains_on_sigterm() -> None:
         output = b""
         while b"serving" not in output:
             output += await process.stdout.receive_some()
-        url = output.split(b" on ", 1)[1].split()[0].decode()
+        url = served_url(output)
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             response = await client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 3})
             assert response.status_code == 200
@@ -319,7 +320,7 @@ async def test_restarts_are_counted_by_cause_in_metrics() -> None:
                 (s.labels.get("worker"), s.labels.get("cause")): s.value
                 for family in text_string_to_metric_families(text)
                 for s in family.samples
-                if s.name == "trio_supervise_worker_restarts"
+                if s.name == "trio_supervise_worker_restarts_total"
             }
             assert samples == {("mock#0", "ContextPoisoned"): 1.0}
             handle.drain()

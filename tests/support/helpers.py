@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -216,3 +217,14 @@ async def outcome(stream: ts.RequestStream) -> tuple[str, object]:
     except ts.InferenceError as exc:
         return "error", exc
     return "ok", text
+
+
+_SERVING = re.compile(r"^serving \[.*\] on (\S+)$", re.MULTILINE)
+
+
+def served_url(output: str | bytes) -> str:
+    """The URL in the CLI's "serving [models] on URL" line of ``serve``'s output."""
+    text = output.decode(errors="replace") if isinstance(output, bytes) else output
+    found = _SERVING.search(text)
+    assert found is not None, f"no 'serving ... on URL' line in:\n{text}"
+    return found.group(1)

@@ -3,9 +3,11 @@ out-of-memory, which mean there is no device at all."""
 
 from __future__ import annotations
 
+import re
+
 from .._errors import ContextPoisoned, InferenceError, OutOfMemory, Unrecoverable
 
-__all__ = ["classify_cuda_error", "is_sticky_cuda_error"]
+__all__ = ["classify_cuda_error", "cuda_error_code", "is_sticky_cuda_error"]
 
 # CUDA status codes (runtime and driver share these numbers) that leave the context unusable:
 # illegal address, launch timeout, launch failure, illegal instruction, misaligned address,
@@ -89,3 +91,49 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
             return True
         seen = seen.__cause__
     return False
+
+
+TORCH_MESSAGE_STATUSES = {
+    "out of memory": 2,
+    "an illegal memory access was encountered": 700,
+    "the launch timed out and was terminated": 702,
+    "device-side assert triggered": 710,
+    "an illegal instruction was encountered": 715,
+    "illegal instruction": 715,
+    "misaligned address": 716,
+    "unspecified launch failure": 719,
+    "uncorrectable ecc error": 214,
+    "unknown error": 999,
+}
+"""The CUDA status behind each of PyTorch's messages (it names the status, not its number)."""
+
+_STATUS_IN_TEXT = re.compile(r"CUDA error (\d+)|CUDA out of memory \((\d+)\)")
+
+
+def cuda_error_code(error: BaseException) -> str | None:
+    """The CUDA status behind ``error`` (or an exception it was raised from) as a string, such
+    as ``"700"`` or ``"2"`` (out of memory); None when it is not a CUDA error.
+
+    It reads a CuPy error's ``.status``, PyTorch's out-of-memory class, and the texts this
+    module's :func:`classify_cuda_error` and PyTorch write, so it works on an error that crossed
+    from a child process (where only its class and text travel).
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        status = getattr(seen, "status", None)
+        name = type(seen).__name__
+        if name in ("CUDARuntimeError", "CUDADriverError") and isinstance(status, int):
+            return str(status)
+        if name == "OutOfMemoryError" and type(seen).__module__.startswith(("cupy", "torch")):
+            return "2"
+        text = str(seen)
+        found = _STATUS_IN_TEXT.search(text)
+        if found is not None:
+            return next(group for group in found.groups() if group is not None)
+        if "CUDA" in text or type(seen).__name__ == "AcceleratorError":
+            lowered = text.lower()
+            for message, number in TORCH_MESSAGE_STATUSES.items():
+                if message in lowered:
+                    return str(number)
+        seen = seen.__cause__
+    return None

@@ -10,9 +10,13 @@ a :class:`ServeConfig`, read from TOML.
 * ``pool`` (``_replica``, ``_routing``): replicas under one root supervisor, each a worker built
   from its ``WorkerOptions``; per model, a queue, a batcher and the least loaded ready replica.
 * ``app`` (``_asgi``): the ASGI app, speaking the OpenAI codec (``trio_supervise.openai``).
-* ``server``: the listening socket, hypercorn, signals and drains; ``metrics``: Prometheus.
+* ``server``: the listening socket, hypercorn, signals and drains.
+* What it tells (``_exchange``: each request's record, handed to its observers once answered):
+  ``metrics`` (Prometheus), ``_logs`` (supervision events and an access log), ``_tracing``
+  (OpenTelemetry, optional).
 """
 
+from ._logs import configure_logging
 from .config import (
     BackoffConfig,
     BatchingConfig,
@@ -35,5 +39,6 @@ __all__ = [
     "ServerHandle",
     "WorkerConfig",
     "WorkerPool",
+    "configure_logging",
     "serve",
 ]

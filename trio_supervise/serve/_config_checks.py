@@ -8,6 +8,7 @@ config's own bounds added (maxima, and a millisecond at least for a timeout); th
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from collections.abc import Container
@@ -130,6 +131,11 @@ def _server(report: _Report, s: ServerConfig) -> None:
     check(("server", "max_connections"), _CONNECTIONS.problem(connections), connections)
     check(("server", "reuse_port"), FLAG.problem(s.reuse_port), s.reuse_port)
     check(("server", "metrics_need_key"), FLAG.problem(s.metrics_need_key), s.metrics_need_key)
+    check(("server", "tracing"), FLAG.problem(s.tracing), s.tracing)
+    if s.tracing is True and importlib.util.find_spec("opentelemetry") is None:
+        report.problems.append(Problem(("server", "tracing"), (
+            "server.tracing: needs OpenTelemetry, which is not installed: "
+            "pip install 'trio-supervise[otel]'")))  # fmt: skip
     if s.api_key_file is not None:
         check(("server", "api_key_file"), _PATH.problem(s.api_key_file), s.api_key_file)
     for i, key in enumerate(s.api_keys):

@@ -129,6 +129,8 @@ class ServerConfig:
     server starts."""
     metrics_need_key: bool = False
     """``/metrics`` asks for a key too (by default a scraper reads it without one)."""
+    tracing: bool = False
+    """A span per request to OpenTelemetry's tracer provider (the ``otel`` extra)."""
 
 
 @final

@@ -42,7 +42,7 @@ from ..openai import (
 )
 from ..tier._runner import Tokenizer
 from ._asgi import Receive, Scope, Send, send_event, send_events_start, send_json, until_disconnect
-from .metrics import Metrics
+from ._exchange import EXCHANGE, Exchange
 from .pool import PoolStream, WorkerPool
 
 
@@ -50,14 +50,11 @@ class App(Protocol):
     """What an endpoint needs of the app (``serve/app.py``)."""
 
     pool: WorkerPool
-    metrics: Metrics
 
     async def json_body(self, scope: Scope, receive: Receive, send: Send) -> bytes | None:
         """The body of a JSON request, or None once answered."""
 
-    async def error(
-        self, send: Send, error: BaseException, model: str, *, record: bool = True
-    ) -> None:
+    async def error(self, send: Send, error: BaseException) -> None:
         """Answer with ``error``'s status and body."""
 
 
@@ -162,8 +159,8 @@ class _Answer:
     model: str
     created: int
     """Unix seconds, for the body's ``created``."""
-    started: float
-    """trio's clock, for the metrics."""
+    exchange: Exchange
+    """The request's record, for the observers."""
     asked: Generation
     answers: Answers
     echoes: list[str]
@@ -180,15 +177,16 @@ async def generate(
     parse: Callable[[bytes], Generation], answers: Answers,
 ) -> None:  # fmt: skip
     """Answer one generating request (see the module docstring)."""
+    exchange: Exchange = scope[EXCHANGE]
+    exchange.generating = True
     body = await app.json_body(scope, receive, send)
     if body is None:
         return
     pool = app.pool
-    model = "?"
     streams: list[PoolStream] = []
     try:
         asked = parse(body)
-        model = pool.model_for(asked.shared.model)
+        model = exchange.model = pool.model_for(asked.shared.model)
         if pool.draining:
             raise WorkerStopped("the server is draining", retry_after=1.0)
         planned = await plan(pool, asked, model)
@@ -200,9 +198,11 @@ async def generate(
     except InferenceError as exc:
         for stream in streams:
             await stream.aclose()
-        await app.error(send, exc, model)
+        exchange.error = exc
+        await app.error(send, exc)
         return
-    answer = _Answer(answer_id, streams, model, int(time.time()), trio.current_time(), asked,
+    exchange.streams = streams
+    answer = _Answer(answer_id, streams, model, int(time.time()), exchange, asked,
                      answers, planned.echoes, len(planned.prompts))  # fmt: skip
     if asked.stream:
         await _stream(app, receive, send, answer)
@@ -248,12 +248,14 @@ async def _whole(app: App, receive: Receive, send: Send, answer: _Answer) -> Non
     logprobs: list[list[TokenLogprob] | None] = [None for _ in outputs]
     reasons: list[str | None] = [None for _ in outputs]
     usages: list[Usage | None] = [None for _ in outputs]
+    exchange = answer.exchange
 
     async def read(index: int, stream: PoolStream) -> None:
         stream.wake_at_the_end_only()
         output = outputs[index]
         async with stream:
             async for chunk in stream:
+                exchange.completion_tokens += len(chunk.token_ids)
                 piece = output.feed(chunk)
                 texts[index].append(piece.text)
                 if piece.logprobs is not None:
@@ -273,12 +275,13 @@ async def _whole(app: App, receive: Receive, send: Send, answer: _Answer) -> Non
                     logger.exception("a completion failed")
                 failed = exc
         if work.cancelled_caught:
+            exchange.left = True
             return  # the client left: every choice's stream was closed, cancelling it
         # The answer is written outside the work's scope: a disconnect cannot cut it.
         if failed is not None:
-            await app.error(send, failed, model)
+            exchange.error = failed
+            await app.error(send, failed)
             return
-        app.metrics.finished(model, trio.current_time() - answer.started)
         echoes = answer.echoes
         choices = [
             answer.answers.whole_choice(
@@ -287,6 +290,7 @@ async def _whole(app: App, receive: Receive, send: Send, answer: _Answer) -> Non
             for i in range(len(outputs))
         ]
         usage = total_usage(usages, answer.prompts)
+        exchange.finished(usage, reasons)
         await send_json(send, 200, answer.answers.whole(answer.id, model, answer.created, choices,
                                                         usage))  # fmt: skip
 
@@ -301,6 +305,10 @@ async def _stream(app: App, receive: Receive, send: Send, answer: _Answer) -> No
     with_usage = answer.asked.shared.include_usage
     began = False
     lock = trio.Lock() if len(answer.streams) > 1 else None
+    reasons: list[str | None] = [None] * len(outputs)
+    exchange = answer.exchange
+    gaps = exchange.chunk_gaps
+    last = 0.0
 
     async def emit(index: int, chunk: Chunk) -> None:
         if lock is None:
@@ -310,10 +318,14 @@ async def _stream(app: App, receive: Receive, send: Send, answer: _Answer) -> No
                 await emit_now(index, chunk)
 
     async def emit_now(index: int, chunk: Chunk) -> None:
-        nonlocal began
+        nonlocal began, last
+        exchange.completion_tokens += len(chunk.token_ids)
+        now = trio.current_time()
+        if began:
+            gaps.append(now - last)
+        last = now
         if not began:
             began = True
-            app.metrics.first_token(model, trio.current_time() - answer.started)
             await send_events_start(send)
         if not opened[index]:
             opened[index] = True
@@ -325,6 +337,7 @@ async def _stream(app: App, receive: Receive, send: Send, answer: _Answer) -> No
         reason = finish_reason_name(piece.finish_reason)
         if reason is not None:
             usages[index] = piece.usage
+            reasons[index] = reason
         if piece.text or piece.token_ids or reason is not None:
             choice = answers.piece_choice(index, piece, reason)
             usage = None if with_usage else piece.usage
@@ -341,24 +354,26 @@ async def _stream(app: App, receive: Receive, send: Send, answer: _Answer) -> No
         with work:
             try:
                 await _each(answer.streams, read)
-                app.metrics.finished(model, trio.current_time() - answer.started)
             except Exception as exc:
                 if not isinstance(exc, InferenceError):
                     logger.exception("a streamed completion failed")
-                app.metrics.failed(model, exc)
                 failed = exc
+        usage = total_usage(usages, answer.prompts)
         if work.cancelled_caught:
+            exchange.left = True
+            exchange.finished(usage, reasons)  # what it was sent before it left
             return  # the client left: its choices were cancelled as their streams closed
         # The end is written outside the work's scope: a disconnect cannot cut it.
+        exchange.error = failed
+        exchange.finished(usage, reasons)
         if failed is not None and not began:
-            await app.error(send, failed, model, record=False)
+            await app.error(send, failed)
             return
         if not began:
             await send_events_start(send)
         if failed is not None:
             await send_event(send, sse_event(error_body(failed, error_status(failed)[0])))
         elif with_usage:
-            usage = total_usage(usages, answer.prompts)
             await send_event(send, answers.event(answer_id, model, created, None, usage,
                                                  usage_null=True))  # fmt: skip
         await send({"type": "http.response.body", "body": SSE_DONE})

@@ -8,15 +8,16 @@ and name) every time the root starts the slot again.
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 import attrs
 import trio
 
 from .._errors import ConfigError
-from ..supervision import Policy
+from ..supervision import EventCallback, Policy, leaves
 from ..tier._runner import (
     DEVICE_POLICY,
     Tokenizer,
@@ -26,12 +27,71 @@ from ..tier._runner import (
     runner_tokenizer,
 )
 from ..worker._options import HEARTBEAT_TIMEOUT, WorkerOptions, check_options
-from ..worker._worker import Worker, WorkerState
+from ..worker._worker import Worker, WorkerState, WorkerStatistics
 from ._config_tables import WorkerConfig
 
 logger = logging.getLogger("trio_supervise")
 
-__all__ = ["DEFAULT_MAX_MODEL_LEN", "Replica", "load_tokenizer", "max_model_len", "replicas_of"]
+__all__ = [
+    "DEFAULT_MAX_MODEL_LEN",
+    "Replica",
+    "SlotTotals",
+    "load_tokenizer",
+    "max_model_len",
+    "replicas_of",
+]
+
+
+@final
+@attrs.define(eq=False)
+class SlotTotals:
+    """A slot's counts over every worker it has run: what a counter in ``/metrics`` shows, so
+    that it never goes down when the pool replaces a worker."""
+
+    tokens: int = 0
+    batches: int = 0
+    requeued: int = 0
+    mismatched: int = 0
+    continued: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """By mode."""
+    restarts: collections.Counter[str] = attrs.Factory(collections.Counter)
+    """Counted tier restarts and replacements of the worker, by the class of their error."""
+    resumes: collections.Counter[str] = attrs.Factory(collections.Counter)
+    cuda_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
+
+    def add(self, stats: WorkerStatistics) -> None:
+        """Add one worker's counts."""
+        self.tokens += stats.tokens
+        self.batches += stats.batches
+        self.requeued += stats.requeued
+        self.mismatched += stats.mismatched
+        self.continued.update(stats.continued_modes)
+        self.restarts.update(stats.restart_causes)
+        self.resumes.update(stats.resume_causes)
+        self.cuda_errors.update(stats.cuda_errors)
+
+    def plus(self, stats: WorkerStatistics | None) -> SlotTotals:
+        """These counts and a running worker's, as a new value."""
+        total = SlotTotals()
+        total.add_totals(self)
+        if stats is not None:
+            total.add(stats)
+        return total
+
+    def add_totals(self, other: SlotTotals) -> None:
+        """Add another slot's (or an earlier copy's) counts."""
+        self.tokens += other.tokens
+        self.batches += other.batches
+        self.requeued += other.requeued
+        self.mismatched += other.mismatched
+        self.continued.update(other.continued)
+        self.restarts.update(other.restarts)
+        self.resumes.update(other.resumes)
+        self.cuda_errors.update(other.cuda_errors)
+
+
+RECENT = 256
+"""First-token times a replica keeps for its recent TTFT percentiles (``/v1/workers``)."""
 
 
 @final
@@ -47,6 +107,12 @@ class Replica:
     restarts: int = 0
     dispatched: int = 0
     """Batches sent to it: breaks ties between equally loaded replicas, round robin."""
+    retired: SlotTotals = attrs.Factory(SlotTotals)
+    """The counts of the workers that ran in this slot before the present one."""
+    last_end: str | None = None
+    """The class of the error that ended the last worker in this slot (None: none failed)."""
+    recent_ttft: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=RECENT))
+    """Seconds to the first token of its latest requests (observed by the server)."""
 
     @property
     def name(self) -> str:
@@ -76,34 +142,55 @@ class Replica:
         self,
         changed: Callable[[], None],
         *,
+        on_event: Sequence[EventCallback] = (),
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Run a fresh worker in this slot until it returns; ``changed()`` when it is put in the
-        slot and when it ends."""
-        if self.worker is not None:
+        slot and when it ends; ``on_event`` gets the worker's supervision events (observers)."""
+        if self.worker is not None:  # the root supervisor replaces the worker that ended
             self.restarts += 1
-        worker = Worker.from_options(self.options)
+            self.retired.restarts[self.last_end or "return"] += 1
+        worker = Worker.from_options(self.options, on_event=on_event)
         self.worker = worker
         changed()
         try:
             await worker.run(task_status=task_status)
+        except BaseException as exc:
+            if not all(isinstance(leaf, trio.Cancelled) for leaf in leaves(exc)):
+                self.last_end = type(exc).__name__
+            raise
         finally:
+            self.retired.add(worker.statistics())
             changed()
+
+    def totals(self) -> SlotTotals:
+        """Its counts over every worker it has run, the present one's included."""
+        worker = self.worker
+        return self.retired.plus(None if worker is None else worker.statistics())
 
     def status(self, model: str) -> dict[str, Any]:
         """Its record in ``/v1/workers``."""
         worker = self.worker
         stats = worker.statistics() if worker is not None else None
         where = worker.placement() if worker is not None else {}
+        totals = self.retired.plus(stats)
+        last_cause = stats.last_restart_cause if stats else None
+        ttft = sorted(self.recent_ttft)
         return {
             "name": self.name,
             "model": model,
             "replica": self.index,
             "state": stats.state.value if stats else "starting",
             "generation": stats.generation if stats else 0,
-            "restarts": (stats.generation - 1 if stats else 0) + self.restarts,
+            "restarts": sum(totals.restarts.values()),
+            "resumes": sum(totals.resumes.values()),
+            "last_restart_cause": last_cause or self.last_end,
+            "replaced": self.restarts,
             "pending": stats.pending if stats else 0,
             "in_flight": stats.in_flight if stats else 0,
+            "tokens": totals.tokens,
+            "ttft_p50": _quantile(ttft, 0.5),
+            "ttft_p99": _quantile(ttft, 0.99),
             "isolation": self.config.isolation,
             "pid": where.get("pid"),
             "actor_id": where.get("actor_id"),
@@ -112,6 +199,13 @@ class Replica:
             "node_ip": where.get("node_ip"),
             "breaker": stats.breaker.value if stats and stats.breaker else None,
         }
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    """The ``q`` quantile of sorted values (nearest rank), None when there are none."""
+    if not ordered:
+        return None
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def replicas_of(w: WorkerConfig, drain_timeout: float) -> list[Replica]:

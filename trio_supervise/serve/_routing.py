@@ -60,6 +60,12 @@ class PoolStream:
     def __init__(self, route: ModelRoute, request: Request) -> None:
         self._route = route
         self.request = request
+        self.admitted_at = trio.current_time()
+        """When the pool admitted it (trio's clock)."""
+        self.dispatches: list[tuple[float, str, int]] = []
+        """Each time it was sent to a replica: ``(when, replica, the worker's generation)``."""
+        self._moves: list[tuple[float, str]] = []  # sent to another replica: when, how
+        self._earlier: list[RequestStream] = []  # the streams it read before a move
         self._inner: RequestStream | None = None
         self._assigned = trio.Event()
         self._error: InferenceError | None = None
@@ -72,8 +78,12 @@ class PoolStream:
     def _assign(self, inner: RequestStream | None, replica: Replica | None,
                 error: InferenceError | None = None) -> None:  # fmt: skip
         self._inner, self._replica, self._error = inner, replica, error
-        if inner is not None and self._whole:
-            inner.wake_at_the_end_only()
+        if inner is not None:
+            if self._whole:
+                inner.wake_at_the_end_only()
+            if replica is not None and replica.worker is not None:
+                generation = replica.worker.generation
+                self.dispatches.append((trio.current_time(), replica.name, generation))
         self._assigned.set()
 
     def __aiter__(self) -> PoolStream:
@@ -101,11 +111,45 @@ class PoolStream:
                 # for a backend error).
                 if self._replica is not None:
                     self._tried.add(self._replica)
+                if self._inner is not None:
+                    self._earlier.append(self._inner)
+                    self._inner = None
+                self._moves.append((trio.current_time(), "continued" if continuing else "again"))
                 self._assigned = trio.Event()
                 self._route.resubmit(self, avoid=self._tried, continuing=continuing)
                 continue
             self._got_chunk = True
             return chunk
+
+    @property
+    def replica(self) -> Replica | None:
+        """The replica it was sent to last (None: none yet)."""
+        return self._replica
+
+    @property
+    def generation(self) -> int:
+        """The generation of the tier that ran it last on its replica (0: none yet)."""
+        inner = self._inner
+        if inner is not None and inner.generation:
+            return inner.generation
+        return self.dispatches[-1][2] if self.dispatches else 0
+
+    @property
+    def first_chunk_at(self) -> float | None:
+        """When its first output arrived from a replica (trio's clock; None: none yet)."""
+        times = [s.first_chunk_at for s in self._streams()]
+        return min((t for t in times if t is not None), default=None)
+
+    @property
+    def reruns(self) -> list[tuple[float, str]]:
+        """Its runs after the first, in order: ``(when, "continued" or "again")`` each, on the
+        same worker after a restart or on another replica."""
+        runs = [run for stream in self._streams() for run in stream.reruns]
+        return sorted([*runs, *self._moves])
+
+    def _streams(self) -> list[RequestStream]:
+        inner = self._inner
+        return self._earlier if inner is None else [*self._earlier, inner]
 
     async def _wait_for_a_replica(self) -> None:
         """Wait to be sent to a replica, within the request's deadline: a request that waits in

@@ -28,7 +28,9 @@ connection open).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+import uuid
+from collections.abc import Callable, Sequence
 from typing import Any, final
 
 import trio
@@ -57,6 +59,7 @@ from ..openai import (
     retry_after_header,
     version_body,
 )
+from ..supervision import SupervisionEvent
 from ._asgi import (
     CLOSE,
     Handler,
@@ -65,8 +68,10 @@ from ._asgi import (
     Send,
     send_json,
 )
+from ._exchange import EXCHANGE, REQUEST_ID_HEADER, Exchange, Observer, observe, request_id_of
 from ._generate import generate
 from ._keys import ApiKeys
+from ._logs import access_log
 from .metrics import Metrics
 from .pool import WorkerPool
 
@@ -81,11 +86,24 @@ MAX_BODY = 1024 * 1024
 class App:
     """The ASGI application (one per ``serve``)."""
 
-    def __init__(self, pool: WorkerPool, metrics: Metrics, keys: ApiKeys | None = None) -> None:
+    def __init__(
+        self,
+        pool: WorkerPool,
+        metrics: Metrics,
+        keys: ApiKeys | None = None,
+        observers: Sequence[Observer] = (),
+    ) -> None:
         self.pool = pool
         self.keys = keys
         """The API keys it asks for (``serve/_keys.py``); None: none."""
         self.metrics = metrics
+        self.observers: tuple[Observer, ...] = (
+            metrics.observe,
+            _note_first_token,
+            access_log,
+            *observers,
+        )
+        """Given every request once answered (``serve/_exchange.py``): they only observe."""
         self.server = pool.config.server
         self.ready = False  # every model has a READY replica, once the pool started
         self.open_requests = 0
@@ -117,6 +135,26 @@ class App:
             return
         method, path = scope["method"], scope["path"]
         headers = dict(scope.get("headers", ()))
+        problem: BadRequest | None = None
+        try:
+            request_id = request_id_of(headers)
+        except BadRequest as exc:
+            request_id, problem = uuid.uuid4().hex, exc
+        exchange = Exchange(method, path, request_id)
+        send = _recording(send, exchange)
+        try:
+            if problem is not None:
+                await self.refuse(receive, send, 400, error_body(problem, 400))
+            else:
+                scope[EXCHANGE] = exchange
+                await self._route(scope, receive, send, headers)
+        finally:
+            observe(exchange, self.observers)
+
+    async def _route(
+        self, scope: Scope, receive: Receive, send: Send, headers: dict[bytes, bytes]
+    ) -> None:
+        method, path = scope["method"], scope["path"]
         if b"transfer-encoding" in headers and b"content-length" in headers:
             # Two framings: a proxy may read the body one way and this server another (request
             # smuggling). Refuse, and close the connection so nothing after it is read.
@@ -196,7 +234,7 @@ class App:
         try:
             found = model_named(scope["path"][len(MODEL_PREFIX) :], self.pool.models)
         except InferenceError as exc:
-            await self.error(send, exc, "?", record=False)
+            await self.error(send, exc)
             return
         await send_json(send, 200, found)
 
@@ -204,7 +242,8 @@ class App:
         await send_json(send, 200, version_body())
 
     async def workers(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, {"workers": self.pool.statuses()})
+        events = [_event_record(e, self.pool) for e in self.pool.events]
+        await send_json(send, 200, {"workers": self.pool.statuses(), "events": events})
 
     async def metrics_page(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, content_type = self.metrics.render(self.pool)
@@ -232,7 +271,7 @@ class App:
                                    add_generation_prompt=asked.add_generation_prompt)  # fmt: skip
             tokens = await trio.to_thread.run_sync(tokenizer.encode, text)
         except InferenceError as exc:
-            await self.error(send, exc, "?", record=False)
+            await self.error(send, exc)
             return
         limit = self.pool.max_model_len[model]
         await send_json(send, 200, {"count": len(tokens), "max_model_len": limit,
@@ -252,7 +291,7 @@ class App:
                                  f"{model!r}, got {shown(bad[:5])}")  # fmt: skip
             text = await trio.to_thread.run_sync(tokenizer.decode, asked.tokens)
         except InferenceError as exc:
-            await self.error(send, exc, "?", record=False)
+            await self.error(send, exc)
             return
         await send_json(send, 200, {"prompt": text})
 
@@ -318,7 +357,7 @@ class App:
                     if message.get("more_body"):
                         await self._drop_body(receive)
                     error = BadRequest(f"the body is over {MAX_BODY} bytes")
-                    await self.error(send, error, "?", headers=CLOSE)
+                    await self.error(send, error, headers=CLOSE)
                     return None
                 parts.append(part)
                 if not message.get("more_body"):
@@ -328,21 +367,51 @@ class App:
         return None
 
     async def error(
-        self,
-        send: Send,
-        error: BaseException,
-        model: str,
-        *,
-        record: bool = True,
-        headers: list[tuple[bytes, bytes]] | None = None,
+        self, send: Send, error: BaseException, *, headers: list[tuple[bytes, bytes]] | None = None
     ) -> None:
+        """Answer with ``error``'s status and body (and its ``Retry-After``)."""
         status, retry_after = error_status(error)
-        if record:
-            self.metrics.failed(model, error)
         all_headers = list(headers or [])
         if retry_after is not None:
             all_headers.append((b"retry-after", retry_after_header(retry_after)))
         await send_json(send, status, error_body(error, status), all_headers)
+
+
+def _event_record(event: SupervisionEvent, pool: WorkerPool) -> dict[str, Any]:
+    """A supervision event as ``/v1/workers`` lists it (its time in Unix seconds)."""
+    return {
+        "time": round(time.time() - (trio.current_time() - event.time), 3),
+        "worker": event.child,
+        "supervisor": event.supervisor,
+        "generation": event.generation,
+        "kind": event.kind.value,
+        "error": None if event.error is None else type(event.error).__name__,
+        "text": event.describe(),
+    }
+
+
+def _note_first_token(exchange: Exchange) -> None:
+    """A replica's recent times to a first token (``/v1/workers``, ``trio-supervise top``)."""
+    first = exchange.first_chunk_at
+    for stream in exchange.streams:
+        replica = stream.replica
+        if replica is not None and first is not None:
+            replica.recent_ttft.append(first - exchange.started)
+            return
+
+
+def _recording(send: Send, exchange: Exchange) -> Send:
+    """``send``, recording the response's status into ``exchange`` and echoing its request id
+    (``X-Request-Id``)."""
+    echo = (REQUEST_ID_HEADER, exchange.request_id.encode("ascii"))
+
+    async def recording_send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            exchange.status = message["status"]
+            message = {**message, "headers": [*message.get("headers", ()), echo]}
+        await send(message)
+
+    return recording_send
 
 
 _PROBES = frozenset({"/healthz", "/readyz", "/metrics"})

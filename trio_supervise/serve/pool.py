@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import collections
 import math
+from collections.abc import Sequence
 from typing import Any, final
 
 import attrs
@@ -37,12 +38,15 @@ from .._types import Request
 from ..supervision import (
     ChildSpec,
     Directive,
+    EventCallback,
     Policy,
     RestartIntensity,
     RestartType,
     Strategy,
+    SupervisionEvent,
     Supervisor,
     SupervisorHandle,
+    callbacks,
     rules,
 )
 from ..tier._runner import Tokenizer
@@ -59,11 +63,19 @@ class WorkerPool:
     """Replicas of each configured model, supervised, routed and batched (see the module
     docstring). ``await nursery.start(pool.run)`` returns once every replica is ready."""
 
-    def __init__(self, config: ServeConfig) -> None:
+    def __init__(
+        self,
+        config: ServeConfig,
+        *,
+        on_event: EventCallback | Sequence[EventCallback] | None = None,
+    ) -> None:
         if not isinstance(config, ServeConfig):
             raise TypeError(f"WorkerPool takes a ServeConfig, got {config!r}")
         config.check_runners()
         self.config = config
+        self.events: collections.deque[SupervisionEvent] = collections.deque(maxlen=RECENT_EVENTS)
+        """The latest supervision events of the root supervisor and every worker."""
+        self._on_event = (self.events.append, *callbacks(on_event))
         drain = config.server.drain_timeout
         self.replicas: dict[str, list[Replica]] = {
             w.name: replicas_of(w, drain) for w in config.workers
@@ -96,7 +108,7 @@ class WorkerPool:
         server = self.config.server
 
         async def start(*, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
-            await replica.run(self._notify_ready, task_status=task_status)
+            await replica.run(self._notify_ready, on_event=self._on_event, task_status=task_status)
 
         # A worker that escalates or gives up is replaced by a fresh one (counted by the root).
         policy = Policy(
@@ -115,6 +127,7 @@ class WorkerPool:
             Strategy.ONE_FOR_ONE,
             RestartIntensity(server.max_worker_restarts, server.within),
             [self._child_spec(r) for replicas in self.replicas.values() for r in replicas],
+            on_event=self._on_event,
         )
         for w in self.config.workers:
             tokenizer = await trio.to_thread.run_sync(load_tokenizer, w)
@@ -236,6 +249,21 @@ class WorkerPool:
         """One record per replica (for ``/v1/workers``)."""
         return [r.status(model) for model, replicas in self.replicas.items() for r in replicas]
 
+    def requests_now(self, model: str) -> tuple[int, int]:
+        """``(running, waiting)`` requests of ``model``: running in a batch on a tier, and
+        waiting (in the pool's queue, or in a worker's)."""
+        running = waiting = 0
+        for replica in self.replicas[model]:
+            worker = replica.worker
+            if worker is not None:
+                here = worker.running_requests()
+                running += here
+                waiting += replica.load - here
+        return running, waiting + len(self._queues[model])
+
+
+RECENT_EVENTS = 64
+"""Supervision events a pool keeps for ``/v1/workers`` (and ``trio-supervise top``)."""
 
 BATCH_BYTES = 8 * 1024 * 1024
 """A batch holds at most this much request text, each character counted at UTF-8's worst (4

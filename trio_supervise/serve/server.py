@@ -19,7 +19,9 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from .._errors import Unrecoverable
 from ..worker._worker import WorkerState
+from ._exchange import Observer
 from ._keys import load_api_keys
+from ._logs import HTTP_LOGGER
 from .app import App
 from .config import ServeConfig
 from .metrics import Metrics
@@ -94,8 +96,9 @@ async def serve(
         raise TypeError(f"serve takes a ServeConfig, got {config!r}")
     drain_timeout = config.server.drain_timeout
     keys = load_api_keys(config.server)  # before anything starts: a bad key file is a ConfigError
-    pool = WorkerPool(config)
-    app = App(pool, Metrics(), keys)
+    metrics = Metrics()
+    pool = WorkerPool(config, on_event=metrics.on_event)
+    app = App(pool, metrics, keys, _tracing(config))
     _make_room_for(config.server.max_connections)
     hypercorn_config = HypercornConfig()
     server = config.server
@@ -107,7 +110,8 @@ async def serve(
     # the last writes to slow clients.
     hypercorn_config.graceful_timeout = config.server.drain_timeout
     hypercorn_config.keep_alive_timeout = config.server.keep_alive_timeout
-    hypercorn_config.accesslog = None
+    hypercorn_config.accesslog = None  # the app writes its own (``_logs.py``)
+    hypercorn_config.errorlog = HTTP_LOGGER
     hypercorn_config.backlog = BACKLOG
     shutdown = trio.Event()
     fatal: list[BaseException] = []  # why the server must end once drained
@@ -186,12 +190,21 @@ async def _run_pool(
         workers.start_soon(_watch_models, pool, handle, fatal)
         app.ready = True
         task_status.started(handle)
-        logger.info("serving %s on %s", pool.models, handle.url)
+        logger.debug("serving %s on %s", pool.models, handle.url)
         await handle._drain_requested.wait()
         logger.info("draining: in-flight requests get %gs", drain_timeout)
         with trio.move_on_after(drain_timeout):
             await pool.drain()
         workers.cancel_scope.cancel()
+
+
+def _tracing(config: ServeConfig) -> list[Observer]:
+    """The tracer, as an observer of requests, when ``[server] tracing`` is on."""
+    if not config.server.tracing:
+        return []
+    from ._tracing import Tracing  # the ``otel`` extra: imported only when asked for
+
+    return [Tracing().observe]
 
 
 FD_MARGIN = 256

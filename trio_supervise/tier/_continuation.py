@@ -29,9 +29,18 @@ import attrs
 from .._errors import BadRequest, ContinuationMismatch
 from .._types import ChatMessage, Chunk, Request, Usage
 
-__all__ = ["CONTINUATIONS", "Continuation", "check_continuation", "continuation_mode"]
+__all__ = [
+    "CONTINUATIONS",
+    "CONTINUATION_MODES",
+    "Continuation",
+    "check_continuation",
+    "continuation_mode",
+]
 
 Mode = Literal["replay", "resume"]
+
+CONTINUATION_MODES: tuple[Mode, ...] = ("replay", "resume")
+"""How a stream cut by a failure goes on (see the module docstring)."""
 
 CONTINUATIONS = ("auto", "replay", "resume", "off")
 """The values of ``Request.continuation``: ``"auto"`` is ``"replay"`` where the runner is

@@ -56,6 +56,8 @@ class RequestState:
         "delivered_text",
         "error",
         "finish_reason",
+        "first_chunk_at",
+        "generation",
         "max_tokens",
         "on_outcome",
         "outcome",
@@ -63,6 +65,7 @@ class RequestState:
         "produced",
         "produced_this_attempt",
         "request",
+        "reruns",
         "run_request",
         "usage",
         "waiter",
@@ -99,6 +102,12 @@ class RequestState:
         self.delivered = None if self.continuation is None else self.continuation.tokens
         self.delivered_text = [] if self.continuation is None else self.continuation.texts
         self.continuing = False  # True while a continued run's chunks need _continue
+        self.first_chunk_at: float | None = None
+        """``trio.current_time()`` when the runner's first chunk for it arrived."""
+        self.generation = 0
+        """The tier incarnation that took it last (0: none yet)."""
+        self.reruns: list[tuple[float, str]] | None = None
+        """Each run after a restart: when it was decided, and ``"continued"`` or ``"again"``."""
 
     def __repr__(self) -> str:
         return f"<RequestState {self.request.id!r} {self.outcome or 'open'}>"
@@ -150,6 +159,8 @@ class RequestState:
             RunnerError: the chunk would exceed the request's ``max_tokens``.
         """
         self.produced_this_attempt = True
+        if self.first_chunk_at is None:
+            self.first_chunk_at = trio.current_time()
         delivered = self.delivered
         if delivered is not None:  # it may be continued: record what its consumer gets
             if self.continuing:  # a replay's prefix to drop, or a resumed run's usage to fix
@@ -204,6 +215,15 @@ class RequestState:
         return chunk
 
     def run_again(self, deterministic: bool | None, max_attempts: int) -> str | None:
+        """After its tier failed: see :meth:`_run_again`; each run is recorded in ``reruns``."""
+        run = self._run_again(deterministic, max_attempts)
+        if run is not None:
+            if self.reruns is None:
+                self.reruns = []
+            self.reruns.append((trio.current_time(), run))
+        return run
+
+    def _run_again(self, deterministic: bool | None, max_attempts: int) -> str | None:
         """After its tier failed: ``"continued"`` or ``"again"`` if it runs again (prepared to),
         else None.
 
@@ -353,6 +373,21 @@ class RequestStream:
     def attempts(self) -> int:
         """Runs of the request so far (on this worker, and before it came here)."""
         return self._state.attempts
+
+    @property
+    def first_chunk_at(self) -> float | None:
+        """``trio.current_time()`` when its first output arrived here (None: none yet)."""
+        return self._state.first_chunk_at
+
+    @property
+    def generation(self) -> int:
+        """The tier incarnation (the worker's generation) that took it last; 0: none yet."""
+        return self._state.generation
+
+    @property
+    def reruns(self) -> tuple[tuple[float, str], ...]:
+        """Its runs here after a restart: ``(when, "continued" or "again")`` each."""
+        return tuple(self._state.reruns or ())
 
     def carry(self) -> Continuation | None:
         """What another worker needs to continue this stream after it failed here

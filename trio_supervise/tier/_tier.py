@@ -216,6 +216,8 @@ class Tier:
             counts = self.port.counts
             job.seq, counts.batches = counts.batches, counts.batches + 1
             job.generation = self.generation
+            for state in job.states:
+                state.generation = self.generation
             self.in_flight.add(job)
             return job
 

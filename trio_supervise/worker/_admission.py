@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 import trio
 
-from .._errors import Backpressure, BadRequest, WorkerStopped
+from .._errors import Backpressure, BadRequest, ContinuationMismatch, WorkerStopped
 from .._types import Request
 from ..tier._continuation import Continuation, check_continuation
 from ..tier._port import Job
@@ -127,13 +127,24 @@ class Admission:
         for state in states:
             open_[state.id] = state
         self.counts["accepted"] += len(states)
-        self.counts["continued"] += len(continuing)
+        for state in states:
+            if state.id in continuing:
+                self.count_continued(state)
         if self.idle.is_set():
             self.idle = trio.Event()
         return tuple(RequestStream(state) for state in states)
 
+    def count_continued(self, state: RequestState) -> None:
+        """One more run of ``state`` continues its stream (it delivered output)."""
+        self.counts["continued"] += 1
+        continuation = state.continuation
+        if continuation is not None and continuation.mode is not None:
+            self.counts[f"continued {continuation.mode}"] += 1
+
     def _ended(self, state: RequestState) -> None:
         self.open.pop(state.id, None)
         self.counts[state.outcome or "?"] += 1
+        if isinstance(state.error, ContinuationMismatch):
+            self.counts["mismatched"] += 1
         if not self.open:
             self.idle.set()

@@ -31,17 +31,18 @@ def settle_restart(
     error: BaseException | None,
     max_attempts: int,
     deterministic: bool | None,
-) -> tuple[list[RequestState], int]:
+) -> tuple[list[RequestState], list[RequestState]]:
     """Fail what may not run again; return what may, in batch order, to be queued first, and
-    how many of them are continued (they delivered output already)."""
+    those of them that are continued (they delivered output already)."""
     again: list[RequestState] = []
-    continued = 0
+    continued: list[RequestState] = []
     for job in sorted(in_flight, key=lambda j: j.seq or 0):
         for state in job.open_states():
             run = state.run_again(deterministic, max_attempts)
             if run is not None:
                 again.append(state)
-                continued += run == "continued"
+                if run == "continued":
+                    continued.append(state)
             elif isinstance(error, ContextPoisoned):
                 state.fail(error_for_request(error))
             else:
@@ -77,9 +78,9 @@ def requeue(
     first = [Job(again)] if again else []
     if held is not None:  # never left the queue: it goes back right behind them
         first.append(held)
-    if again:
-        admission.counts["requeued"] += len(again)
-        admission.counts["continued"] += continued
+    admission.counts["requeued"] += len(again)
+    for state in continued:
+        admission.count_continued(state)
     if first:
         admission.queue.put_first(first)
 

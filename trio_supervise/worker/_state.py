@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from typing import final
 
 import attrs
@@ -80,6 +81,18 @@ class WorkerStatistics:
     """Request runs that continue a stream cut by a failure (here, or on another worker)."""
     breaker: BreakerState | None = None
     """The circuit breaker of the current runner (a remote one), or ``None`` without one."""
+    mismatched: int = 0
+    """Continued requests that ended with ``ContinuationMismatch`` (a replay that differed)."""
+    continued_modes: Mapping[str, int] = attrs.field(factory=dict)
+    """``continued`` by mode: ``"replay"`` and ``"resume"``."""
+    restart_causes: Mapping[str, int] = attrs.field(factory=dict)
+    """Counted tier restarts, by the class of the error that caused them."""
+    resume_causes: Mapping[str, int] = attrs.field(factory=dict)
+    """Uncounted tier restarts (RESUME, an operator's restart), by the class of their error."""
+    cuda_errors: Mapping[str, int] = attrs.field(factory=dict)
+    """Tier failures that were CUDA errors, by CUDA status."""
+    last_restart_cause: str | None = None
+    """The class of the error behind the latest restart or resume (None: none yet)."""
 
 
 def check_transition(name: str, old: WorkerState, new: WorkerState) -> None:

@@ -28,6 +28,7 @@ from trio_util import AsyncValue
 from .._errors import BadRequest, ConfigError, WorkerStopped
 from .._types import Batch, RebuildCause, Request
 from ..devices import DeviceContext, open_device
+from ..devices._cuda_errors import cuda_error_code
 from ..supervision import (
     Decision,
     Directive,
@@ -40,7 +41,7 @@ from ..supervision import (
     supervise,
 )
 from ..tier._breaker import BreakerState
-from ..tier._continuation import Continuation
+from ..tier._continuation import CONTINUATION_MODES, Continuation
 from ..tier._port import TierCounts, TierPort
 from ..tier._requests import RequestStream, error_for_request
 from ..tier._tier import RestartRequested, Tier
@@ -116,6 +117,12 @@ class Worker:
         """Whether the runner says it is ``deterministic`` (None until a tier has loaded)."""
         self.restart_causes = collections.Counter[str]()
         """Counted restarts of the tier, by the class of the error that caused them."""
+        self.resume_causes = collections.Counter[str]()
+        """Uncounted restarts (RESUME, and :meth:`restart`), by the class of their error."""
+        self.cuda_errors = collections.Counter[str]()
+        """Tier failures that were CUDA errors, by CUDA status (``"700"``, ``"2"``...)."""
+        self.last_restart_cause: str | None = None
+        """The class of the error behind the latest restart or resume (None: none yet)."""
 
     @property
     def options(self) -> WorkerOptions:
@@ -272,13 +279,21 @@ class Worker:
     def _settle(self, decision: Decision, error: Exception | None) -> None:
         """Settle what the tier that ended left, as ``decision`` says (before its event)."""
         directive = decision.directive
+        if error is not None:
+            code = cuda_error_code(error)
+            if code is not None:
+                self.cuda_errors[code] += 1
         if directive is Directive.STOP or directive is Directive.ESCALATE:  # or it gave up
             stopped = directive is Directive.STOP
             state = WorkerState.STOPPED if stopped else WorkerState.FAILED
             self._end(state, "stopped" if stopped else "failed")
             return
+        cause = "return" if error is None else type(error).__name__
+        self.last_restart_cause = cause
         if directive is Directive.RESTART:
-            self.restart_causes["return" if error is None else type(error).__name__] += 1
+            self.restart_causes[cause] += 1
+        else:
+            self.resume_causes[cause] += 1
         if self._tier is not None:  # RESTART or RESUME: re-queue first what may run again
             requeue(self._admission, self._tier.take_unsettled(), error, self.deterministic)
 
@@ -377,7 +392,20 @@ class Worker:
             batches=self._counts.batches,
             tokens=self._counts.tokens,
             breaker=self.breaker_state,
+            mismatched=counts["mismatched"],
+            continued_modes={mode: counts[f"continued {mode}"] for mode in CONTINUATION_MODES},
+            restart_causes=dict(self.restart_causes),
+            resume_causes=dict(self.resume_causes),
+            cuda_errors=dict(self.cuda_errors),
+            last_restart_cause=self.last_restart_cause,
         )
+
+    def running_requests(self) -> int:
+        """Requests open in the batches the tier runs now."""
+        tier = self._tier
+        if tier is None:
+            return 0
+        return sum(len(job.open_states()) for job in tier.in_flight)
 
     @property
     def breaker_state(self) -> BreakerState | None:
