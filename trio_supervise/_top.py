@@ -23,9 +23,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from .serve._keys import ENV_VAR
+
 __all__ = ["API_KEY_ENV", "TopError", "add_top_parser", "frame", "poll", "run_top"]
 
-API_KEY_ENV = "TRIO_SUPERVISE_API_KEY"
+API_KEY_ENV = ENV_VAR
 """The key sent without ``--api-key``: the variable the server reads a key from."""
 
 EVENTS_SHOWN = 10

@@ -304,6 +304,7 @@ async def test_workers_lists_the_latest_supervision_events_and_recent_ttft() -> 
 
 
 async def test_a_span_per_request_with_its_events_in_order() -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="needs the otel extra")
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -337,3 +338,28 @@ async def test_a_span_per_request_with_its_events_in_order() -> None:
     assert dispatched is not None and dispatched["replica"] == "mock#0"
     assert span.start_time is not None and span.end_time is not None
     assert span.start_time <= min(times) and max(times) <= span.end_time
+
+
+def test_tracing_is_a_flag_and_asks_for_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ts.ConfigError, match=r"server.tracing: must be true or false, got .yes."):
+        config(server={"tracing": "yes"}).validate()
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "opentelemetry" else real(name, *a),
+    )
+    with pytest.raises(ts.ConfigError, match=r"pip install 'trio-supervise\[otel\]'"):
+        config(server={"tracing": True}).validate()
+
+
+async def test_a_server_with_tracing_on_hands_each_request_to_the_tracer() -> None:
+    pytest.importorskip("opentelemetry", reason="needs the otel extra")
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            handle = await start(nursery, config(server={"tracing": True}))
+            owners = [type(getattr(o, "__self__", None)).__name__ for o in handle.app.observers]
+            handle.drain()
+    assert owners.count("Tracing") == 1

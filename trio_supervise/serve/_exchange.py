@@ -23,6 +23,7 @@ from .._errors import BadRequest, shown
 from .._types import Usage
 
 if TYPE_CHECKING:
+    from ._replica import Replica
     from ._routing import PoolStream
 
 __all__ = ["EXCHANGE", "REQUEST_ID_HEADER", "Exchange", "Observer", "observe", "request_id_of"]
@@ -112,10 +113,17 @@ class Exchange:
         return "finished"
 
     @property
+    def first_chunk(self) -> tuple[float, Replica | None] | None:
+        """When its first output arrived (trio's clock), and from which replica (of all its
+        choices, the earliest); None: none came."""
+        firsts = [first for s in self.streams if (first := s.first_chunk) is not None]
+        return min(firsts, key=lambda first: first[0], default=None)
+
+    @property
     def first_chunk_at(self) -> float | None:
-        """When its first output arrived from a replica (trio's clock)."""
-        times = [s.first_chunk_at for s in self.streams]
-        return min((t for t in times if t is not None), default=None)
+        """When its first output arrived (trio's clock); None: none came."""
+        first = self.first_chunk
+        return None if first is None else first[0]
 
     @property
     def continued(self) -> int:

@@ -65,7 +65,7 @@ class PoolStream:
         self.dispatches: list[tuple[float, str, int]] = []
         """Each time it was sent to a replica: ``(when, replica, the worker's generation)``."""
         self._moves: list[tuple[float, str]] = []  # sent to another replica: when, how
-        self._earlier: list[RequestStream] = []  # the streams it read before a move
+        self._earlier: list[tuple[RequestStream, Replica | None]] = []  # read before a move
         self._inner: RequestStream | None = None
         self._assigned = trio.Event()
         self._error: InferenceError | None = None
@@ -112,7 +112,7 @@ class PoolStream:
                 if self._replica is not None:
                     self._tried.add(self._replica)
                 if self._inner is not None:
-                    self._earlier.append(self._inner)
+                    self._earlier.append((self._inner, self._replica))
                     self._inner = None
                 self._moves.append((trio.current_time(), "continued" if continuing else "again"))
                 self._assigned = trio.Event()
@@ -135,21 +135,24 @@ class PoolStream:
         return self.dispatches[-1][2] if self.dispatches else 0
 
     @property
-    def first_chunk_at(self) -> float | None:
-        """When its first output arrived from a replica (trio's clock; None: none yet)."""
-        times = [s.first_chunk_at for s in self._streams()]
-        return min((t for t in times if t is not None), default=None)
+    def first_chunk(self) -> tuple[float, Replica | None] | None:
+        """When its first output arrived (trio's clock), and from which replica; None: none
+        yet."""
+        for stream, replica in self._streams():  # in the order it ran
+            if stream.first_chunk_at is not None:
+                return stream.first_chunk_at, replica
+        return None
 
     @property
     def reruns(self) -> list[tuple[float, str]]:
         """Its runs after the first, in order: ``(when, "continued" or "again")`` each, on the
         same worker after a restart or on another replica."""
-        runs = [run for stream in self._streams() for run in stream.reruns]
+        runs = [run for stream, _ in self._streams() for run in stream.reruns]
         return sorted([*runs, *self._moves])
 
-    def _streams(self) -> list[RequestStream]:
+    def _streams(self) -> list[tuple[RequestStream, Replica | None]]:
         inner = self._inner
-        return self._earlier if inner is None else [*self._earlier, inner]
+        return self._earlier if inner is None else [*self._earlier, (inner, self._replica)]
 
     async def _wait_for_a_replica(self) -> None:
         """Wait to be sent to a replica, within the request's deadline: a request that waits in

@@ -242,7 +242,8 @@ class App:
         await send_json(send, 200, version_body())
 
     async def workers(self, scope: Scope, receive: Receive, send: Send) -> None:
-        events = [_event_record(e, self.pool) for e in self.pool.events]
+        offset = time.time() - trio.current_time()  # trio's clock to Unix seconds
+        events = [_event_record(e, offset) for e in self.pool.events]
         await send_json(send, 200, {"workers": self.pool.statuses(), "events": events})
 
     async def metrics_page(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -377,10 +378,11 @@ class App:
         await send_json(send, status, error_body(error, status), all_headers)
 
 
-def _event_record(event: SupervisionEvent, pool: WorkerPool) -> dict[str, Any]:
-    """A supervision event as ``/v1/workers`` lists it (its time in Unix seconds)."""
+def _event_record(event: SupervisionEvent, offset: float) -> dict[str, Any]:
+    """A supervision event as ``/v1/workers`` lists it (its time in Unix seconds: trio's clock
+    plus ``offset``)."""
     return {
-        "time": round(time.time() - (trio.current_time() - event.time), 3),
+        "time": round(event.time + offset, 3),
         "worker": event.child,
         "supervisor": event.supervisor,
         "generation": event.generation,
@@ -391,13 +393,13 @@ def _event_record(event: SupervisionEvent, pool: WorkerPool) -> dict[str, Any]:
 
 
 def _note_first_token(exchange: Exchange) -> None:
-    """A replica's recent times to a first token (``/v1/workers``, ``trio-supervise top``)."""
-    first = exchange.first_chunk_at
-    for stream in exchange.streams:
-        replica = stream.replica
-        if replica is not None and first is not None:
-            replica.recent_ttft.append(first - exchange.started)
-            return
+    """The recent times to a first token of the replica that sent it (``/v1/workers``,
+    ``trio-supervise top``): from the request's arrival, queueing included, as a client sees."""
+    first = exchange.first_chunk
+    if first is not None:
+        at, replica = first
+        if replica is not None:
+            replica.recent_ttft.append(at - exchange.started)
 
 
 def _recording(send: Send, exchange: Exchange) -> Send:
