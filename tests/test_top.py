@@ -14,11 +14,9 @@ import pytest
 import trio
 from rich.console import Console
 
-import trio_supervise as ts
-from tests.support.helpers import serve_config, start_server
+from tests.support.helpers import restarting_once, serve_config, start_server
 from trio_supervise._cli import main
 from trio_supervise._top import API_KEY_ENV, add_top_parser, frame, run_top
-from trio_supervise.runners.mock import MockRecord
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -125,14 +123,7 @@ def test_the_latest_ten_events_newest_last_at_local_time_and_their_text_as_is() 
 
 
 async def test_once_shows_a_restarted_replica_and_its_restarting_event() -> None:
-    cfg = serve_config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky"),
-            "record": MockRecord(),
-        },
-    )
+    cfg = restarting_once()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start_server(nursery, cfg)

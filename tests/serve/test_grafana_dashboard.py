@@ -15,11 +15,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-import trio_supervise as ts
-from tests.support.helpers import logged
-from tests.support.helpers import serve_config as config
+from tests.support.helpers import logged, restarting_once
 from tests.support.helpers import start_server as start
-from trio_supervise.runners.mock import MockRecord
 
 DASHBOARD = Path(__file__).parents[2] / "examples" / "grafana-dashboard.json"
 
@@ -124,14 +121,7 @@ async def test_the_dashboard_queries_what_a_server_exposes_and_shows_all_of_it(
     # The first tier fails its first batch: a restart, a re-queued run, a time to READY, so the
     # supervisor's labelled series are there besides the per-request ones.
     caplog.set_level(logging.INFO, "trio_supervise.access")  # what `logged` below waits for
-    cfg = config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky"),
-            "record": MockRecord(),
-        },
-    )
+    cfg = restarting_once()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)

@@ -11,8 +11,8 @@ import pytest
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.helpers import restarting_once, served_url
 from tests.support.helpers import serve_config as config
-from tests.support.helpers import served_url
 from tests.support.helpers import start_server as start
 from trio_supervise.serve.server import ServerHandle
 
@@ -299,17 +299,7 @@ async def test_serve_ends_when_a_model_has_no_replica_left() -> None:
 
 
 async def test_restarts_are_counted_by_cause_in_metrics() -> None:
-    import trio_supervise as ts
-    from trio_supervise.runners.mock import MockRecord
-
-    cfg = config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky"),
-            "record": MockRecord(),  # shared, so that only the first runner fails
-        },
-    )
+    cfg = restarting_once()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)
@@ -328,17 +318,8 @@ async def test_restarts_are_counted_by_cause_in_metrics() -> None:
 
 async def test_readyz_is_503_while_a_replica_restarts() -> None:
     import trio_supervise as ts
-    from trio_supervise.runners.mock import MockRecord
 
-    cfg = config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky"),
-            "record": MockRecord(),
-            "load_delay": 1.0,  # each tier takes a second to load
-        },
-    )
+    cfg = restarting_once(runner_args={"load_delay": 1.0})  # each tier loads for 1 s
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)

@@ -17,10 +17,9 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 import trio_supervise as ts
-from tests.support.helpers import logged, served_url
+from tests.support.helpers import logged, restarting_once, served_url
 from tests.support.helpers import serve_config as config
 from tests.support.helpers import start_server as start
-from trio_supervise.runners.mock import MockRecord
 from trio_supervise.serve import ServeConfig, configure_logging
 from trio_supervise.testing import Fault, FaultPlan
 
@@ -103,14 +102,7 @@ async def test_json_lines_carry_the_access_fields_and_the_supervision_events(
 ) -> None:
     out = io.StringIO()
     configure_logging("info", json_lines=True, stream=out)
-    cfg = config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky CUDA error 700"),
-            "record": MockRecord(),
-        },
-    )
+    cfg = restarting_once(ts.ContextPoisoned("sticky CUDA error 700"))
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)
@@ -279,14 +271,7 @@ async def test_request_metrics_count_outcomes_tokens_and_latencies(
 
 
 async def test_workers_lists_the_latest_supervision_events_and_recent_ttft() -> None:
-    cfg = config(
-        runner="tests.serve.test_serve_pool:StoppingRunner",
-        runner_args={
-            "fail_instances": (0,),
-            "error": ts.ContextPoisoned("sticky"),
-            "record": MockRecord(),
-        },
-    )
+    cfg = restarting_once()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
             handle = await start(nursery, cfg)

@@ -183,6 +183,22 @@ def serve_config(**worker: Any) -> Any:
     )
 
 
+def restarting_once(error: Any = None, **worker: Any) -> Any:
+    """``serve_config`` of a mock model whose first runner fails its first batch with ``error``
+    (default ``ContextPoisoned("sticky")``), before any chunk: one tier restart, one re-queued
+    run. ``runner_args`` entries go over these, every other keyword into the table."""
+    from trio_supervise.runners.mock import MockRecord
+
+    args = {
+        "fail_instances": (0,),
+        "error": ts.ContextPoisoned("sticky") if error is None else error,
+        "record": MockRecord(),  # shared, so that only the first runner fails
+        **worker.pop("runner_args", {}),
+    }
+    return serve_config(runner="tests.serve.test_serve_pool:StoppingRunner", runner_args=args,
+                        **worker)  # fmt: skip
+
+
 async def start_server(nursery: trio.Nursery, config: Any) -> Any:
     """``serve(config)`` started in ``nursery``: its handle, once every replica is ready."""
     from trio_supervise.serve.server import serve

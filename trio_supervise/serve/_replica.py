@@ -59,27 +59,17 @@ class SlotTotals:
     resumes: collections.Counter[str] = attrs.Factory(collections.Counter)
     cuda_errors: collections.Counter[str] = attrs.Factory(collections.Counter)
 
-    def add(self, stats: WorkerStatistics) -> None:
-        """Add one worker's counts."""
-        self.tokens += stats.tokens
-        self.batches += stats.batches
-        self.requeued += stats.requeued
-        self.mismatched += stats.mismatched
-        self.continued.update(stats.continued_modes)
-        self.restarts.update(stats.restart_causes)
-        self.resumes.update(stats.resume_causes)
-        self.cuda_errors.update(stats.cuda_errors)
+    @classmethod
+    def of(cls, stats: WorkerStatistics) -> SlotTotals:
+        """One worker's counts."""
+        return cls(
+            stats.tokens, stats.batches, stats.requeued, stats.mismatched,
+            collections.Counter(stats.continued_modes), collections.Counter(stats.restart_causes),
+            collections.Counter(stats.resume_causes), collections.Counter(stats.cuda_errors),
+        )  # fmt: skip
 
-    def plus(self, stats: WorkerStatistics | None) -> SlotTotals:
-        """These counts and a running worker's, as a new value."""
-        total = SlotTotals()
-        total.add_totals(self)
-        if stats is not None:
-            total.add(stats)
-        return total
-
-    def add_totals(self, other: SlotTotals) -> None:
-        """Add another slot's (or an earlier copy's) counts."""
+    def add(self, other: SlotTotals) -> None:
+        """Add another's counts to these."""
         self.tokens += other.tokens
         self.batches += other.batches
         self.requeued += other.requeued
@@ -88,6 +78,14 @@ class SlotTotals:
         self.restarts.update(other.restarts)
         self.resumes.update(other.resumes)
         self.cuda_errors.update(other.cuda_errors)
+
+    def plus(self, stats: WorkerStatistics | None) -> SlotTotals:
+        """These counts and a running worker's, as a new value."""
+        total = SlotTotals()
+        total.add(self)
+        if stats is not None:
+            total.add(SlotTotals.of(stats))
+        return total
 
 
 RECENT = 256
@@ -160,7 +158,7 @@ class Replica:
                 self.last_end = type(exc).__name__
             raise
         finally:
-            self.retired.add(worker.statistics())
+            self.retired.add(SlotTotals.of(worker.statistics()))
             changed()
 
     def totals(self) -> SlotTotals:
