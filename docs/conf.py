@@ -129,6 +129,13 @@ nitpick_ignore = [
     ("py:class", "trio_supervise.tier._runner.Tokenizer"),
     # The API keys a server asks for (described in docs/serving.md), named in App's signature.
     ("py:class", "trio_supervise.serve._keys.ApiKeys"),
+    # A slot's counts over every worker it ran (the counters of docs/serving.md's Metrics), named
+    # in Replica's fields.
+    ("py:class", "trio_supervise.serve._replica.SlotTotals"),
+    # One request and its answer, as the server's observers get it (metrics, access log, trace),
+    # named in Metrics.observe's and App's signatures.
+    ("py:class", "trio_supervise.serve._exchange.Exchange"),
+    ("py:class", "Exchange"),
 ]
 
 

@@ -8,9 +8,9 @@ Two kinds:
   :meth:`Metrics.observe` takes each finished request (an ``Exchange``) after its answer.
 * **What only a supervisor knows**: restarts by cause, re-queued and continued requests,
   continuation mismatches, resumes, CUDA errors by status, and the time from a failure to READY.
-  The counters are read from each replica's :class:`~._replica.SlotTotals` when scraped (the
-  counts of every worker the slot has run, so they never go down when the pool replaces a
-  worker); the time to READY is observed from the supervision events (:meth:`on_event`).
+  The counters are read from each replica's ``SlotTotals`` when scraped (the counts of every
+  worker the slot has run, so they never go down when the pool replaces a worker); the time to
+  READY is observed from the supervision events (:meth:`Metrics.on_event`).
 """
 
 from __future__ import annotations
