@@ -8,6 +8,7 @@ example that fails replays with its order.
 
 import os
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -50,19 +51,46 @@ def ray_processes() -> list[int]:
     return found
 
 
+RAY_HEALTH_CHECKS = {
+    "health_check_period_ms": 500,
+    "health_check_failure_threshold": 4,
+    "health_check_timeout_ms": 500,
+    "health_check_initial_delay_ms": 0,
+}
+"""The session cluster's GCS declares a node that stopped answering dead after about 2 s (Ray's
+default: about 15 s), so a test that kills a node sees its actors die soon; not sooner, so that
+a node of a machine busy with other tests is not taken for dead."""
+
+
 @pytest.fixture(scope="session")
-def ray_address() -> Iterator[str]:
-    """One local Ray for the session (``num_cpus=2``, loopback, no dashboard): its address.
+def ray_cluster() -> Iterator[Any]:
+    """One local Ray cluster for the session, on loopback with no dashboard: a head node of
+    ``num_cpus=2`` that this process joins (``ray.cluster_utils.Cluster``, Ray's own test
+    utility), to which a multi-node test adds nodes of its own and removes them.
 
     In-process tests use it as it is; a subprocess (an example, ``serve``) joins it with
     ``RAY_ADDRESS`` instead of starting a Ray of its own. None of its daemons is left after.
     """
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False)
-    assert ray_processes(), "a local Ray starts its daemons as our children"
-    yield str(ray.get_runtime_context().gcs_address)
-    ray.shutdown()  # ends and reaps its daemons
+    from ray.cluster_utils import Cluster
+
+    head = {"num_cpus": 2, "include_dashboard": False, "node_ip_address": "127.0.0.1",
+            "_system_config": RAY_HEALTH_CHECKS}  # fmt: skip
+    cluster = Cluster(initialize_head=True, head_node_args=head)
+    try:
+        ray.init(address=cluster.address)
+        assert ray_processes(), "a local Ray starts its daemons as our children"
+        yield cluster
+    finally:
+        ray.shutdown()
+        cluster.shutdown()  # ends and reaps every node's daemons
     assert ray_processes() == []
+
+
+@pytest.fixture(scope="session")
+def ray_address(ray_cluster: Any) -> str:
+    """The session cluster's address (what ``RAY_ADDRESS`` is set to for a subprocess)."""
+    return str(ray_cluster.address)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -12,9 +12,10 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 import pytest
@@ -53,19 +54,31 @@ max_model_len = 64
         text=True,
     )
     assert process.stdout is not None
-    output = ""
-    try:
-        for line in process.stdout:  # blocks until the server says it is ready
-            output += line
+    lines: list[str] = []
+    ready = threading.Event()
+
+    def drain(out: IO[str]) -> None:
+        """Read the server's output as it comes (an access line per request: an unread pipe
+        would fill, and the server would block writing its log)."""
+        for line in out:
+            lines.append(line)
             if line.startswith("serving "):
-                break
-        else:
-            raise AssertionError(f"serve ended before it was ready:\n{output}")
-        yield served_url(line)
+                ready.set()
+        ready.set()  # it ended
+
+    reader = threading.Thread(target=drain, args=(process.stdout,), daemon=True)
+    reader.start()
+    try:
+        ready.wait()
+        serving = [line for line in lines if line.startswith("serving ")]
+        assert serving, "serve ended before it was ready:\n" + "".join(lines)
+        yield served_url(serving[0])
     finally:
         process.send_signal(signal.SIGTERM)
-        rest, _ = process.communicate(timeout=60)
-        assert process.returncode == 0, output + rest
+        process.wait(timeout=60)
+        reader.join(timeout=60)
+        process.stdout.close()
+        assert process.returncode == 0, "".join(lines)
 
 
 surrogates = st.characters(codec=None, exclude_categories=())  # lone surrogates included

@@ -273,17 +273,26 @@ class RayHome:
         """Take the spare, or make a fresh actor; its Ready tells the runner's attributes."""
         actors, spec = self.actors, self.actors.spec.process
         self._fail = fail
+        reply = None
         actor = actors.take_spare()
         if actor is not None:  # a standby spare: probe its device, load if it has not, go
             self.actor = actor
-            actor.on_death = fail
-            call = actor.handle.activate.remote(port.generation)
-        else:
+            try:
+                call = actor.handle.activate.remote(port.generation)
+                reply = await actors.request(actor, call, port.readiness_timeout)
+            except ChildDied:
+                # It died while parked, before Ray said so (its node was lost with the actor it
+                # replaces): a fresh actor takes over in this same load.
+                actors.retire(actor)
+                self.actor = None
+            else:
+                actor.on_death = fail
+        if reply is None:
             actor = self.actor = await actors.make()
             actor.on_death = fail
             call = actor.handle.start.remote(codec.pack(spec.init(port.generation)))
-        reply = await actors.request(actor, call, port.readiness_timeout)
-        assert isinstance(reply, frames.Ready)
+            reply = await actors.request(actor, call, port.readiness_timeout)
+        assert actor is not None and isinstance(reply, frames.Ready)
         self.runner = RunnerProxy(self, reply.max_concurrency)
         nursery.start_soon(self._heartbeats, actor, spec.heartbeat_timeout)
         actors.replenish_spare()
