@@ -9,8 +9,9 @@ loss to what the worker sees are printed (``pytest -s``) for docs/scaling.md.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -181,3 +182,49 @@ async def test_a_spare_on_the_lost_node_is_not_taken(nodes: Nodes) -> None:
             assert tier is not None and tier.home.actor is not spare  # type: ignore[attr-defined]
             assert await worker.generate(req("b", 3)).collect() is not None
     assert events.kinds().count("FAILED") == 1  # one restart: the dead spare was not tried
+
+
+async def test_every_request_gets_one_outcome_when_a_node_is_lost_under_load(
+    nodes: Nodes,
+) -> None:
+    """The chaos harness through a Ray tier over two nodes (a third one spare), with the loss of
+    the actor's node as the fault: once 40 requests have ended, the node goes."""
+    from trio_supervise.testing import FaultPlan, run_chaos
+
+    for _ in range(3):  # all before the run: a node added during it is a child process it made
+        nodes.add()
+    workers: list[ts.Worker] = []
+    ended = 0
+    forty = trio.Event()
+
+    def progress() -> None:
+        nonlocal ended
+        ended += 1
+        if ended == 40:
+            forty.set()
+
+    @contextlib.asynccontextmanager
+    async def factory(plan: FaultPlan) -> AsyncIterator[ts.Worker]:
+        async with ts.open_worker(
+            MOCK, runner_args={"delay": 0.002}, device="cpu", isolation="ray",
+            ray_options=nodes.ray_options(), max_pending=1000,
+        ) as worker:  # fmt: skip
+            workers.append(worker)
+            yield worker
+
+    async def lose_a_node() -> None:
+        await forty.wait()
+        (worker,) = workers  # the run with the fault: the fault-free one comes after
+        node = nodes.holding(worker.placement()["node_id"])
+        nodes.kill(node)  # SIGKILLs, at once
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lose_a_node)
+            report = await run_chaos(
+                factory, requests=200, concurrency=16, plan=FaultPlan.none(), seed=7,
+                timeout=100.0, on_progress=progress, fault_errors=(ts.ChildDied,),
+            )  # fmt: skip
+    assert report.ok, report.violations
+    assert report.restarts >= 1 and report.compared == 200
+    assert workers[0].restart_causes["ChildDied"] >= 1
