@@ -119,6 +119,17 @@ def test_the_latest_ten_events_newest_last_at_local_time_and_their_text_as_is() 
                                 "[bold]x[/bold]"]  # fmt: skip
 
 
+def test_the_root_supervisors_start_and_ready_of_a_slot_are_not_shown_twice() -> None:
+    start = 1_800_000_000.0
+    mine = {**event(start, "ready", "mock#0/mock#0#1 ready"), "supervisor": "mock#0"}
+    events = [event(start, "started", "pool/mock#0#1 started"), mine,
+              event(start, "ready", "pool/mock#0#1 ready"),
+              event(start + 1, "restarting", "pool/mock#0#1 restarting")]  # fmt: skip
+    output = rendered(frame(None, {"workers": [record()], "events": events}, 0.0))
+    assert "mock#0/mock#0#1 ready" in output and "pool/mock#0#1 restarting" in output
+    assert "pool/mock#0#1 ready" not in output and "pool/mock#0#1 started" not in output
+
+
 # --- against a served instance ----------------------------------------------------------------
 
 

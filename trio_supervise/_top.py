@@ -30,6 +30,9 @@ __all__ = ["API_KEY_ENV", "TopError", "add_top_parser", "frame", "poll", "run_to
 API_KEY_ENV = ENV_VAR
 """The key sent without ``--api-key``: the variable the server reads a key from."""
 
+WIDTH = 110
+"""Columns of a frame printed where there is no terminal to measure."""
+
 EVENTS_SHOWN = 10
 """Supervision events a frame shows, newest last."""
 
@@ -93,7 +96,10 @@ def run_top(
 ) -> int:
     """Run ``top``: 0 after ``--once`` or Ctrl-C, 2 (and one line on ``errors``) when the
     server cannot be reached, refuses the key, or the arguments are wrong."""
+    # Into a pipe or a file, rich would wrap at 80 columns and cut the headers: a frame is ~100.
     out = console if console is not None else Console()
+    if console is None and not out.is_terminal:
+        out = Console(width=max(out.width, WIDTH))
     err = errors if errors is not None else Console(stderr=True, soft_wrap=True)
     url = args.url.rstrip("/")
     if "://" not in url:
@@ -271,8 +277,14 @@ def tokens_per_second(before: Poll | None, now: Poll, elapsed: float) -> float |
     return (last - first) / elapsed
 
 
+def _echo(event: Mapping[str, Any]) -> bool:
+    """The root supervisor's start or ready of a slot: the worker's own event says the same."""
+    worker = event.get("worker")
+    return event.get("supervisor") != worker and event.get("kind") in ("started", "ready")
+
+
 def _events(events: list[Any]) -> RenderableType:
-    shown = [e for e in events if isinstance(e, Mapping)][-EVENTS_SHOWN:]
+    shown = [e for e in events if isinstance(e, Mapping) and not _echo(e)][-EVENTS_SHOWN:]
     if not shown:
         return Text("no supervision events yet", style="dim")
     table = Table(title=Text("latest supervision events", style="bold"), title_justify="left",
