@@ -166,6 +166,19 @@ async def test_each_fault_has_its_outcome() -> None:
             await worker.generate(request("after")).collect()
 
 
+async def test_requests_one_after_another_reuse_one_connection() -> None:
+    """Each stream is read to the end of its body, past ``[DONE]``: its connection goes back
+    to the pool, and the next request does not pay a new one (on either side)."""
+    backend = Backend()
+    with trio.fail_after(30):
+        async with open_backend(backend) as running, remote_worker(running.url) as worker:
+            for i in range(5):
+                ask = request(f"r{i}")
+                tokens, _, _, _ = await worker.generate(ask).collect()
+                assert list(tokens) == expected_text(ask)
+    assert backend.completions == 5 and len(backend.peers) == 1
+
+
 async def test_the_chat_endpoint() -> None:
     backend = Backend()
     args = {"base_url": "", "model": "mock", "endpoint": "chat"}

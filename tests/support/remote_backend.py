@@ -66,6 +66,8 @@ class Backend:
     """Set (then replaced) each time a completion request arrives."""
     chat: bool = False
     """Whether the last completion came through the chat endpoint."""
+    peers: set[tuple[str, int]] = attrs.Factory(set)
+    """The client ends of the connections the completions came on."""
 
     def next_action(self) -> str:
         if self.script:
@@ -108,6 +110,8 @@ class Backend:
             if not message.get("more_body"):
                 break
         self.completions += 1
+        host, port = scope["client"]
+        self.peers.add((host, port))
         self.arrived.set()
         self.arrived = trio.Event()
         data = json.loads(body)

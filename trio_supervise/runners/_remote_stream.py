@@ -48,6 +48,20 @@ class Streams:
             scope.cancel()
 
 
+DRAIN = 1.0
+"""Seconds a backend has to end a stream's body after its ``[DONE]``."""
+
+
+async def _read_to_the_end(lines: AsyncGenerator[str, None]) -> None:
+    """Read what follows ``[DONE]`` (nothing, and the body's end), so that httpx puts the
+    connection back in its pool: a response left before its end closes its connection, and the
+    next request pays a new one (a connect here, an accept there). A backend that keeps the body
+    open past :data:`DRAIN` is left, as before."""
+    with trio.move_on_after(DRAIN):
+        async for _ in lines:
+            pass
+
+
 async def watch_cancels(batch: Batch, scopes: dict[str, trio.CancelScope]) -> None:
     """Cancel the stream of each request whose consumer left, even while the server is silent
     (no event would otherwise wake it): its connection closes, and the server stops."""
@@ -103,6 +117,7 @@ async def stream_completion(
                     if data is None:
                         continue
                     if data == DONE_DATA:
+                        await _read_to_the_end(lines)
                         break
                     event = decode_event(data, url)
                     usage = event.usage or usage
