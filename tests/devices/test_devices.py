@@ -55,6 +55,21 @@ def test_a_driver_error_is_recognised_by_name_and_status() -> None:
     assert "sticky CUDA error 719" in str(mapped)
 
 
+def test_the_cuda_status_behind_an_error_is_found_here_and_after_a_crossing() -> None:
+    from trio_supervise.devices._cuda_errors import cuda_error_code
+
+    assert cuda_error_code(CUDARuntimeError(700)) == "700"
+    assert cuda_error_code(ts.classify_cuda_error(CUDARuntimeError(719))) == "719"  # the cause
+    assert cuda_error_code(OutOfMemoryError(1 << 40, 1 << 30, 1 << 34)) == "2"
+    torch_like = RuntimeError("CUDA error: device-side assert triggered")
+    assert cuda_error_code(ts.classify_cuda_error(torch_like)) == "710"
+    assert cuda_error_code(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")) == "2"
+    # From a child process only the class and the text travel: the text says the status.
+    assert cuda_error_code(ts.ContextPoisoned("sticky CUDA error 700: an illegal address")) == "700"
+    assert cuda_error_code(ts.ContextPoisoned("poisoned by a test")) is None
+    assert cuda_error_code(ValueError("out of memory")) is None  # not CUDA's
+
+
 async def test_cpu_device_does_its_work_inline() -> None:
     device = CpuDevice()
     assert device.xp is numpy and device.name == "cpu"

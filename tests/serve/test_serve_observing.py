@@ -115,6 +115,7 @@ async def test_json_lines_carry_the_access_fields_and_the_supervision_events(
     assert len(access) == 1 and access[0]["status"] == 200 and access[0]["replica"] == "mock#0"
     assert access[0]["completion_tokens"] == 16
     restarting = [line for line in lines if line.get("kind") == "restarting"]
+    assert handle.pool.replicas["mock"][0].totals().cuda_errors == {"700": 1}
     assert restarting and restarting[0]["worker"] == "mock#0"
     assert restarting[0]["error"] == "ContextPoisoned" and restarting[0]["level"] == "info"
 
@@ -169,8 +170,7 @@ async def test_metrics_after_faults_match_the_workers_and_survive_a_replaced_wor
                     for i in range(n):
                         body = {"prompt": f"p{i}", "max_tokens": 5, "stream": True}
                         async with client.stream("POST", "/v1/completions", json=body) as reply:
-                            async for _ in reply.aiter_lines():
-                                pass
+                            await reply.aread()
                             codes.append(reply.status_code)
                     return codes
 

@@ -251,7 +251,9 @@ async def test_a_replay_that_differs_ends_with_a_mismatch_never_a_spliced_stream
     async with ts.open_worker(FAULTY, runner_args=args, device="cpu") as worker:
         got = await read(worker.generate(req("a", 6)))
         after = await read(worker.generate(req("b", 2)))  # the worker goes on serving
+        stats = worker.statistics()
     assert isinstance(got.error, ts.ContinuationMismatch) and not got.error.retryable
+    assert stats.mismatched == 1 and stats.continued_modes == {"replay": 1, "resume": 0}
     tokens, _ = fault_free(req("a", 6))
     assert tuple(got.tokens) == tokens[:3]  # the first run's tokens, and nothing after them
     assert after.error is None and len(after.tokens) == 2

@@ -62,6 +62,10 @@ async def test_restart_is_graceful_and_not_counted(autojump_clock: Clock) -> Non
             await worker.restart()
         assert worker.generation == 6
         assert await outcome(stream) == ("ok", expected_text(req("a", 3)))
+        stats = worker.statistics()
+    # Resumed, not counted: by the class of their cause, the latest one named.
+    assert stats.resume_causes == {"RestartRequested": 5} and stats.restart_causes == {}
+    assert stats.last_restart_cause == "RestartRequested"
 
 
 def test_worker_refuses_bad_arguments() -> None:

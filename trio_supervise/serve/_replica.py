@@ -106,7 +106,8 @@ class Replica:
     dispatched: int = 0
     """Batches sent to it: breaks ties between equally loaded replicas, round robin."""
     retired: SlotTotals = attrs.Factory(SlotTotals)
-    """The counts of the workers that ran in this slot before the present one."""
+    """The counts of the workers that ran in this slot before the present one (and of its
+    replacements)."""
     last_end: str | None = None
     """The class of the error that ended the last worker in this slot (None: none failed)."""
     recent_ttft: collections.deque[float] = attrs.Factory(lambda: collections.deque(maxlen=RECENT))
@@ -147,6 +148,8 @@ class Replica:
         slot and when it ends; ``on_event`` gets the worker's supervision events (observers)."""
         if self.worker is not None:  # the root supervisor replaces the worker that ended
             self.restarts += 1
+            # Its counts go to the slot's as it leaves the slot (until then, `totals` reads it).
+            self.retired.add(SlotTotals.of(self.worker.statistics()))
             self.retired.restarts[self.last_end or "return"] += 1
         worker = Worker.from_options(self.options, on_event=on_event)
         self.worker = worker
@@ -158,7 +161,6 @@ class Replica:
                 self.last_end = type(exc).__name__
             raise
         finally:
-            self.retired.add(SlotTotals.of(worker.statistics()))
             changed()
 
     def totals(self) -> SlotTotals:
@@ -171,7 +173,7 @@ class Replica:
         worker = self.worker
         stats = worker.statistics() if worker is not None else None
         where = worker.placement() if worker is not None else {}
-        totals = self.retired.plus(stats)
+        totals = self.totals()
         last_cause = stats.last_restart_cause if stats else None
         ttft = sorted(self.recent_ttft)
         return {

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from ..supervision import EventKind, SupervisionEvent
 from ..tier._breaker import BreakerState
+from ..tier._continuation import CONTINUATION_MODES
 
 if TYPE_CHECKING:
     from ._exchange import Exchange
@@ -226,7 +227,7 @@ class _SlotCounters(Collector):
                     families["batches"].add_metric([name], totals.batches)
                     families["requeued"].add_metric([name], totals.requeued)
                     families["mismatched"].add_metric([name], totals.mismatched)
-                    for mode in ("replay", "resume"):
+                    for mode in CONTINUATION_MODES:
                         families["continued"].add_metric([name, mode], totals.continued[mode])
                     for key, counts in (
                         ("restarts", totals.restarts),
