@@ -8,13 +8,13 @@ The wire (bodies, events, errors for statuses) is the OpenAI codec's; this is th
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import cast, final
 
 import httpx
 import trio
 
-from .._errors import NetworkError, RequestTimeout, Unrecoverable
+from .._errors import NetworkError, RequestTimeout, ServerError, Unauthorized, Unrecoverable
 from .._types import Batch, Chunk, FinishReason, Usage
 from ..openai import (
     DONE_DATA,
@@ -35,11 +35,19 @@ CANCEL_POLL = 0.1
 class Streams:
     """The streams of one batch: each request's cancel scope, and whether the batch is halted."""
 
-    __slots__ = ("halted", "scopes")
+    __slots__ = ("halted", "refused", "scopes")
 
     def __init__(self) -> None:
         self.scopes: dict[str, trio.CancelScope] = {}
         self.halted = False
+        self.refused: Unauthorized | None = None
+        """The first ``Unauthorized`` a stream got: the session's key is refused."""
+
+    def refuse(self, error: Unauthorized) -> None:
+        """A stream's key was refused: halt the batch (its other streams share the key)."""
+        if self.refused is None:
+            self.refused = error
+        self.halt()
 
     def halt(self) -> None:
         """Stop every stream of the batch, and those that have not started yet."""
@@ -52,14 +60,50 @@ DRAIN = 1.0
 """Seconds a backend has to end a stream's body after its ``[DONE]``."""
 
 
-async def _read_to_the_end(lines: AsyncGenerator[str, None]) -> None:
+MAX_LINE = 8 * 1024 * 1024
+"""Bytes one line of a stream may have: a backend that sends more without a newline is broken."""
+
+
+async def _read_to_the_end(body: AsyncIterator[bytes]) -> None:
     """Read what follows ``[DONE]`` (nothing, and the body's end), so that httpx puts the
     connection back in its pool: a response left before its end closes its connection, and the
     next request pays a new one (a connect here, an accept there). A backend that keeps the body
     open past :data:`DRAIN` is left, as before."""
     with trio.move_on_after(DRAIN):
-        async for _ in lines:
+        async for _ in body:
             pass
+
+
+@final
+class _Read:
+    """What the events of one network read add to a stream: its new token ids and text (sent
+    as one chunk, so a stream costs a chunk per read, not per event), its finish and usage."""
+
+    __slots__ = ("done", "finish", "ids", "texts", "usage")
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.texts: list[str] = []
+        self.finish: FinishReason | None = None
+        self.usage: Usage | None = None
+        self.done = False
+
+    def take(self, line: bytes, url: str) -> None:
+        """One line of the stream: an event's data is decoded and added; others are skipped."""
+        data = sse_data(line.decode("utf-8", "replace"))
+        if data is None:
+            return
+        if data == DONE_DATA:
+            self.done = True
+            return
+        event = decode_event(data, url)
+        self.usage = event.usage or self.usage
+        for choice in event.choices:
+            if choice.finish_reason is not None:
+                self.finish = choice.finish_reason
+            self.ids.extend(choice.token_ids)
+            if choice.text:
+                self.texts.append(choice.text)
 
 
 async def watch_cancels(batch: Batch, scopes: dict[str, trio.CancelScope]) -> None:
@@ -108,25 +152,37 @@ async def stream_completion(
                     r.status_code, message, retry_after_seconds(r.headers.get("retry-after"))
                 )
             answered()
-            lines = cast(AsyncGenerator[str, None], r.aiter_lines())
-            async with contextlib.aclosing(lines):
-                async for line in lines:
+            raw = cast(AsyncGenerator[bytes, None], r.aiter_bytes())
+
+            async def forward(lines: list[bytes]) -> bool:
+                """The lines of one read, as one chunk; whether ``[DONE]`` was among them."""
+                nonlocal finish, usage
+                read = _Read()
+                for line in lines:
+                    read.take(line, url)
+                    if read.done:
+                        break
+                finish = read.finish or finish
+                usage = read.usage or usage
+                if read.ids or read.texts:
+                    await send.send(Chunk(request_id, tuple(read.ids), "".join(read.texts)))
+                return read.done
+
+            async with contextlib.aclosing(raw):
+                pending = b""
+                async for data in raw:
                     if batch.is_cancelled(request_id):
                         return None  # leaving closes the connection: the server stops
-                    data = sse_data(line)
-                    if data is None:
-                        continue
-                    if data == DONE_DATA:
-                        await _read_to_the_end(lines)
+                    lines = (pending + data).split(b"\n")
+                    pending = lines.pop()
+                    if len(pending) > MAX_LINE:
+                        raise ServerError(f"{url} sent a line of more than {MAX_LINE} bytes")
+                    if await forward(lines):
+                        await _read_to_the_end(raw)
                         break
-                    event = decode_event(data, url)
-                    usage = event.usage or usage
-                    for choice in event.choices:
-                        if choice.finish_reason is not None:
-                            finish = choice.finish_reason
-                        if choice.text or choice.token_ids:
-                            await send.send(Chunk(request_id, choice.token_ids, choice.text))
                 else:
+                    if pending:  # a last line with no newline after it
+                        await forward([pending])
                     if finish is None:
                         raise NetworkError(f"{url}: the stream ended before the completion did")
     except httpx.TimeoutException as exc:

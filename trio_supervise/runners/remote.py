@@ -12,7 +12,9 @@ with ``resume`` sends the answer so far as the last assistant message with
 (``sampling_fields``: all of them but ``logprobs``, which are not read back).
 It needs no device (``needs_device = False``) and runs ``max_connections`` batches at once.
 Inside ``execute`` each request of a batch streams in its own task, in a nursery that lives in
-the context manager :func:`trio.as_safe_channel` makes, never across a ``yield``.
+the context manager ``execute`` returns (never across a generator's ``yield``); the consumer
+reads the streams' channel itself, and each stream sends one chunk per network read (the events
+that arrived together), so a chunk costs no task switch but its own.
 
 Bodies, events and the errors of statuses are the OpenAI codec's (``trio_supervise.openai``);
 the HTTP sessions and their key are ``_remote_session``'s, one request's exchange
@@ -40,6 +42,7 @@ only into the client's ``Authorization`` header, and is never logged nor shown i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, Callable, Mapping
@@ -288,17 +291,18 @@ class RemoteRunner:
         """Stream every request of the batch at once; chunks in order per request."""
         return self._execute(batch)
 
-    @trio.as_safe_channel
-    async def _execute(self, batch: Batch) -> AsyncGenerator[Chunk, None]:
+    @contextlib.asynccontextmanager
+    async def _execute(self, batch: Batch) -> AsyncGenerator[trio.MemoryReceiveChannel[Chunk]]:
+        """The batch's chunks come straight from its streams' channel: its consumer reads
+        what each stream sent, with no task between them."""
         session = self._sessions.current
         if session is None:
             raise RuntimeError("RemoteRunner.execute before load")
         session.users += 1
-        refused: Unauthorized | None = None
+        streams = Streams()
         try:
             send, receive = trio.open_memory_channel[Chunk](max(16, len(batch.requests)))
-            streams = Streams()
-            async with trio.open_nursery() as nursery:
+            async with receive, trio.open_nursery() as nursery:
                 async with send:
                     for request in batch.requests:
                         if not batch.is_cancelled(request.id):
@@ -306,19 +310,14 @@ class RemoteRunner:
                                 self._stream, session.client, request, batch, send.clone(), streams
                             )
                 nursery.start_soon(watch_cancels, batch, streams.scopes)
-                async with receive:
-                    async for chunk in receive:
-                        yield chunk
-                        if refused is None and isinstance(chunk.error, Unauthorized):
-                            # The session's key is refused: the other streams stop, and what
-                            # they sent already is still delivered before the restart.
-                            refused = chunk.error
-                            streams.halt()
-                nursery.cancel_scope.cancel()  # every stream has ended: the watcher goes too
+                try:
+                    yield receive
+                finally:  # every stream has ended, or the consumer left: the rest stops
+                    nursery.cancel_scope.cancel()
         finally:
             await self._sessions.release(session)
-        if refused is not None:  # restart with a fresh session, which reads the key again
-            raise Unauthorized(str(refused)) from refused
+        if streams.refused is not None:  # restart with a fresh session, which reads the key
+            raise Unauthorized(str(streams.refused)) from streams.refused
 
     async def _stream(
         self,
@@ -356,6 +355,10 @@ class RemoteRunner:
                 else:
                     self.breaker.record_success()  # the server answered
                 await send.send(Chunk(request.id, error=exc))
+                if isinstance(exc, Unauthorized):
+                    # The session's key is refused: the other streams stop (what they sent
+                    # already is still delivered), and the tier restarts with a new session.
+                    streams.refuse(exc)
                 return
             except Exception as exc:  # a bug: this request fails, the runner goes on
                 logger.exception("%r: request %r failed unexpectedly", self, request.id)

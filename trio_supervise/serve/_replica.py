@@ -132,10 +132,15 @@ class Replica:
     def load(self) -> int:
         """Requests waiting for or running on it."""
         worker = self.worker
-        if worker is None:
-            return 0
-        stats = worker.statistics()
-        return stats.accepted - stats.finished - stats.failed - stats.cancelled
+        return 0 if worker is None else worker.open_requests()
+
+    @property
+    def busy(self) -> bool:
+        """A batch sent now would wait: it has as many requests as batches it runs at once
+        (one, for most runners; a :class:`~trio_supervise.runners.remote.RemoteRunner` streams
+        ``max_connections`` at once, so it is busy only with that many)."""
+        worker = self.worker
+        return worker is not None and worker.open_requests() >= worker.concurrency
 
     async def run(
         self,

@@ -11,8 +11,9 @@ and the workers' business: the pool only routes.
 ``pool.generate(request, model)`` admits the request into its model's bounded queue (full:
 :class:`Backpressure` with a retry-after hint), and returns a :class:`PoolStream` at once. A
 batcher per model sends what is waiting (up to ``max_batch_size`` requests) as one batch to the
-least-loaded READY replica: at once when that replica is idle, so a lone request waits for
-nothing; while every replica is busy, it holds the batch open for up to ``max_wait`` seconds
+least-loaded READY replica: at once when that replica has room (it is idle, or runs fewer
+requests than the batches its runner takes at once), so a lone request waits for nothing; while
+every replica is busy, it holds the batch open for up to ``max_wait`` seconds
 after the first request arrived, or until it is full, so that load makes batches bigger. A request
 whose replica stops or fails before producing a chunk is sent again, to another replica, when
 it is idempotent; so is one whose remote backend failed (rate limited, a server or network
@@ -216,9 +217,10 @@ class WorkerPool:
                 route.wake = trio.Event()
             await trio.lowlevel.checkpoint()  # what arrives in this same tick joins the batch
             replica = route.least_loaded()
-            if replica is None or replica.load > 0:
+            if replica is None or replica.busy:
                 # Every replica is busy: the first request opens a window of max_wait for more
-                # to join (a batch sent now would only wait on the replica), or until full.
+                # to join (a batch sent now would only wait on the replica), or until full. A
+                # replica that runs several batches at once is busy only when they are all taken.
                 with trio.move_on_after(batching.max_wait):
                     while len(queue) < batching.max_batch_size:
                         await route.wake.wait()

@@ -400,6 +400,17 @@ class Worker:
             last_restart_cause=self.last_restart_cause,
         )
 
+    def open_requests(self) -> int:
+        """Requests accepted that have not ended: waiting for the tier, or running on it."""
+        counts = self._admission.counts
+        return counts["accepted"] - counts["finished"] - counts["failed"] - counts["cancelled"]
+
+    @property
+    def concurrency(self) -> int:
+        """How many batches the current tier runs at once (its runner's ``max_concurrency``;
+        1 before a tier has loaded one)."""
+        return 1 if self._tier is None else self._tier.concurrency
+
     def running_requests(self) -> int:
         """Requests open in the batches the tier runs now."""
         tier = self._tier
