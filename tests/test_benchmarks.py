@@ -108,15 +108,21 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
         "baseline_chunks",
     }
     if HAS_RAY:
-        assert set(written["suites"]["ray"]["results"]) == {
+        ray_rows = written["suites"]["ray"]["results"]
+        assert set(ray_rows) == {
             "ray_tokens_per_s",
+            "ray_streams_tokens_per_s",
             "ray_round_trip_s",
+            "ray_round_trip_within_s",
+            "ray_streams_round_trip_s",
             "ray_restart_cold_p50_s",
             "ray_restart_standby_p50_s",
             "ray_bridge_call_s",
         }
-        for row in written["suites"]["ray"]["results"].values():
-            assert row["baseline"] > 0 and row["target"] is None  # beside the process tier
+        targets = {key: row["target"] for key, row in ray_rows.items() if row["target"]}
+        assert targets == {"ray_tokens_per_s": 0.8, "ray_round_trip_within_s": 0.001}
+        for key, row in ray_rows.items():  # beside the process tier, but the 1 ms bound
+            assert (row["baseline"] is None) == (key == "ray_round_trip_within_s")
     if HAS_TRANSFORMERS:
         transformers = written["suites"]["transformers"]
         results = transformers["results"]

@@ -60,13 +60,17 @@ async def assert_dead(handle: Any) -> None:
         await trio.to_thread.run_sync(ray.get, handle.watch.remote())
 
 
-async def test_streams_as_inline_and_says_where_the_actor_runs() -> None:
+@pytest.mark.parametrize("frames", ["direct", "ray"])
+async def test_streams_as_inline_and_says_where_the_actor_runs(frames: str) -> None:
     with trio.fail_after(60):
-        async with ts.open_worker(MOCK, device="cpu", isolation="ray") as worker:
+        async with ts.open_worker(
+            MOCK, device="cpu", isolation="ray", ray_frames=frames
+        ) as worker:  # fmt: skip
             actor = actor_of(worker)
             where = worker.placement()
             assert where["actor_id"] == actor.handle._actor_id.hex()
             assert where["node_ip"] == "127.0.0.1" and where["pid"] != os.getpid()
+            assert where["frames"] == frames
             stream = worker.generate(req("a", 12))
             chunks = [chunk async for chunk in stream]
             assert "".join(c.text for c in chunks) == fault_free("a", 12)
@@ -77,11 +81,14 @@ async def test_streams_as_inline_and_says_where_the_actor_runs() -> None:
     await assert_dead(actor.handle)
 
 
+@pytest.mark.parametrize("frames", ["direct", "ray"])
 async def test_an_actor_killed_mid_batch_is_replaced_and_its_stream_goes_on(
-    tmp_path: Path,
+    tmp_path: Path, frames: str
 ) -> None:
     with trio.fail_after(60):
-        async with ts.open_worker(RUNNERS, **args(tmp_path, "none", delay=0.05)) as worker:
+        async with ts.open_worker(
+            RUNNERS, ray_frames=frames, **args(tmp_path, "none", delay=0.05)
+        ) as worker:  # fmt: skip
             first = actor_of(worker)
             stream = worker.generate(req("a", 20))
             head = [await stream.__anext__(), await stream.__anext__()]
@@ -151,9 +158,12 @@ async def test_a_runner_that_blocks_its_loop_is_silent_and_replaced(tmp_path: Pa
             await assert_dead(first.handle)
 
 
-async def test_a_runner_loop_that_ends_ends_the_actor(tmp_path: Path) -> None:
+@pytest.mark.parametrize("frames", ["direct", "ray"])
+async def test_a_runner_loop_that_ends_ends_the_actor(tmp_path: Path, frames: str) -> None:
     with trio.fail_after(60):
-        async with ts.open_worker(RUNNERS, **args(tmp_path, "system_exit")) as worker:
+        async with ts.open_worker(
+            RUNNERS, ray_frames=frames, **args(tmp_path, "system_exit")
+        ) as worker:  # fmt: skip
             first = actor_of(worker)
             kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
             # The chunk sent before SystemExit reached us, then the batch's end: the death.
@@ -210,6 +220,54 @@ async def test_a_standby_actor_takes_over_and_the_next_one_parks(tmp_path: Path)
                 await actors.spare_parked.wait()
             assert actors.spare is not spare
             assert await outcome(worker.generate(req("b"))) == ("ok", fault_free("b"))
+
+
+async def test_the_frame_listener_takes_only_its_parent() -> None:
+    """Once the worker is connected, the actor's listener is closed: nothing else gets in."""
+    with trio.fail_after(60):
+        async with ts.open_worker(MOCK, device="cpu", isolation="ray") as worker:
+            host, port, key = actor_of(worker).frames_at
+            assert len(key) == 32
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream(host, port)
+            assert await outcome(worker.generate(req("a"))) == ("ok", fault_free("a"))
+
+
+async def test_a_key_that_is_wrong_gets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A connection that sends the wrong key is closed, and the worker's own still gets in."""
+    from trio_supervise.isolation.ray import _home
+
+    real = _home.RayHome._connect
+
+    async def first_a_stranger(self: Any, actor: Any, at: Any, nursery: Any) -> None:
+        host, port, key = at
+        async with await trio.open_tcp_stream(host, port) as stranger:
+            await stranger.send_all(bytes(len(key)))
+            assert await stranger.receive_some() == b""  # closed on us
+        await real(self, actor, at, nursery)
+
+    monkeypatch.setattr(_home.RayHome, "_connect", first_a_stranger)
+    with trio.fail_after(60):
+        async with ts.open_worker(MOCK, device="cpu", isolation="ray") as worker:
+            assert worker.placement()["frames"] == "direct"
+            assert await outcome(worker.generate(req("a"))) == ("ok", fault_free("a"))
+
+
+async def test_an_actor_out_of_reach_streams_through_ray(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from trio_supervise.isolation.ray import _home
+
+    async def unreachable(host: str, port: int) -> trio.SocketStream:
+        raise OSError(113, "No route to host")
+
+    monkeypatch.setattr(_home.trio, "open_tcp_stream", unreachable)
+    with trio.fail_after(60):
+        async with ts.open_worker(MOCK, device="cpu", isolation="ray") as worker:
+            assert worker.placement()["frames"] == "ray"
+            assert await outcome(worker.generate(req("a", 8))) == ("ok", fault_free("a", 8))
+    assert "no frame connection to its Ray actor" in caplog.text
+    assert "frames go through Ray" in caplog.text
 
 
 async def test_ray_options_reach_ray() -> None:
@@ -315,8 +373,15 @@ def test_bad_ray_options_are_config_errors(options: Any, match: str) -> None:
 
 
 def test_ray_options_need_ray_isolation() -> None:
-    with pytest.raises(ts.ConfigError, match=r"ray_options and ray_address need isolation='ray'"):
+    with pytest.raises(ts.ConfigError, match=r"ray_options, ray_address and ray_frames need"):
         ts.Worker(MOCK, device="cpu", isolation="process", ray_options={"num_gpus": 1})
+    with pytest.raises(ts.ConfigError, match=r"ray_frames need isolation='ray', got 'inline'"):
+        ts.Worker(MOCK, device="cpu", ray_frames="ray")
+
+
+def test_ray_frames_is_direct_or_ray() -> None:
+    with pytest.raises(ts.ConfigError, match=r"ray_frames must be 'direct' or 'ray', got 'tcp'"):
+        ts.Worker(MOCK, device="cpu", isolation="ray", ray_frames="tcp")
 
 
 async def test_a_cluster_that_cannot_be_joined_is_a_config_error_naming_the_token(

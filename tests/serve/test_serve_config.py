@@ -63,6 +63,23 @@ def test_every_problem_is_reported_at_once_with_its_path() -> None:
     assert isinstance(info.value, ValueError)
 
 
+def test_ray_frames_is_checked() -> None:
+    pytest.importorskip("ray")  # a Ray worker's other options need it installed
+    data = {
+        "workers": [
+            {"name": "a", "runner": "m:f", "isolation": "ray", "ray_frames": "tcp"},
+            {"name": "b", "runner": "m:f", "ray_frames": "ray"},
+            {"name": "c", "runner": "m:f", "isolation": "ray", "ray_frames": "ray"},
+        ],
+    }
+    with pytest.raises(ts.ConfigError) as info:
+        ServeConfig.from_dict(data)
+    assert info.value.problems == (
+        "workers[0].ray_frames: must be 'direct' or 'ray', got 'tcp'",
+        "workers[1].ray_frames: needs isolation = 'ray', got 'ray'",
+    )
+
+
 def test_unknown_keys_and_wrong_types_are_refused_with_paths() -> None:
     data = {"server": {"bogus": 1}, "workers": [{"name": "a", "runner": "m:f", "replica": 2}]}
     with pytest.raises(ts.ConfigError) as info:

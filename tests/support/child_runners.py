@@ -14,6 +14,9 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import trio
+import trio.testing
+
 import trio_supervise as ts
 from tests.support.helpers import FaultRunner
 from trio_supervise.runners.mock import MockRunner
@@ -50,6 +53,10 @@ class OnceRunner(MockRunner):
                 yield chunk
                 count += 1
                 if count == self.after and _first_time(self.marker):
+                    if self.fault == "hang":
+                        # What it yielded has left (a Ray actor writes its frames from a task of
+                        # its own) before it blocks the loop.
+                        await trio.testing.wait_all_tasks_blocked()
                     self._misbehave()
 
     def _misbehave(self) -> None:

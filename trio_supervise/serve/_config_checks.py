@@ -21,6 +21,7 @@ from ..worker._options import (
     ISOLATION,
     MAX_ATTEMPTS,
     MAX_PENDING,
+    RAY_FRAMES,
     TIMEOUT,
     Count,
     Seconds,
@@ -199,10 +200,14 @@ def _worker(report: _Report, w: WorkerConfig, at: KeyPath, names: set[str],
             except ConfigError as exc:
                 if (*at, "ray_options") not in report.unread:
                     report.problems.append(Problem((*at, "ray_options"), f"{dotted(at)}: {exc}"))
+            need(w.ray_frames in RAY_FRAMES, (*at, "ray_frames"), "must be 'direct' or 'ray'",
+                 w.ray_frames)  # fmt: skip
             addresses.add(address)
         elif known:
             need(not w.ray_options and address is None, (*at, "ray_options"),
                  "needs isolation = 'ray'", w.ray_options or address)  # fmt: skip
+            need(w.ray_frames == "direct", (*at, "ray_frames"), "needs isolation = 'ray'",
+                 w.ray_frames)  # fmt: skip
     check((*at, "max_pending"), _PENDING.problem(w.max_pending), w.max_pending)
     check((*at, "max_attempts"), _ATTEMPTS.problem(w.max_attempts), w.max_attempts)
     for key in ("readiness_timeout", "hang_timeout"):

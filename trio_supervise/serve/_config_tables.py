@@ -74,6 +74,8 @@ class WorkerConfig:
     ray_address: str | None = None
     """With ``isolation = "ray"``: the cluster to join (default: ``RAY_ADDRESS``, else a local
     Ray); one per server."""
+    ray_frames: str = "direct"
+    """With ``isolation = "ray"``: ``"direct"`` (a TCP connection to the actor) or ``"ray"``."""
     max_pending: int = 1024
     max_attempts: int = 2
     readiness_timeout: float | None = None

@@ -202,6 +202,7 @@ class Replica:
             "actor_name": where.get("name"),
             "node_id": where.get("node_id"),
             "node_ip": where.get("node_ip"),
+            "frames": where.get("frames"),
             "breaker": stats.breaker.value if stats and stats.breaker else None,
         }
 
@@ -241,6 +242,7 @@ def _options(w: WorkerConfig, index: int, policy: Policy | None, drain: float) -
         standby_load=w.standby_load,
         ray_options=w.ray_options or None,
         ray_address=w.ray_address,
+        ray_frames=w.ray_frames,
     )
 
 

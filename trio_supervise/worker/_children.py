@@ -37,7 +37,9 @@ async def open_children(
     if options.isolation == "ray":
         from ..isolation.ray import RayActors, RaySpec
 
-        spec = RaySpec(_process_spec(options), options.ray_options, options.ray_address)
+        spec = RaySpec(
+            _process_spec(options), options.ray_options, options.ray_address, options.ray_frames
+        )
         opened = RayActors.open(spec)
     else:
         from ..isolation.process import ChildProcesses

@@ -53,6 +53,10 @@ async def open_worker(
             ``name``, ``namespace``, ...); Ray's own restarts and retries stay off.
         ray_address: with ``isolation="ray"``, the cluster to join; ``None``: the Ray this
             process joined already, else ``RAY_ADDRESS``, else a local Ray on loopback.
+        ray_frames: with ``isolation="ray"``, how batches and chunks travel: ``"direct"`` (the
+            default), on a TCP connection from this process to the actor, as on a child
+            process's socket (through Ray where the actor's node cannot be reached), or
+            ``"ray"``, through Ray's streaming calls.
         on_event: a callable (or several) given every :class:`SupervisionEvent` of the worker:
             its tier's starts, failures and restarts, and BREAKER_CHANGED from a runner with a
             circuit breaker.

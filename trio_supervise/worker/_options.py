@@ -202,6 +202,7 @@ class WorkerArguments(TypedDict, total=False):
     standby_load: bool
     ray_options: Mapping[str, Any] | None
     ray_address: str | None
+    ray_frames: str
 
 
 ARGUMENT_NAMES = WorkerArguments.__optional_keys__
@@ -269,6 +270,8 @@ class WorkerOptions:
     """With ``isolation="ray"``: the actor's options for ``.options()``."""
     ray_address: str | None = None
     """With ``isolation="ray"``: the cluster to join (None: ``RAY_ADDRESS``, else local)."""
+    ray_frames: str = "direct"
+    """With ``isolation="ray"``: how a batch's frames travel (:data:`RAY_FRAMES`)."""
 
 
 RAY_OPTIONS = frozenset(
@@ -278,8 +281,17 @@ RAY_OPTIONS = frozenset(
 """The keys of ``ray_options``; restarts, retries and the actor's concurrency are the worker's."""
 
 
-def check_ray(ray_options: Mapping[str, Any] | None, ray_address: str | None) -> dict[str, Any]:
-    """Check ``ray_options`` and ``ray_address``, and that Ray is installed (not imported).
+RAY_FRAMES = ("direct", "ray")
+"""How a Ray worker's frames travel: ``"direct"`` (the default), on a TCP connection from the
+worker to its actor, as on a child process's socket (through Ray where the actor's node cannot be
+reached); ``"ray"``, through Ray's streaming calls (a worker outside the cluster's network)."""
+
+
+def check_ray(
+    ray_options: Mapping[str, Any] | None, ray_address: str | None, ray_frames: str = "direct"
+) -> dict[str, Any]:
+    """Check ``ray_options``, ``ray_address`` and ``ray_frames``, and that Ray is installed
+    (not imported).
 
     Raises:
         ConfigError: Ray is not installed (naming the extra), or a bad option.
@@ -307,6 +319,8 @@ def check_ray(ray_options: Mapping[str, Any] | None, ray_address: str | None) ->
             raise ConfigError(f"ray_options.{key} must be a non-empty str, got {value!r}")
     if ray_address is not None and not (isinstance(ray_address, str) and ray_address):
         raise ConfigError(f"ray_address must be a non-empty str or None, got {ray_address!r}")
+    if ray_frames not in RAY_FRAMES:
+        raise ConfigError(f"ray_frames must be 'direct' or 'ray', got {ray_frames!r}")
     return options
 
 
@@ -328,6 +342,7 @@ def check_options(
     standby_load: bool = False,
     ray_options: Mapping[str, Any] | None = None,
     ray_address: str | None = None,
+    ray_frames: str = "direct",
 ) -> WorkerOptions:
     """Check every argument of a worker.
 
@@ -338,9 +353,11 @@ def check_options(
         raise ConfigError(f"isolation must be {ISOLATION.expected}, got {isolation!r}")
     isolated = isolation in ISOLATED
     if isolation == "ray":
-        checked_ray = check_ray(ray_options, ray_address)
-    elif ray_options or ray_address is not None:
-        raise ConfigError(f"ray_options and ray_address need isolation='ray', got {isolation!r}")
+        checked_ray = check_ray(ray_options, ray_address, ray_frames)
+    elif ray_options or ray_address is not None or ray_frames != "direct":
+        raise ConfigError(
+            f"ray_options, ray_address and ray_frames need isolation='ray', got {isolation!r}"
+        )
     else:
         checked_ray = {}
     if isolated:
@@ -409,4 +426,5 @@ def check_options(
         standby_load=spare_loaded,
         ray_options=checked_ray,
         ray_address=ray_address,
+        ray_frames=ray_frames,
     )

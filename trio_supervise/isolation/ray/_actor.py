@@ -7,11 +7,19 @@ built, parked, activated, loaded and driven by the same code as a child process'
 (:class:`~.._host.RunnerHost`): the frames that a child writes to its socket are handed to this
 actor's asyncio side instead.
 
-* ``start(init)`` builds and loads the runner (or parks it, for a spare) and returns the reply
-  frame (``Ready``, ``Parked`` or ``Fatal``, packed) with where the actor runs;
-* ``execute(frame)`` is a streaming generator: each item is one payload of every frame that was
-  waiting when Ray asked for the next item (one item per chunk would cost one Ray object per
-  token), decoded at once by the parent, ending with ``BatchEnd`` or ``BatchFailed``;
+* ``start(init, direct)`` builds and loads the runner (or parks it, for a spare) and returns the
+  reply frame (``Ready``, ``Parked`` or ``Fatal``, packed), where the actor runs and, with
+  ``direct``, the address and key of its frame connection (below);
+* the frame connection (``ray_frames="direct"``, the default): the actor listens on its node's
+  address for one TCP connection from its parent, which proves itself with a random key that
+  only the parent got (in ``start``'s reply, through Ray). Then ``Execute``, ``Cancel`` and
+  ``Rebuild`` frames come in on it and every chunk, end and ``RebuildDone`` goes back on it,
+  written by the runner's Trio loop and read by the parent's: a chunk crosses no other event
+  loop and no Ray object, as a child process's frames on its socket;
+* ``execute(frame)`` is the other way (``ray_frames="ray"``, or a parent that cannot reach the
+  node): a streaming generator, each item one payload of every frame that was waiting when Ray
+  asked for the next item (one item per chunk would cost one Ray object per token), decoded at
+  once by the parent, ending with ``BatchEnd`` or ``BatchFailed``;
 * ``cancel``, ``rebuild``, ``activate`` and ``stop`` are the other frames, as calls;
 * ``watch()`` never returns: the parent learns of the actor's death, busy or idle, from it;
 * ``heartbeat()`` is answered from the runner's Trio loop, so a runner that blocks that loop
@@ -22,19 +30,23 @@ After a sticky CUDA error the actor refuses every batch (the parent, told so by 
 CUDA context). If the runner's loop ends unasked (a runner that raised ``SystemExit``), every
 open batch gets the chunks its runner sent and then a sticky ``BatchFailed`` carrying
 :class:`~.._errors.ChildDied`, in order, as a child process's chunks reach the parent before its
-death; an idle actor exits at once (the parent's ``watch`` learns it). Ray's own restarts and
-retries are off.
+death; an idle actor exits at once (the parent's ``watch`` learns it). On the frame connection
+the chunks sent are ahead of its end of file, which the parent takes as the death. Ray's own
+restarts and retries are off.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import secrets
+import socket
 import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, final
 
 import trio
 
@@ -44,6 +56,15 @@ from .. import _frames as frames
 from .._host import CHILD_ENV, STICKY_EXIT_CODE, RunnerHost
 
 __all__ = ["RayChildActor", "probe_task"]
+
+KEY_BYTES = 32
+"""The frame connection's key: random bytes the parent sends first."""
+KEY_TIMEOUT = 5.0
+"""Seconds a connection to the frame listener has to send the key before it is closed."""
+OUTBOX_LIMIT = 1 << 20
+"""Bytes of frames that may wait for the frame connection before the runner's sends wait."""
+_CONTROL_REPLIES = (frames.Ready, frames.Parked, frames.Fatal)
+"""Answers to the control calls (``start``, ``activate``): always through Ray."""
 
 #: With batches open when the runner's loop ended, the parent kills the actor once it has their
 #: ends; should it not (a parent gone), the actor exits after this many seconds.
@@ -70,6 +91,9 @@ class RayChildActor:
         self._control: asyncio.Future[Any] | None = None
         self._stopping = False
         self._ended: ChildDied | None = None  # the runner's loop ended unasked
+        self._frames: trio.SocketStream | None = None  # the frame connection, once the parent's
+        self._outbox: Outbox | None = None  # what waits to be written on it
+        self._open_batches: set[int] = set()  # sent on the frame connection, not ended yet
 
     # --- the Trio side ----------------------------------------------------------------------
 
@@ -97,14 +121,37 @@ class RayChildActor:
         finally:
             if not self._stopping:
                 assert self._loop is not None
-                self._loop.call_soon_threadsafe(self._loop_ended, how)
+                told = self._tell_death_directly(how)
+                self._loop.call_soon_threadsafe(self._loop_ended, how, told)
 
-    def _loop_ended(self, how: str) -> None:
+    def _tell_death_directly(self, how: str) -> bool:
+        """After the loop ended unasked, with a frame connection: the end of each open batch
+        (a sticky ``BatchFailed`` carrying the death) on it, written here, Trio being gone;
+        whether there were any."""
+        stream, outbox, open_batches = self._frames, self._outbox, sorted(self._open_batches)
+        if stream is None or outbox is None or not open_batches:
+            return False
+        data = frames.error_to_data(self._death(how))
+        payload = outbox.take() + b"".join(
+            codec.encode(frames.BatchFailed(seq, data, True)) for seq in open_batches
+        )
+        with (
+            contextlib.suppress(OSError),
+            socket.socket(fileno=os.dup(stream.socket.fileno())) as sock,
+        ):
+            sock.settimeout(EXIT_BACKSTOP)
+            sock.sendall(payload)
+        return True
+
+    def _death(self, how: str) -> ChildDied:
+        return ChildDied(f"the runner's event loop in the Ray actor {how}")
+
+    def _loop_ended(self, how: str, told: bool) -> None:
         """On the asyncio side, after every frame the loop sent (``call_soon_threadsafe`` keeps
         their order): end the open batches with the death, or exit now if there are none."""
         code = STICKY_EXIT_CODE if self._is_poisoned else 1
-        self._ended = ChildDied(f"the runner's event loop in the Ray actor {how}")
-        if not self._streams:
+        self._ended = self._death(how)
+        if not self._streams and not told:
             os._exit(code)
         data = frames.error_to_data(self._ended)
         for seq, queue in self._streams.items():
@@ -120,9 +167,87 @@ class RayChildActor:
             await trio.sleep_forever()  # until stop() cancels it
 
     async def _send(self, message: Any) -> None:
-        """A frame from the runner's side (in the Trio thread): to the asyncio side."""
+        """A frame from the runner's side (in the Trio thread): on the frame connection, if the
+        parent made one (replies to control calls excepted), else to the asyncio side."""
+        outbox = self._outbox
+        if outbox is not None and not isinstance(message, _CONTROL_REPLIES):
+            if isinstance(message, frames.BatchEnd | frames.BatchFailed):
+                self._open_batches.discard(message.seq)
+            await outbox.put(codec.encode(message))
+            return
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._route, message)
+
+    async def _serve_frames(
+        self, host: str, key: bytes, *, task_status: trio.TaskStatus[int]
+    ) -> None:
+        """Listen on ``host`` (the node's address) for the parent's frame connection: the port
+        is told at once; the first connection that sends ``key`` is the parent's (any other is
+        closed), and the frames it sends go to the runner until it ends."""
+        listeners = await trio.open_tcp_listeners(0, host=host)
+        async with trio.open_nursery() as nursery:
+            found: list[trio.SocketStream] = []
+
+            async def vet(stream: trio.SocketStream) -> None:
+                with trio.move_on_after(KEY_TIMEOUT):
+                    got = b""
+                    while len(got) < len(key):
+                        more = await stream.receive_some(len(key) - len(got))
+                        if not more:
+                            break
+                        got += more
+                    if secrets.compare_digest(got, key):
+                        found.append(stream)
+                        nursery.cancel_scope.cancel()
+                        return
+                await stream.aclose()
+
+            async def accept() -> None:
+                async with listeners[0] as listener:
+                    while True:
+                        nursery.start_soon(vet, await listener.accept())
+
+            nursery.start_soon(accept)
+            task_status.started(listeners[0].socket.getsockname()[1])
+        stream = found[0]
+        assert self._nursery is not None
+        self._outbox = Outbox(stream.socket)
+        self._nursery.start_soon(self._outbox.run)
+        self._frames = stream
+        reader = codec.FrameReader(from_child=False)
+        while True:  # cancelled with the loop, the connection stays for the batches' ends
+            try:
+                data = await stream.receive_some()
+            except trio.BrokenResourceError:
+                data = b""
+            if not data:  # the parent went away: it kills this actor
+                self._frames = self._outbox = None
+                await stream.aclose()
+                return
+            for message in reader.feed(data):
+                if isinstance(message, frames.Execute):
+                    self._open_batches.add(message.seq)
+                self._host.handle(message, self._nursery)
+
+    async def _open_frames(self) -> tuple[str, int, bytes]:
+        """Start listening for the frame connection: ``(host, port, key)``."""
+        await self._ensure_trio()
+        host, key = _node_address(), secrets.token_bytes(KEY_BYTES)
+        port: Future[int] = Future()
+
+        nursery = self._nursery
+        assert nursery is not None
+
+        async def listen() -> None:
+            try:
+                port.set_result(await nursery.start(self._serve_frames, host, key))
+            except BaseException as exc:
+                if not port.done():
+                    port.set_exception(exc)
+                raise
+
+        self._soon(nursery.start_soon, listen)
+        return host, await asyncio.wrap_future(port), key
 
     def _poisoned(self) -> None:
         """After a sticky error: the parent kills this actor; until then, no batch runs here."""
@@ -154,12 +279,16 @@ class RayChildActor:
 
     # --- the calls the parent makes ---------------------------------------------------------
 
-    async def start(self, data: bytes) -> tuple[bytes, dict[str, Any]]:
-        """Build and load (or park) the runner from an ``Init``; the reply and where we run."""
+    async def start(
+        self, data: bytes, direct: bool = False
+    ) -> tuple[bytes, dict[str, Any], tuple[str, int, bytes] | None]:
+        """Build and load (or park) the runner from an ``Init``: the reply, where we run, and
+        with ``direct`` where the frame connection listens and its key."""
         init: frames.Init = _decode(data)
         host = self._host
         reply = await self._control_call(host.park if init.park else host.start, init)
-        return reply, _identity()
+        address = await self._open_frames() if direct else None
+        return reply, _identity(), address
 
     async def activate(self, generation: int) -> bytes:
         """A parked spare takes over: probe its device, load if it has not, say Ready."""
@@ -238,6 +367,70 @@ class RayChildActor:
         await asyncio.to_thread(self._thread.join, 5)
 
 
+@final
+class Outbox:
+    """The frames waiting to go on a frame connection, and the task that writes them: each
+    write takes every frame that waits, so a fast runner's chunks go many to a write (and to a
+    read on the other side) while one alone goes at once. A producer waits while more than
+    ``limit`` bytes wait; after the connection broke, frames are dropped (the parent is gone).
+    Cancelled mid-write, the writer puts back what it had not written (:meth:`take` then has
+    every frame not written yet, in order)."""
+
+    def __init__(self, sock: trio.socket.SocketType, limit: int = OUTBOX_LIMIT) -> None:
+        self._socket = sock
+        self._limit = limit
+        self._waiting: list[bytes] = []
+        self._size = 0
+        self._wake = trio.Event()
+        self._room = trio.Event()
+        self._broken = False
+
+    async def put(self, data: bytes) -> None:
+        """Queue one encoded frame (waits while the queue is over its limit)."""
+        if self._broken:
+            return
+        self._waiting.append(data)
+        self._size += len(data)
+        self._wake.set()
+        if self._size > self._limit:
+            await self._room.wait()
+
+    def take(self) -> bytes:
+        """Every waiting frame, taken out of the queue."""
+        data = b"".join(self._waiting)
+        self._waiting.clear()
+        self._size = 0
+        self._room.set()
+        self._room = trio.Event()
+        return data
+
+    async def run(self) -> None:
+        """Write what waits, as it comes, until cancelled or the connection breaks."""
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._waiting:
+                left = memoryview(self.take())
+                try:
+                    while left:
+                        left = left[await self._socket.send(left) :]
+                except OSError:  # a parent gone: it kills this actor, or its node's death does
+                    self._broken = True
+                    return
+                except BaseException:  # cancelled: what is left goes first, written by take()
+                    self._waiting.insert(0, bytes(left))
+                    self._size += len(left)
+                    raise
+
+
+def _node_address() -> str:
+    """The address of this actor's node, which the other nodes reach."""
+    import ray
+
+    address: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+    return address
+
+
 def _describe(exc: BaseException) -> str:
     """``SystemExit(3)``; a group by its first leaf, as the runner raised it."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
@@ -258,7 +451,7 @@ def _identity() -> dict[str, Any]:
     return {
         "actor_id": context.get_actor_id(),
         "node_id": context.get_node_id(),
-        "node_ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]
+        "node_ip": _node_address(),
         "pid": os.getpid(),
     }
 

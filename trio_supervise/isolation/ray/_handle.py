@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, final
 
+import trio
+
 from ..._errors import ChildDied
 
 __all__ = ["RayActor", "child_died"]
@@ -23,12 +25,21 @@ class RayActor:
         self.handle = handle
         self.name = name  # the worker's, for errors
         self.identity: dict[str, Any] = {}  # name; actor_id, node_id, node_ip, pid once started
+        self.frames_at: tuple[str, int, bytes] | None = None  # its frame listener and key
         self.dead: BaseException | None = None
+        self.ray_says: Exception | None = None  # the error of its watch call, once Ray reports
+        self.reported = trio.Event()  # set then
         self.retired = False
         self.on_death: Callable[[BaseException], None] = lambda error: None
 
     def __repr__(self) -> str:
         return f"<RayActor {self.identity.get('actor_id')} node={self.identity.get('node_ip')}>"
+
+    def reported_dead(self, exc: Exception) -> None:
+        """Its ``watch`` call failed: Ray's own word that it is gone (or its node)."""
+        self.ray_says = exc
+        self.reported.set()
+        self.died(exc)
 
     def died(self, exc: Exception) -> None:
         """Its ``watch`` (or another call) failed: Ray says it is gone."""

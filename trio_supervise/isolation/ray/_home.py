@@ -14,7 +14,12 @@ restarts and retries are off).
   ``Init``; on the way out the actor is asked to stop, given
   :data:`~.._child_process.STOP_GRACE`, then ``ray.kill``\\ ed.
 
-Each item of a batch's stream is one payload of frames, decoded as it comes (no re-framing).
+With ``frames="direct"`` (the default) the parent then connects to the actor's frame
+listener (:mod:`._actor`) and every batch, cancel and rebuild travels on that TCP connection, as
+on a child process's socket: no Ray object, no other event loop, per chunk; its end is the
+actor's death, once Ray confirms it (within ``heartbeat_timeout``). Where it cannot be
+made (a parent outside the cluster's network), or with ``frames="ray"``, a batch is a streaming
+call, each item of its stream one payload of frames, decoded as it comes (no re-framing).
 """
 
 from __future__ import annotations
@@ -43,7 +48,10 @@ from ._bridge import Bridge
 from ._handle import RayActor, child_died
 from ._runtime import import_ray, ray_runtime
 
-__all__ = ["RayActors", "RayHome", "RaySpec"]
+__all__ = ["CONNECT_TIMEOUT", "RayActors", "RayHome", "RaySpec"]
+
+CONNECT_TIMEOUT = 5.0
+"""Seconds to make the frame connection to an actor before its frames go through Ray."""
 
 logger = logging.getLogger("trio_supervise")
 
@@ -59,6 +67,13 @@ class RaySpec:
     """``ray_options``, for the actor's ``.options()`` (checked by the worker's options)."""
     address: str | None = None
     """The cluster to join (``None``: ``RAY_ADDRESS``, else a local Ray)."""
+    frames: str = "direct"
+    """How a batch's frames travel: ``"direct"``, on a TCP connection from the parent to the
+    actor (through Ray when it cannot be made), or ``"ray"``, through Ray's streaming calls."""
+
+    @property
+    def direct(self) -> bool:
+        return self.frames == "direct"
 
 
 @final
@@ -142,7 +157,7 @@ class RayActors:
         actor = RayActor(handle, self.spec.process.name)
         actor.identity["name"] = options.get("name")
         self._alive.add(actor)
-        self.bridge.then(handle.watch.remote(), lambda value: None, actor.died)
+        self.bridge.then(handle.watch.remote(), lambda value: None, actor.reported_dead)
         return actor
 
     async def request(self, actor: RayActor, call: Any, within: float | None) -> Any:
@@ -160,8 +175,8 @@ class RayActors:
                 raise actor.dead or child_died(actor.name, exc) from exc
         if scope.cancelled_caught:
             raise HungWorker(f"the Ray actor did not answer within {within:g}s")
-        if isinstance(reply, tuple):  # start(): the frame and where the actor runs
-            data, where = reply
+        if isinstance(reply, tuple):  # start(): the frame, where the actor runs, its listener
+            data, where, actor.frames_at = reply
             actor.identity.update(where)
         else:
             data = reply
@@ -212,8 +227,8 @@ class RayActors:
     async def _park(self, actor: RayActor) -> None:
         spec = self.spec.process
         init = spec.init(0, park=True, preload=spec.standby_load)
-        await self.request(actor, actor.handle.start.remote(codec.pack(init)),
-                           spec.readiness_timeout)  # fmt: skip
+        call = actor.handle.start.remote(codec.pack(init), self.spec.direct)
+        await self.request(actor, call, spec.readiness_timeout)
 
     async def probe(self) -> frames.Ready:
         """The runner's class-level attributes (its default_policy), from a Ray task that
@@ -261,6 +276,8 @@ class RayHome:
         self.runner: RunnerProxy | None = None
         self._fail: Callable[[BaseException], None] = lambda error: None
         self._streaming: set[int] = set()  # batches whose stream has not sent its end yet
+        self._stream: trio.SocketStream | None = None  # the frame connection, if made
+        self._send_lock = trio.Lock()
 
     def placement(self) -> dict[str, Any]:
         """Where the actor runs: ``actor_id``, ``node_id``, ``node_ip``, ``pid``, and its Ray
@@ -290,14 +307,64 @@ class RayHome:
         if reply is None:
             actor = self.actor = await actors.make()
             actor.on_death = fail
-            call = actor.handle.start.remote(codec.pack(spec.init(port.generation)))
+            init = codec.pack(spec.init(port.generation))
+            call = actor.handle.start.remote(init, actors.spec.direct)
             reply = await actors.request(actor, call, port.readiness_timeout)
         assert actor is not None and isinstance(reply, frames.Ready)
         self.runner = RunnerProxy(self, reply.max_concurrency)
+        actor.identity["frames"] = "ray"
+        if actor.frames_at is not None:
+            await self._connect(actor, actor.frames_at, nursery)
         nursery.start_soon(self._heartbeats, actor, spec.heartbeat_timeout)
         actors.replenish_spare()
         return LoadedRunner(self.runner, reply.max_concurrency, reply.deterministic,
                             frozenset(reply.sampling_fields))  # fmt: skip
+
+    async def _connect(
+        self, actor: RayActor, at: tuple[str, int, bytes], nursery: trio.Nursery
+    ) -> None:
+        """Make the frame connection to the actor's listener and read it in ``nursery``; one
+        that cannot be made within :data:`CONNECT_TIMEOUT` leaves the frames to Ray."""
+        host, port, key = at
+        try:
+            with trio.fail_after(CONNECT_TIMEOUT):
+                stream = await trio.open_tcp_stream(host, port)
+                try:
+                    await stream.send_all(key)
+                except BaseException:
+                    await trio.aclose_forcefully(stream)
+                    raise
+        except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
+            logger.warning(
+                "%s: no frame connection to its Ray actor at %s:%d (%s: %s); its frames go "
+                "through Ray", actor.name, host, port, type(exc).__name__, exc,
+            )  # fmt: skip
+            return
+        self._stream = stream
+        actor.identity["frames"] = "direct"
+        nursery.start_soon(self._read_frames, actor, stream)
+
+    async def _read_frames(self, actor: RayActor, stream: trio.SocketStream) -> None:
+        """The actor's frames on the frame connection. Its end is the actor's death, which Ray
+        is given ``heartbeat_timeout`` to confirm: a process that exited is reported at once,
+        a lost node once Ray's connection to its raylet drops; meanwhile the node's other
+        processes (a standby spare) die too, so that no restart lands on a node going down."""
+        reader = codec.FrameReader(from_child=True)
+        try:
+            while True:
+                data = await stream.receive_some()
+                if not data:
+                    raise ChildDied("the Ray actor closed its frame connection")
+                try:
+                    messages = reader.feed(data)
+                except codec.MalformedFrame as exc:
+                    self._fail(ChildDied(f"the Ray actor sent a malformed frame: {exc}"))
+                    return
+                self._deliver(messages)
+        except (ChildDied, trio.BrokenResourceError) as exc:
+            with trio.move_on_after(self.actors.spec.process.heartbeat_timeout):
+                await actor.reported.wait()
+            self._on_lost(actor.ray_says or exc)
 
     async def _heartbeats(self, actor: RayActor, silence: float) -> None:
         """A runner that blocks the actor's Trio loop for ``silence`` seconds (Ray still
@@ -321,6 +388,17 @@ class RayHome:
         assert actor is not None
         if actor.dead is not None:
             raise actor.dead
+        stream = self._stream
+        if stream is not None:  # every frame the actor is sent goes on the frame connection
+            if isinstance(message, frames.Execute | frames.Cancel | frames.Rebuild):
+                try:
+                    async with self._send_lock:
+                        await stream.send_all(codec.encode(message))
+                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                    raise actor.dead or ChildDied(
+                        f"the frame connection to the Ray actor of {actor.name!r} broke: {exc}"
+                    ) from exc
+            return
         handle, bridge = actor.handle, self.actors.bridge
         if isinstance(message, frames.Execute):
             stream = handle.execute.remote(codec.pack(message))
@@ -348,6 +426,10 @@ class RayHome:
         except codec.MalformedFrame as exc:
             self._fail(ChildDied(f"the Ray actor sent a malformed frame: {exc}"))
             return
+        self._deliver(messages)
+
+    def _deliver(self, messages: list[Any]) -> None:
+        """Frames from the actor, to the batch or rebuild waiting for each."""
         runner = self.runner
         if runner is None:
             return
@@ -381,6 +463,8 @@ class RayHome:
         need not wait for it)."""
         if self.runner is not None:
             await close_runner(self.runner, self.actors.spec.process.name)
+        if self._stream is not None:
+            await trio.aclose_forcefully(self._stream)
         if self.actor is not None:
             self.actors.retire(self.actor)
         return fatal
