@@ -58,6 +58,7 @@ from benchmarks.bench_worker import (
 )
 from trio_supervise import Request, open_worker
 from trio_supervise.isolation.ray import LOOPBACK_ENV
+from trio_supervise.isolation.ray._runtime import LOCAL_SYSTEM_CONFIG
 
 MOCK = "trio_supervise.runners.mock:MockRunner"
 
@@ -161,7 +162,7 @@ def measure(sizes: Sizes) -> Measurements:
     started = not ray.is_initialized()
     if started:  # one local Ray for the whole run (a worker would start and stop its own)
         ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False)  # fmt: skip
+                 log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)  # fmt: skip
     try:
         with quiet_library_logger():
             rows = _measure(sizes)

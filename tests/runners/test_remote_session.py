@@ -83,12 +83,12 @@ async def test_rebuild_session_swaps_the_client_and_old_streams_finish(tmp_path:
                 key_file.write_text("k2")
                 await worker.rebuild(RebuildCause.REMOTE_AUTH_FAILURE)
                 assert runner._sessions.current is not old and old is not None
-                assert not old.client.is_closed  # the stream still uses it
+                assert not old.closed  # the stream still uses it
                 rest = [chunk async for chunk in stream]
             got = list(first.token_ids) + [t for c in rest for t in c.token_ids]
             assert got == expected_text(long)
             await trio.testing.wait_all_tasks_blocked()  # the batch's task ends
-            assert old.client.is_closed  # closed once its last stream ended
+            assert old.closed  # closed once its last stream ended
             await worker.generate(request("next")).collect()
     assert backend.auth_seen[-1] == "Bearer k2"
 
@@ -158,3 +158,30 @@ async def test_a_key_the_server_echoes_is_scrubbed(tmp_path: Path) -> None:
                 with pytest.raises(Unauthorized) as caught:
                     await worker.generate(request("echo")).collect()
     assert "Bearer ***" in str(caught.value) and secret not in str(caught.value)
+
+
+def test_a_sessions_streams_spread_over_small_clients_made_as_needed() -> None:
+    """10 connections: clients of 4, 4 and 2, the next made only once the others are full;
+    each stream takes the client with the fewest streams for its connections."""
+    import httpx
+
+    from trio_supervise.runners._remote_session import POOL_CONNECTIONS, Session
+
+    made: list[int] = []
+
+    def make(connections: int) -> httpx.AsyncClient:
+        made.append(connections)
+        return httpx.AsyncClient()
+
+    session = Session(make, 10)
+    assert POOL_CONNECTIONS == 4 and made == [4]
+    leases = [session.lease() for _ in range(4)]
+    assert leases == [0, 0, 0, 0] and made == [4]  # one client until it is full
+    assert session.lease() == 1 and made == [4, 4]
+    session.give_back(0)
+    assert session.lease() == 1  # the least busy: 1 has one stream, 0 has three
+    assert [session.lease() for _ in range(3)] == [1, 0, 1] and made == [4, 4]
+    assert session.lease() == 2 and made == [4, 4, 2]  # both full: a third client, of 2
+    assert session.lease() == 2 and session.active == [4, 4, 2]
+    assert session.lease() == 0  # past every bound: it waits for a connection of client 0
+    assert made == [4, 4, 2]  # never more connections than asked for

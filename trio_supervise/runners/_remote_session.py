@@ -1,5 +1,11 @@
 """A :class:`~.remote.RemoteRunner`'s HTTP sessions: the key each one sends (read again for
-every new one), its client, and the closing of a retired one after its last stream.
+every new one), its clients, and the closing of a retired one after its last stream.
+
+A session's connections are spread over small clients of :data:`POOL_CONNECTIONS` each, made as
+the streams at once need them: httpx's pool (httpcore's) looks over every connection it holds
+at each request and each response's end, so one client of 32 busy connections spends about
+twice the CPU a request that eight clients of four do (measured in ``docs/benchmarks.md``).
+A stream takes the client with the fewest streams for its connections.
 
 The key (``api_key_env`` or ``api_key_file``) goes only into a client's ``Authorization``
 header; every key sent is kept, so that what a server echoes can be scrubbed of it.
@@ -8,6 +14,8 @@ header; every key sent is kept, so that what a server echoes can be scrubbed of 
 from __future__ import annotations
 
 import os
+import ssl
+from collections.abc import Callable
 from typing import final
 
 import httpx
@@ -15,19 +23,52 @@ import trio
 
 from .._errors import Unauthorized, Unrecoverable
 
-__all__ = ["Session", "Sessions"]
+__all__ = ["POOL_CONNECTIONS", "Session", "Sessions"]
+
+POOL_CONNECTIONS = 4
+"""Connections per client of a session (see the module docstring)."""
 
 
 @final
 class Session:
-    """One HTTP client and the streams using it; a retired one closes when the last ends."""
+    """The HTTP clients of one key and the streams using them; a retired session closes when
+    its last stream ends."""
 
-    __slots__ = ("client", "retired", "users")
+    __slots__ = ("_make", "_sizes", "active", "clients", "retired", "users")
 
-    def __init__(self, client: httpx.AsyncClient) -> None:
-        self.client = client
+    def __init__(self, make: Callable[[int], httpx.AsyncClient], connections: int) -> None:
+        self._make = make
+        whole, rest = divmod(connections, POOL_CONNECTIONS)
+        self._sizes = [POOL_CONNECTIONS] * whole + ([rest] if rest else [])
+        self.clients = [make(self._sizes[0])]
+        self.active = [0]  # streams on each client
         self.users = 0
         self.retired = False
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The first client (for a call outside the streams: the model list)."""
+        return self.clients[0]
+
+    @property
+    def closed(self) -> bool:
+        return all(client.is_closed for client in self.clients)
+
+    def lease(self) -> int:
+        """The client a new stream takes (its index): the one with the fewest streams for its
+        connections, or a new one when each is full and the session may have more."""
+        active, sizes = self.active, self._sizes
+        index = min(range(len(active)), key=lambda i: active[i] / sizes[i])
+        if active[index] >= sizes[index] and len(active) < len(sizes):
+            self.clients.append(self._make(sizes[len(active)]))
+            active.append(0)
+            index = len(active) - 1
+        active[index] += 1
+        return index
+
+    def give_back(self, index: int) -> None:
+        """A stream on client ``index`` ended."""
+        self.active[index] -= 1
 
 
 @final
@@ -51,6 +92,7 @@ class Sessions:
         self.current: Session | None = None
         self._open: set[Session] = set()
         self._keys: set[str] = set()  # every key sent, to scrub from what servers echo
+        self._tls_context: ssl.SSLContext | None = None
 
     async def read_key(self) -> str | None:
         """The key, read now (``None`` without one).
@@ -90,18 +132,31 @@ class Sessions:
         if key is not None:
             self._keys.add(key)
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-        client = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=self.timeout,
-            limits=httpx.Limits(
-                max_connections=self.max_connections,
-                max_keepalive_connections=self.max_connections,
-            ),
-        )
-        session = Session(client)
+        verify = self._tls()
+
+        def make(connections: int) -> httpx.AsyncClient:
+            return httpx.AsyncClient(
+                base_url=self.base_url,
+                headers=headers,
+                timeout=self.timeout,
+                limits=httpx.Limits(
+                    max_connections=connections, max_keepalive_connections=connections
+                ),
+                verify=verify,
+            )
+
+        session = Session(make, self.max_connections)
         self._open.add(session)
         return session
+
+    def _tls(self) -> ssl.SSLContext | bool:
+        """One TLS context for all the clients of the runner (each would load the CA bundle);
+        none for a plain ``http://`` server."""
+        if not self.base_url.startswith("https:"):
+            return True
+        if self._tls_context is None:
+            self._tls_context = httpx.create_ssl_context()
+        return self._tls_context
 
     async def replace(self) -> None:
         """Make a new session current; the old one closes after its last stream."""
@@ -127,4 +182,5 @@ class Sessions:
     async def _close(self, session: Session) -> None:
         self._open.discard(session)
         with trio.CancelScope(shield=True):
-            await session.client.aclose()
+            for client in session.clients:
+                await client.aclose()

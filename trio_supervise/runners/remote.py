@@ -78,7 +78,7 @@ from ..openai import (
 )
 from ..supervision import Backoff, Directive, Policy, RestartIntensity, on, rules
 from ..tier._breaker import CircuitBreaker
-from ._remote_session import Sessions
+from ._remote_session import Session, Sessions
 from ._remote_stream import Streams, stream_completion, watch_cancels
 
 __all__ = ["REMOTE_POLICY", "RemoteRunner", "error_for_status", "retry_after_seconds"]
@@ -307,7 +307,7 @@ class RemoteRunner:
                     for request in batch.requests:
                         if not batch.is_cancelled(request.id):
                             nursery.start_soon(
-                                self._stream, session.client, request, batch, send.clone(), streams
+                                self._stream, session, request, batch, send.clone(), streams
                             )
                 nursery.start_soon(watch_cancels, batch, streams.scopes)
                 try:
@@ -321,7 +321,7 @@ class RemoteRunner:
 
     async def _stream(
         self,
-        client: httpx.AsyncClient,
+        session: Session,
         request: Request,
         batch: Batch,
         send: trio.MemorySendChannel[Chunk],
@@ -342,10 +342,11 @@ class RemoteRunner:
                 scope.cancel()
             streams.scopes[request.id] = scope
             last: Chunk | None = None
+            leased = session.lease()
             try:
                 with scope:
                     last = await stream_completion(
-                        client, self.base_url, path, body, request.id, batch, send,
+                        session.clients[leased], self.base_url, path, body, request.id, batch, send,
                         answered=self.breaker.record_success, scrub=self._sessions.scrub,
                         model=self.model,
                     )  # fmt: skip
@@ -368,6 +369,7 @@ class RemoteRunner:
                 await send.send(Chunk(request.id, error=error))
                 return
             finally:
+                session.give_back(leased)
                 del streams.scopes[request.id]
                 if last is None and probe:  # left, halted or cancelled: no outcome to count
                     self.breaker.release()
