@@ -98,6 +98,8 @@ def test_the_quick_suite_writes_json_with_every_suite_and_row(quick_suite: Quick
     }
     for key in ("stream_requests_per_s", "stream_ttft_p50_s", "whole_requests_per_s"):
         assert http["results"][key]["target"] is not None
+    assert http["results"]["remote_front_requests_per_s"]["target"] == 0.7
+    assert http["results"]["remote_front_ttft_p50_s"]["target"] == 1.5
     # The grid: a row per (replicas, clients), and nothing bad under any of them.
     grid = http["tables"][0].splitlines()
     assert grid[2].startswith("| replicas | clients |")
