@@ -97,6 +97,29 @@ async def test_a_lone_request_waits_for_nothing_and_load_makes_batches(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_replica_that_runs_batches_at_once_is_busy_only_when_all_are_taken(
+    autojump_clock: Clock,
+) -> None:
+    record = MockRecord()  # three batches at once, as a RemoteRunner runs its connections'
+    cfg = config(record, runner_args={"max_concurrency": 3})
+    async with trio.open_nursery() as nursery:
+        pool = await nursery.start(WorkerPool(cfg).run)
+        streams = []
+        for i in range(3):  # room for three batches: each goes at once, alone
+            streams.append(pool.generate(req(f"w{i}")))
+            await trio.testing.wait_all_tasks_blocked()
+            assert record.executes[-1][2] == (f"w{i}",)
+            await trio.sleep(0.01)
+        # All three taken: the next ones wait up to max_wait (0.5 s) for company.
+        streams.append(pool.generate(req("x0")))
+        await trio.sleep(0.1)
+        streams.append(pool.generate(req("x1")))
+        for stream in streams:
+            await stream.collect()
+        assert [ids for _, _, ids in record.executes] == [("w0",), ("w1",), ("w2",), ("x0", "x1")]
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_router_spreads_load_over_replicas(autojump_clock: Clock) -> None:
     record = MockRecord()
     async with trio.open_nursery() as nursery:
