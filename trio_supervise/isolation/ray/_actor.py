@@ -42,6 +42,7 @@ import contextlib
 import os
 import secrets
 import socket
+import sys
 import threading
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -178,13 +179,11 @@ class RayChildActor:
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._route, message)
 
-    async def _serve_frames(
-        self, host: str, key: bytes, *, task_status: trio.TaskStatus[int]
-    ) -> None:
-        """Listen on ``host`` (the node's address) for the parent's frame connection: the port
-        is told at once; the first connection that sends ``key`` is the parent's (any other is
-        closed), and the frames it sends go to the runner until it ends."""
-        listeners = await trio.open_tcp_listeners(0, host=host)
+    async def _serve_frames(self, sock: socket.socket, key: bytes) -> None:
+        """Accept the parent's frame connection on ``sock``: the first connection that sends
+        ``key`` is the parent's (any other is closed, and so is the listener once it is in);
+        the frames it sends go to the runner until it ends."""
+        listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
         async with trio.open_nursery() as nursery:
             found: list[trio.SocketStream] = []
 
@@ -203,12 +202,11 @@ class RayChildActor:
                 await stream.aclose()
 
             async def accept() -> None:
-                async with listeners[0] as listener:
+                async with listener:
                     while True:
                         nursery.start_soon(vet, await listener.accept())
 
             nursery.start_soon(accept)
-            task_status.started(listeners[0].socket.getsockname()[1])
         stream = found[0]
         assert self._nursery is not None
         self._outbox = Outbox(stream.socket)
@@ -229,25 +227,21 @@ class RayChildActor:
                     self._open_batches.add(message.seq)
                 self._host.handle(message, self._nursery)
 
-    async def _open_frames(self) -> tuple[str, int, bytes]:
-        """Start listening for the frame connection: ``(host, port, key)``."""
+    async def _open_frames(self) -> tuple[str, int, bytes] | None:
+        """Listen for the frame connection: ``(host, port, key)``; ``None`` where no port can
+        be had on the node's address (the frames then go through Ray)."""
         await self._ensure_trio()
         host, key = _node_address(), secrets.token_bytes(KEY_BYTES)
-        port: Future[int] = Future()
-
-        nursery = self._nursery
-        assert nursery is not None
-
-        async def listen() -> None:
-            try:
-                port.set_result(await nursery.start(self._serve_frames, host, key))
-            except BaseException as exc:
-                if not port.done():
-                    port.set_exception(exc)
-                raise
-
-        self._soon(nursery.start_soon, listen)
-        return host, await asyncio.wrap_future(port), key
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            sock = socket.create_server((host, 0), family=family)
+        except OSError as exc:
+            print(f"trio-supervise: no frame listener on {host} ({exc}); the frames go "
+                  "through Ray", file=sys.stderr, flush=True)  # fmt: skip
+            return None
+        assert self._nursery is not None
+        self._soon(self._nursery.start_soon, self._serve_frames, sock, key)
+        return host, sock.getsockname()[1], key
 
     def _poisoned(self) -> None:
         """After a sticky error: the parent kills this actor; until then, no batch runs here."""
