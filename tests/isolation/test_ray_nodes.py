@@ -99,11 +99,14 @@ async def test_a_node_lost_mid_stream_restarts_the_actor_elsewhere_and_the_strea
                 arrived.append(trio.current_time())
             text = "".join(c.text for c in head + rest)
             assert text == fault_free("a", 40)  # no token lost, none duplicated
-            assert worker.restart_causes == {"ChildDied": 1}
-            assert worker.statistics().continued == 1
+            # Ray may place the fresh actor on the lost node before its health checks declare
+            # it dead (about 2 s here): that one dies too, and the next goes elsewhere.
+            deaths = worker.restart_causes["ChildDied"]
+            assert set(worker.restart_causes) == {"ChildDied"} and deaths in (1, 2)
+            assert 1 <= worker.statistics().continued <= deaths
             assert worker.placement()["node_id"] not in (None, first["node_id"])
-    (died,) = events.times(ts.EventKind.FAILED)
-    ready = events.times(ts.EventKind.READY)[1]
+    died = events.times(ts.EventKind.FAILED)[0]
+    ready = events.times(ts.EventKind.READY)[-1]  # the actor that served the rest
     assert lost < died < ready < arrived[-1]
     next_token_at = min(t for t in arrived if t > ready)  # the fresh actor's first
     print(
@@ -142,10 +145,12 @@ async def test_a_replica_pinned_to_a_lost_node_waits_for_one_while_the_other_ser
             node = lost_replica.worker.placement()["node_id"]
             assert node != other.worker.placement()["node_id"]
             worker = lost_replica.worker
-            with logged("m#0/m#0#2 failed: HungWorker") as hung:  # a load with nowhere to go
+            with logged("failed: HungWorker") as hung:  # a load with nowhere to go
                 nodes.kill(nodes.holding(node))
                 await hung.wait()
-            assert worker.restart_causes["ChildDied"] == 1
+            # Ray may place the next actor on the lost node before its health checks declare
+            # the node dead (about 2 s here, after the ~1.7 s of ChildDied): that one dies too.
+            assert worker.restart_causes["ChildDied"] in (1, 2)
             for i in range(5):  # served meanwhile, by the other replica
                 stream = pool.generate(req(f"r{i}", 3))
                 _, text, _, _ = await stream.collect()
@@ -175,13 +180,19 @@ async def test_a_spare_on_the_lost_node_is_not_taken(nodes: Nodes) -> None:
             assert spare.identity["node_id"] == first_node.node_id
             nodes.add(units=2.0)  # where the next actor can go
             nodes.kill(first_node)
-            await worker.state.wait_value(lambda s: s is not WorkerState.READY)
-            await worker.state.wait_value(WorkerState.READY)
-            assert worker.placement()["node_id"] != first_node.node_id
-            tier = worker._tier
-            assert tier is not None and tier.home.actor is not spare  # type: ignore[attr-defined]
+            while True:
+                await worker.state.wait_value(lambda s: s is not WorkerState.READY)
+                await worker.state.wait_value(WorkerState.READY)
+                tier = worker._tier
+                assert tier is not None and tier.home.actor is not spare  # type: ignore[attr-defined]
+                if worker.placement()["node_id"] != first_node.node_id:
+                    break
+                # A fresh actor that Ray placed on the lost node before declaring it dead
+                # (about 2 s here): it dies with it, and the next one goes elsewhere.
             assert await worker.generate(req("b", 3)).collect() is not None
-    assert events.kinds().count("FAILED") == 1  # one restart: the dead spare was not tried
+    # One restart; two when a fresh actor landed on the lost node first. The dead spare was
+    # never READY: each READY above had another actor.
+    assert events.kinds().count("FAILED") in (1, 2)
 
 
 async def test_every_request_gets_one_outcome_when_a_node_is_lost_under_load(
