@@ -80,3 +80,25 @@ async def test_a_line_that_never_ends_is_a_server_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(_remote_stream, "MAX_LINE", 64)
     with pytest.raises(ServerError, match="sent a line of more than 64 bytes"):
         await streamed([event("a", [1]), b"data: " + b"x" * 40, b"x" * 40])
+
+
+async def test_what_the_consumer_raises_comes_out_of_execute_plainly() -> None:
+    """The streams' nursery lives in ``execute``'s context manager: an error of the code that
+    reads the chunks (the tier's routing) comes out as itself, not in an exception group."""
+    from tests.support.remote_backend import open_backend, request
+    from trio_supervise.devices import CpuDevice
+    from trio_supervise.runners.remote import RemoteRunner
+
+    with trio.fail_after(30):
+        async with open_backend() as running:
+            runner = RemoteRunner(running.url, model="mock")
+            await runner.load(CpuDevice())
+            try:
+                with pytest.raises(KeyError, match="routing"):
+                    async with runner.execute(Batch([request("a", 50)])) as chunks:
+                        async for _ in chunks:
+                            raise KeyError("routing")
+                async with runner.execute(Batch([request("b", 3)])) as chunks:  # goes on
+                    assert [c async for c in chunks][-1].finish_reason is FinishReason.LENGTH
+            finally:
+                await runner.aclose()

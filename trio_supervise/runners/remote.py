@@ -300,6 +300,7 @@ class RemoteRunner:
             raise RuntimeError("RemoteRunner.execute before load")
         session.users += 1
         streams = Streams()
+        failure: BaseException | None = None
         try:
             send, receive = trio.open_memory_channel[Chunk](max(16, len(batch.requests)))
             async with receive, trio.open_nursery() as nursery:
@@ -314,8 +315,14 @@ class RemoteRunner:
                     yield receive
                 finally:  # every stream has ended, or the consumer left: the rest stops
                     nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:  # the nursery wraps what the consumer raised
+            if len(group.exceptions) != 1:
+                raise
+            failure = group.exceptions[0]  # raised plainly below, not chained to the group
         finally:
             await self._sessions.release(session)
+        if failure is not None:
+            raise failure
         if streams.refused is not None:  # restart with a fresh session, which reads the key
             raise Unauthorized(str(streams.refused)) from streams.refused
 
