@@ -28,6 +28,19 @@ async def test_serves_deterministic_tokens_with_usage(autojump_clock: Clock) -> 
     assert worker.state.value is WorkerState.STOPPED
 
 
+async def test_open_requests_and_concurrency_for_a_router(autojump_clock: Clock) -> None:
+    args = {"delay": 1.0, "max_concurrency": 3}
+    async with ts.open_worker(MockRunner, runner_args=args, device="cpu") as worker:
+        assert worker.concurrency == 3 and worker.open_requests() == 0
+        streams = [worker.generate(req(f"r{i}", max_tokens=2)) for i in range(4)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert worker.open_requests() == 4  # three batches running, one waiting
+        assert worker.running_requests() == 3
+        for stream in streams:
+            await stream.collect()
+        assert worker.open_requests() == 0 and worker.running_requests() == 0
+
+
 @pytest.mark.parametrize("after", [0, 2])
 async def test_poison_restarts_the_tier_and_reruns_what_produced_nothing(
     after: int, autojump_clock: Clock

@@ -355,12 +355,8 @@ class RayHome:
                 data = await stream.receive_some()
                 if not data:
                     raise ChildDied("the Ray actor closed its frame connection")
-                try:
-                    messages = reader.feed(data)
-                except codec.MalformedFrame as exc:
-                    self._fail(ChildDied(f"the Ray actor sent a malformed frame: {exc}"))
+                if not self._take(reader.feed, data):
                     return
-                self._deliver(messages)
         except (ChildDied, trio.BrokenResourceError) as exc:
             with trio.move_on_after(self.actors.spec.process.heartbeat_timeout):
                 await actor.reported.wait()
@@ -421,12 +417,18 @@ class RayHome:
     def _on_frames(self, data: bytes) -> None:
         """One item from the actor (in Trio, from the bridge): its frames, to the batch or
         rebuild waiting for each."""
+        self._take(codec.unpack_all, data)
+
+    def _take(self, decode: Callable[[bytes], list[Any]], data: bytes) -> bool:
+        """Decode ``data`` and deliver its frames; ``False`` when one is malformed (the tier
+        fails: the actor is broken)."""
         try:
-            messages = codec.unpack_all(data)
+            messages = decode(data)
         except codec.MalformedFrame as exc:
             self._fail(ChildDied(f"the Ray actor sent a malformed frame: {exc}"))
-            return
+            return False
         self._deliver(messages)
+        return True
 
     def _deliver(self, messages: list[Any]) -> None:
         """Frames from the actor, to the batch or rebuild waiting for each."""
