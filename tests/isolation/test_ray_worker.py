@@ -7,6 +7,8 @@ wait is for an event (a chunk, a state, an actor's death as Ray reports it), not
 from __future__ import annotations
 
 import os
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -234,7 +236,8 @@ async def test_the_frame_listener_takes_only_its_parent() -> None:
 
 
 async def test_a_key_that_is_wrong_gets_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A connection that sends the wrong key is closed, and the worker's own still gets in."""
+    """A connection that sends the wrong key is closed, one reset halfway is dropped, and the
+    worker's own still gets in."""
     from trio_supervise.isolation.ray import _home
 
     real = _home.RayHome._connect
@@ -244,6 +247,11 @@ async def test_a_key_that_is_wrong_gets_nothing(monkeypatch: pytest.MonkeyPatch)
         async with await trio.open_tcp_stream(host, port) as stranger:
             await stranger.send_all(bytes(len(key)))
             assert await stranger.receive_some() == b""  # closed on us
+        rude = trio.socket.socket()  # half a key, then a reset: the listener goes on
+        await rude.connect((host, port))
+        await rude.send(key[:5])
+        rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        rude.close()
         await real(self, actor, at, nursery)
 
     monkeypatch.setattr(_home.RayHome, "_connect", first_a_stranger)

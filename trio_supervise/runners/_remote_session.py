@@ -13,6 +13,7 @@ header; every key sent is kept, so that what a server echoes can be scrubbed of 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import ssl
 from collections.abc import Callable
@@ -132,7 +133,7 @@ class Sessions:
         if key is not None:
             self._keys.add(key)
         headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
-        verify = self._tls()
+        verify = await self._tls()
 
         def make(connections: int) -> httpx.AsyncClient:
             return httpx.AsyncClient(
@@ -149,12 +150,13 @@ class Sessions:
         self._open.add(session)
         return session
 
-    def _tls(self) -> ssl.SSLContext:
+    async def _tls(self) -> ssl.SSLContext:
         """One TLS context for every client of the runner: each client would otherwise load
         the CA bundle, about 40 ms of the event loop each (httpx builds one for a plain
         ``http://`` server too)."""
         if self._tls_context is None:
-            self._tls_context = httpx.create_ssl_context()
+            # Loading the CA bundle takes about 40 ms: not on the event loop.
+            self._tls_context = await trio.to_thread.run_sync(httpx.create_ssl_context)
         return self._tls_context
 
     async def replace(self) -> None:
@@ -181,5 +183,6 @@ class Sessions:
     async def _close(self, session: Session) -> None:
         self._open.discard(session)
         with trio.CancelScope(shield=True):
-            for client in session.clients:
-                await client.aclose()
+            async with contextlib.AsyncExitStack() as stack:  # each one closed, whatever raises
+                for client in session.clients:
+                    stack.push_async_callback(client.aclose)

@@ -17,11 +17,11 @@ from .._errors import ConfigError, shown
 from ..worker._options import (
     DEVICE,
     FLAG,
+    FRAMES,
     ISOLATED,
     ISOLATION,
     MAX_ATTEMPTS,
     MAX_PENDING,
-    RAY_FRAMES,
     TIMEOUT,
     Count,
     Seconds,
@@ -200,8 +200,7 @@ def _worker(report: _Report, w: WorkerConfig, at: KeyPath, names: set[str],
             except ConfigError as exc:
                 if (*at, "ray_options") not in report.unread:
                     report.problems.append(Problem((*at, "ray_options"), f"{dotted(at)}: {exc}"))
-            need(w.ray_frames in RAY_FRAMES, (*at, "ray_frames"), "must be 'direct' or 'ray'",
-                 w.ray_frames)  # fmt: skip
+            check((*at, "ray_frames"), FRAMES.problem(w.ray_frames), w.ray_frames)
             addresses.add(address)
         elif known:
             need(not w.ray_options and address is None, (*at, "ray_options"),

@@ -2,8 +2,8 @@
 request on ``trio_supervise.access``, as text or as JSON lines.
 
 The library itself configures no handler (``trio_supervise`` has only a ``NullHandler``): an
-application embedding it decides. :func:`configure_logging` is what the CLI's ``serve`` and
-``demo`` call: a handler on the root logger, at ``--log-level``, so supervision events
+application embedding it decides. :func:`configure_logging` is what the CLI's ``serve``
+calls: a handler on the root logger, at ``--log-level``, so supervision events
 (restarts with their cause, give-ups, breaker changes) are printed by default, and the access log
 on or off (``--access-log/--no-access-log``). Hypercorn's own messages go to
 ``trio_supervise.http`` at WARNING and above (no banner).

@@ -140,7 +140,7 @@ class Replica:
         (one, for most runners; a :class:`~trio_supervise.runners.remote.RemoteRunner` streams
         ``max_connections`` at once, so it is busy only with that many)."""
         worker = self.worker
-        return worker is not None and worker.open_requests() >= worker.concurrency
+        return worker is not None and self.load >= worker.concurrency
 
     async def run(
         self,
@@ -165,6 +165,8 @@ class Replica:
             if not all(isinstance(leaf, trio.Cancelled) for leaf in leaves(exc)):
                 self.last_end = type(exc).__name__
             raise
+        else:  # it returned: what ended an earlier worker is not this one's end
+            self.last_end = None
         finally:
             changed()
 

@@ -174,12 +174,8 @@ class Metrics:
             self.state.labels(name).set(1 if status["state"] == "ready" else 0)
             self.pending.labels(name).set(status["pending"])
             self.in_flight.labels(name).set(status["in_flight"])
-        for replicas in pool.replicas.values():
-            for replica in replicas:
-                worker = replica.worker
-                state = None if worker is None else worker.breaker_state
-                if state is not None:
-                    self.breaker.labels(replica.name).set(_BREAKER_LEVELS[state])
+            if status["breaker"] is not None:
+                self.breaker.labels(name).set(_BREAKER_LEVELS[BreakerState(status["breaker"])])
         self._pool = pool  # what the slots' counters are read from
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 

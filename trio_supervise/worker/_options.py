@@ -285,6 +285,8 @@ RAY_FRAMES = ("direct", "ray")
 """How a Ray worker's frames travel: ``"direct"`` (the default), on a TCP connection from the
 worker to its actor, as on a child process's socket (through Ray where the actor's node cannot be
 reached); ``"ray"``, through Ray's streaming calls (a worker outside the cluster's network)."""
+FRAMES = Text(RAY_FRAMES.__contains__, "'direct' or 'ray'")
+"""The rule of ``ray_frames``."""
 
 
 def check_ray(
@@ -319,8 +321,8 @@ def check_ray(
             raise ConfigError(f"ray_options.{key} must be a non-empty str, got {value!r}")
     if ray_address is not None and not (isinstance(ray_address, str) and ray_address):
         raise ConfigError(f"ray_address must be a non-empty str or None, got {ray_address!r}")
-    if ray_frames not in RAY_FRAMES:
-        raise ConfigError(f"ray_frames must be 'direct' or 'ray', got {ray_frames!r}")
+    if FRAMES.problem(ray_frames) is not None:
+        raise ConfigError(f"ray_frames must be {FRAMES.expected}, got {ray_frames!r}")
     return options
 
 

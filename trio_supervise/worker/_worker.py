@@ -402,8 +402,7 @@ class Worker:
 
     def open_requests(self) -> int:
         """Requests accepted that have not ended: waiting for the tier, or running on it."""
-        counts = self._admission.counts
-        return counts["accepted"] - counts["finished"] - counts["failed"] - counts["cancelled"]
+        return len(self._admission.open)
 
     @property
     def concurrency(self) -> int:

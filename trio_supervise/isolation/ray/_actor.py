@@ -188,7 +188,12 @@ class RayChildActor:
             found: list[trio.SocketStream] = []
 
             async def vet(stream: trio.SocketStream) -> None:
-                with trio.move_on_after(KEY_TIMEOUT):
+                """A connection that sends the key is the parent's; any other (silent, short,
+                wrong, reset) is closed, and the listener goes on."""
+                with (
+                    trio.move_on_after(KEY_TIMEOUT),
+                    contextlib.suppress(OSError, trio.BrokenResourceError),
+                ):
                     got = b""
                     while len(got) < len(key):
                         more = await stream.receive_some(len(key) - len(got))
@@ -199,7 +204,7 @@ class RayChildActor:
                         found.append(stream)
                         nursery.cancel_scope.cancel()
                         return
-                await stream.aclose()
+                await trio.aclose_forcefully(stream)
 
             async def accept() -> None:
                 async with listener:
@@ -209,23 +214,32 @@ class RayChildActor:
             nursery.start_soon(accept)
         stream = found[0]
         assert self._nursery is not None
-        self._outbox = Outbox(stream.socket)
-        self._nursery.start_soon(self._outbox.run)
+        outbox = self._outbox = Outbox(stream.socket)
+        writer = trio.CancelScope()
+
+        async def write() -> None:
+            with writer:
+                await outbox.run()
+
+        self._nursery.start_soon(write)
         self._frames = stream
         reader = codec.FrameReader(from_child=False)
         while True:  # cancelled with the loop, the connection stays for the batches' ends
             try:
                 data = await stream.receive_some()
-            except trio.BrokenResourceError:
-                data = b""
-            if not data:  # the parent went away: it kills this actor
-                self._frames = self._outbox = None
-                await stream.aclose()
-                return
-            for message in reader.feed(data):
+                messages = reader.feed(data)
+            except (trio.BrokenResourceError, codec.MalformedFrame):
+                break
+            if not data:
+                break
+            for message in messages:
                 if isinstance(message, frames.Execute):
                     self._open_batches.add(message.seq)
                 self._host.handle(message, self._nursery)
+        # The parent went away (or broke the protocol): it kills this actor.
+        self._frames = self._outbox = None
+        writer.cancel()
+        await trio.aclose_forcefully(stream)
 
     async def _open_frames(self) -> tuple[str, int, bytes] | None:
         """Listen for the frame connection: ``(host, port, key)``; ``None`` where no port can
@@ -410,6 +424,7 @@ class Outbox:
                         left = left[await self._socket.send(left) :]
                 except OSError:  # a parent gone: it kills this actor, or its node's death does
                     self._broken = True
+                    self._room.set()  # a producer waiting for room goes on (its frames dropped)
                     return
                 except BaseException:  # cancelled: what is left goes first, written by take()
                     self._waiting.insert(0, bytes(left))

@@ -48,7 +48,7 @@ from ._bridge import Bridge
 from ._handle import RayActor, child_died
 from ._runtime import import_ray, ray_runtime
 
-__all__ = ["CONNECT_TIMEOUT", "RayActors", "RayHome", "RaySpec"]
+__all__ = ["RayActors", "RayHome", "RaySpec"]
 
 CONNECT_TIMEOUT = 5.0
 """Seconds to make the frame connection to an actor before its frames go through Ray."""
