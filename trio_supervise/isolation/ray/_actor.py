@@ -12,7 +12,8 @@ actor's asyncio side instead.
   ``direct``, the address and key of its frame connection (below);
 * the frame connection (``ray_frames="direct"``, the default): the actor listens on its node's
   address for one TCP connection from its parent, which proves itself with a random key that
-  only the parent got (in ``start``'s reply, through Ray). Then ``Execute``, ``Cancel`` and
+  only the parent got (in ``start``'s reply, through Ray); the actor closes the listener and
+  answers with one byte, after which nothing else can connect. Then ``Execute``, ``Cancel`` and
   ``Rebuild`` frames come in on it and every chunk, end and ``RebuildDone`` goes back on it,
   written by the runner's Trio loop and read by the parent's: a chunk crosses no other event
   loop and no Ray object, as a child process's frames on its socket;
@@ -60,6 +61,9 @@ __all__ = ["RayChildActor", "probe_task"]
 
 KEY_BYTES = 32
 """The frame connection's key: random bytes the parent sends first."""
+ACCEPTED = b"\x01"
+"""The actor's answer to the key, sent once its listener is closed: the connection is the
+parent's, and nothing else can connect."""
 KEY_TIMEOUT = 5.0
 """Seconds a connection to the frame listener has to send the key before it is closed."""
 OUTBOX_LIMIT = 1 << 20
@@ -212,7 +216,12 @@ class RayChildActor:
                         nursery.start_soon(vet, await listener.accept())
 
             nursery.start_soon(accept)
-        stream = found[0]
+        stream = found[0]  # the listener is closed: answer the parent
+        try:
+            await stream.send_all(ACCEPTED)
+        except (OSError, trio.BrokenResourceError):
+            await trio.aclose_forcefully(stream)  # it went away: its frames go through Ray
+            return
         assert self._nursery is not None
         outbox = self._outbox = Outbox(stream.socket)
         writer = trio.CancelScope()

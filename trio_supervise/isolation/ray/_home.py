@@ -44,6 +44,7 @@ from .._host import HEARTBEAT_INTERVAL
 from .._proxy import RunnerProxy
 from .._spares import Spares
 from ..process import ProcessSpec
+from ._actor import ACCEPTED
 from ._bridge import Bridge
 from ._handle import RayActor, child_died
 from ._runtime import import_ray, ray_runtime
@@ -323,14 +324,19 @@ class RayHome:
     async def _connect(
         self, actor: RayActor, at: tuple[str, int, bytes], nursery: trio.Nursery
     ) -> None:
-        """Make the frame connection to the actor's listener and read it in ``nursery``; one
-        that cannot be made within :data:`CONNECT_TIMEOUT` leaves the frames to Ray."""
+        """Make the frame connection to the actor's listener (the key out, the actor's
+        :data:`ACCEPTED` back) and read it in ``nursery``; one that cannot be made within
+        :data:`CONNECT_TIMEOUT` leaves the frames to Ray."""
         host, port, key = at
         try:
             with trio.fail_after(CONNECT_TIMEOUT):
                 stream = await trio.open_tcp_stream(host, port)
                 try:
                     await stream.send_all(key)
+                    answer = await stream.receive_some(len(ACCEPTED))
+                    if answer != ACCEPTED:
+                        raise OSError(f"the actor answered {answer!r} to the key, expected "
+                                      f"{ACCEPTED!r}")  # fmt: skip
                 except BaseException:
                     await trio.aclose_forcefully(stream)
                     raise
