@@ -54,17 +54,24 @@ def classify_cuda_error(exc: BaseException) -> BaseException:
     return mapped
 
 
-TORCH_STICKY_MESSAGES = (
-    "an illegal memory access was encountered",
-    "unspecified launch failure",
-    "device-side assert triggered",
-    "misaligned address",
-    "an illegal instruction was encountered",
-    "illegal instruction",
-    "the launch timed out and was terminated",
-    "uncorrectable ecc error",
-    "unknown error",
-)
+TORCH_MESSAGE_STATUSES = {
+    "out of memory": 2,
+    "an illegal memory access was encountered": 700,
+    "the launch timed out and was terminated": 702,
+    "device-side assert triggered": 710,
+    "an illegal instruction was encountered": 715,
+    "illegal instruction": 715,
+    "misaligned address": 716,
+    "unspecified launch failure": 719,
+    "uncorrectable ecc error": 214,
+    "unknown error": 999,
+}
+"""The CUDA status behind each of PyTorch's messages (it names the status, not its number)."""
+
+TORCH_STICKY_MESSAGES = tuple(
+    message for message, status in TORCH_MESSAGE_STATUSES.items()
+    if status in STICKY_CUDA_STATUSES
+)  # fmt: skip
 """What PyTorch says of the sticky statuses: it raises them as ``RuntimeError`` or, newer,
 ``torch.AcceleratorError``, with ``CUDA error: <the runtime's message>``."""
 
@@ -92,20 +99,6 @@ def is_sticky_cuda_error(exc: BaseException) -> bool:
         seen = seen.__cause__
     return False
 
-
-TORCH_MESSAGE_STATUSES = {
-    "out of memory": 2,
-    "an illegal memory access was encountered": 700,
-    "the launch timed out and was terminated": 702,
-    "device-side assert triggered": 710,
-    "an illegal instruction was encountered": 715,
-    "illegal instruction": 715,
-    "misaligned address": 716,
-    "unspecified launch failure": 719,
-    "uncorrectable ecc error": 214,
-    "unknown error": 999,
-}
-"""The CUDA status behind each of PyTorch's messages (it names the status, not its number)."""
 
 _STATUS_IN_TEXT = re.compile(r"CUDA error (\d+)|CUDA out of memory \((\d+)\)")
 
