@@ -206,6 +206,30 @@ async def test_a_bad_import_path_is_a_config_error_at_once() -> None:
                 pass
 
 
+async def test_a_runner_that_fails_to_build_opens_no_frame_listener(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The actor answers ``Fatal`` with no listener: it is retired, nothing may connect."""
+    from trio_supervise.isolation.ray import _home
+
+    real, listeners = _home.RayActors.request, []
+
+    async def request(self: Any, actor: Any, call: Any, within: Any) -> Any:
+        try:
+            return await real(self, actor, call, within)
+        finally:
+            listeners.append(actor.frames_at)
+
+    monkeypatch.setattr(_home.RayActors, "request", request)
+    with trio.fail_after(60), pytest.raises(ts.ConfigError, match="factory got bad arguments"):
+        async with ts.open_worker(
+            "tests.support.child_runners:failing_factory", runner_args={"x": 1}, device="cpu",
+            isolation="ray",
+        ):  # fmt: skip
+            pass
+    assert listeners == [None]
+
+
 async def test_a_standby_actor_takes_over_and_the_next_one_parks(tmp_path: Path) -> None:
     with trio.fail_after(60):
         async with ts.open_worker(RUNNERS, standby=True, **args(tmp_path, "none")) as worker:

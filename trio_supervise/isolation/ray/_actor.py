@@ -286,13 +286,13 @@ class RayChildActor:
         assert self._token is not None
         self._token.run_sync_soon(fn, *args)
 
-    async def _control_call(self, fn: Callable[..., Awaitable[object]], *args: Any) -> bytes:
-        """Run ``fn`` in the Trio thread; return the control frame it sent, encoded."""
+    async def _control_call(self, fn: Callable[..., Awaitable[object]], *args: Any) -> Any:
+        """Run ``fn`` in the Trio thread; return the control frame it sent."""
         await self._ensure_trio()
         assert self._loop is not None and self._nursery is not None
         self._control = self._loop.create_future()
         self._soon(self._nursery.start_soon, fn, *args)
-        return codec.pack(await self._control)
+        return await self._control
 
     # --- the calls the parent makes ---------------------------------------------------------
 
@@ -304,12 +304,14 @@ class RayChildActor:
         init: frames.Init = _decode(data)
         host = self._host
         reply = await self._control_call(host.park if init.park else host.start, init)
+        # A runner that failed to build gets no listener: the parent retires this actor.
+        direct = direct and not isinstance(reply, frames.Fatal)
         address = await self._open_frames() if direct else None
-        return reply, _identity(), address
+        return codec.pack(reply), _identity(), address
 
     async def activate(self, generation: int) -> bytes:
         """A parked spare takes over: probe its device, load if it has not, say Ready."""
-        return await self._control_call(self._host.activate, generation)
+        return codec.pack(await self._control_call(self._host.activate, generation))
 
     async def execute(self, data: bytes) -> AsyncIterator[bytes]:
         """Run one ``Execute``; stream its frames back, as many as are waiting per item."""
