@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,11 +28,16 @@ from trio_supervise.runners.mock import text_of, token_at  # noqa: E402
 pytestmark = pytest.mark.ray
 
 MOCK = "trio_supervise.runners.mock:MockRunner"
+RUNNERS = "tests.support.child_runners:OnceRunner"
 _names = itertools.count()
 
 
 def req(rid: str, max_tokens: int) -> Request:
     return Request(rid, f"prompt {rid}", SamplingParams(max_tokens=max_tokens, seed=3))
+
+
+def stall_after_two(tmp_path: Path) -> dict[str, Any]:
+    return {"marker": str(tmp_path / "fired"), "fault": "stall", "after": 2, "delay": 0.05}
 
 
 def fault_free(rid: str, max_tokens: int) -> str:
@@ -79,14 +85,15 @@ def nodes(ray_cluster: Any) -> Iterator[Nodes]:
 
 
 async def test_a_node_lost_mid_stream_restarts_the_actor_elsewhere_and_the_stream_goes_on(
-    nodes: Nodes,
+    nodes: Nodes, tmp_path: Path
 ) -> None:
     nodes.add()
     nodes.add()
     events = Recorder()
     with trio.fail_after(120):
         async with ts.open_worker(
-            MOCK, runner_args={"delay": 0.05}, device="cpu", isolation="ray",
+            # The first actor stalls after two chunks: the stream can only go on elsewhere.
+            RUNNERS, runner_args=stall_after_two(tmp_path), device="cpu", isolation="ray",
             ray_options=nodes.ray_options(), on_event=events,
         ) as worker:  # fmt: skip
             first = worker.placement()

@@ -89,7 +89,7 @@ async def test_an_actor_killed_mid_batch_is_replaced_and_its_stream_goes_on(
 ) -> None:
     with trio.fail_after(60):
         async with ts.open_worker(
-            RUNNERS, ray_frames=frames, **args(tmp_path, "none", delay=0.05)
+            RUNNERS, ray_frames=frames, **args(tmp_path, "stall", after=2)
         ) as worker:  # fmt: skip
             first = actor_of(worker)
             stream = worker.generate(req("a", 20))

@@ -53,6 +53,10 @@ class OnceRunner(MockRunner):
                 yield chunk
                 count += 1
                 if count == self.after and _first_time(self.marker):
+                    if self.fault == "stall":
+                        # Nothing more from this incarnation, though it answers heartbeats: a
+                        # test that ends it mid-stream cannot lose the race to the stream's end.
+                        await trio.sleep_forever()
                     if self.fault == "hang":
                         # What it yielded has left (a Ray actor writes its frames from a task of
                         # its own) before it blocks the loop.
