@@ -161,8 +161,9 @@ def measure(sizes: Sizes) -> Measurements:
 
     started = not ray.is_initialized()
     if started:  # one local Ray for the whole run (a worker would start and stop its own)
-        ray.init(num_cpus=2, _node_ip_address="127.0.0.1", include_dashboard=False,
-                 log_to_driver=False, _system_config=LOCAL_SYSTEM_CONFIG)  # fmt: skip
+        ray.init(address="local", num_cpus=2, _node_ip_address="127.0.0.1",
+                 include_dashboard=False, log_to_driver=False,
+                 _system_config=LOCAL_SYSTEM_CONFIG)  # fmt: skip
     try:
         with quiet_library_logger():
             rows = _measure(sizes)

@@ -102,7 +102,10 @@ class SharedRuntime:
                     # A local Ray of our own: on loopback, no dashboard, nothing reachable
                     # from away; its workers (the actors) at the niceness of everything else,
                     # not Ray's 15, under which a busy machine starves them.
-                    ray.init(_node_ip_address="127.0.0.1", include_dashboard=False,
+                    # (A Ray already running on this machine is not joined: only an address
+                    # or RAY_ADDRESS says to.)
+                    ray.init(address="local", _node_ip_address="127.0.0.1",
+                             include_dashboard=False,
                              _system_config=LOCAL_SYSTEM_CONFIG)  # fmt: skip
                 else:
                     _join_cluster(ray, address)
