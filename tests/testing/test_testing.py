@@ -223,7 +223,9 @@ class BrokenWorker:
         ("splice", "same_text"),
     ],
 )
-async def test_the_checker_reports_broken_workers(how: str, invariant: str) -> None:
+async def test_the_checker_reports_broken_workers(
+    how: str, invariant: str, autojump_clock: Clock
+) -> None:
     runs = 0
 
     @contextlib.asynccontextmanager

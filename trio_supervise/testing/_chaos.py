@@ -42,8 +42,9 @@ from ._report import ChaosReport, latency_percentiles, tally_faults, tally_outco
 
 __all__ = ["run_chaos"]
 
-LEFTOVER_GRACE = 1.0
-"""Seconds the ``no_leftovers`` check waits for tasks that are about to end."""
+LEFTOVER_GRACE = 5.0
+"""Seconds the ``no_leftovers`` check waits for tasks that are about to end (it goes on as soon
+as they have: only a real leak waits this long)."""
 
 
 async def run_chaos(
