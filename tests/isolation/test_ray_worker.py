@@ -137,7 +137,7 @@ async def test_a_sticky_cuda_error_ends_the_actor_and_a_fresh_process_takes_over
 
 async def test_a_hang_is_hung_worker_and_the_actor_is_killed(tmp_path: Path) -> None:
     with trio.fail_after(60):
-        async with ts.open_worker(RUNNERS, hang_timeout=1.0, **args(tmp_path, "hang")) as worker:
+        async with ts.open_worker(RUNNERS, hang_timeout=3.0, **args(tmp_path, "hang")) as worker:
             first = actor_of(worker)
             kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))
             assert kind == "error" and isinstance(error, ts.HungWorker)
@@ -150,7 +150,7 @@ async def test_a_runner_that_blocks_its_loop_is_silent_and_replaced(tmp_path: Pa
     """No hang_timeout: the heartbeat, answered from the actor's Trio loop, finds it."""
     with trio.fail_after(60):
         async with ts.open_worker(
-            RUNNERS, heartbeat_timeout=2.0, **args(tmp_path, "hang")
+            RUNNERS, heartbeat_timeout=4.0, **args(tmp_path, "hang")
         ) as worker:  # fmt: skip
             first = actor_of(worker)
             kind, error = await outcome(worker.generate(req("a", 6, continuation="off")))

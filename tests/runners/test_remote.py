@@ -209,7 +209,7 @@ async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> 
                 await arrived.wait()  # the backend holds it without a byte
             # The consumer left: within a poll or two, the connection is closed, long before
             # read_timeout, and the backend stops.
-            with trio.fail_after(2):
+            with trio.fail_after(10):  # a sixth of read_timeout, for a loaded machine
                 await backend.disconnected.wait()
             assert worker.breaker_state is BreakerState.CLOSED  # not counted as a failure
             backend.default = "ok"
