@@ -21,7 +21,6 @@ from tests.support.remote_backend import (
     REMOTE,
     Backend,
     expected_text,
-    free_port,
     front_config,
     open_backend,
     remote_worker,
@@ -218,10 +217,9 @@ async def test_a_left_request_closes_its_stream_while_the_server_is_silent() -> 
 
 async def test_backend_down_then_back_is_served_without_a_restart() -> None:
     backend = Backend()
-    port = free_port()
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            running = await nursery.start(run_backend, backend, port)
+            running = await nursery.start(run_backend, backend, 0)
             args = {"breaker": {"failures": 100}, "connect_timeout": 1.0}
             async with remote_worker(running.url, **args) as worker:
                 await worker.generate(request("before")).collect()
@@ -229,7 +227,7 @@ async def test_backend_down_then_back_is_served_without_a_restart() -> None:
                 await running.stopped.wait()
                 with pytest.raises(NetworkError):
                     await worker.generate(request("during")).collect()
-                await nursery.start(run_backend, backend, port)
+                await nursery.start(run_backend, backend, running.port)  # back where it was
                 tokens, *_ = await worker.generate(request("after")).collect()
                 assert list(tokens) == expected_text(request("after"))
                 assert worker.generation == 1

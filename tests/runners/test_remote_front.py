@@ -7,6 +7,7 @@ backend is another ``serve``).
 from __future__ import annotations
 
 import json
+import socket
 
 import httpx
 import trio
@@ -17,7 +18,6 @@ from tests.support.remote_backend import (
     REMOTE,
     Backend,
     expected_text,
-    free_port,
     front_config,
     open_backend,
     run_backend,
@@ -64,10 +64,11 @@ async def test_http_statuses_through_the_front() -> None:
 
 async def test_a_front_started_before_its_backend_becomes_ready_after_it() -> None:
     backend = Backend()
-    port = free_port()
-    with trio.fail_after(30):
+    # Its port, bound but not listening: connections are refused until the backend takes it.
+    with trio.fail_after(30), socket.socket() as reserved:
+        reserved.bind(("127.0.0.1", 0))
         async with trio.open_nursery() as nursery:
-            cfg = front_config(f"http://127.0.0.1:{port}")
+            cfg = front_config(f"http://127.0.0.1:{reserved.getsockname()[1]}")
             handle: ServerHandle | None = None
             started = trio.Event()
 
@@ -80,7 +81,7 @@ async def test_a_front_started_before_its_backend_becomes_ready_after_it() -> No
                 nursery.start_soon(front)
                 await refused.wait()  # the front's load keeps trying: nothing listens yet
             assert handle is None
-            await nursery.start(run_backend, backend, port)
+            await nursery.start(run_backend, backend, reserved)
             await started.wait()
             assert handle is not None
             async with httpx.AsyncClient(base_url=handle.url) as client:

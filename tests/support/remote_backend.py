@@ -226,13 +226,6 @@ async def _event(send: Any, body: dict[str, Any]) -> None:
     await send({"type": "http.response.body", "body": data, "more_body": True})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @attrs.define(eq=False)
 class Running:
     backend: Backend
@@ -248,11 +241,20 @@ class Running:
 
 
 async def run_backend(
-    backend: Backend, port: int, *, task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED
+    backend: Backend,
+    port: int | socket.socket,
+    *,
+    task_status: trio.TaskStatus[Running] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``backend`` on ``port`` until the returned handle's scope is cancelled."""
+    """Serve ``backend`` on ``port`` until the returned handle's scope is cancelled: 0 is a free
+    port, bound at once; a socket bound already (not listening: connections to it are refused)
+    is taken over, so that nothing else can take its port meanwhile."""
     config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
+    if isinstance(port, socket.socket):
+        config.bind = [f"fd://{port.detach()}"]
+        port = 0
+    else:
+        config.bind = [f"127.0.0.1:{port}"]
     config.accesslog = None
     config.errorlog = None
     config.graceful_timeout = 0.1
@@ -268,7 +270,8 @@ async def run_backend(
     try:
         with scope:
             async with trio.open_nursery() as nursery:
-                await nursery.start(started)
+                (bound,) = await nursery.start(started)  # "http://127.0.0.1:PORT"
+                running.port = int(bound.rsplit(":", 1)[1])
                 task_status.started(running)
     finally:
         running.stopped.set()
@@ -277,9 +280,7 @@ async def run_backend(
 @asynccontextmanager
 async def open_backend(backend: Backend | None = None, port: int = 0) -> AsyncIterator[Running]:
     async with trio.open_nursery() as nursery:
-        running: Running = await nursery.start(
-            run_backend, backend or Backend(), port or free_port()
-        )
+        running: Running = await nursery.start(run_backend, backend or Backend(), port)
         yield running
         nursery.cancel_scope.cancel()
 
