@@ -1,5 +1,7 @@
 import io
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,40 @@ def test_config_alone_says_what_it_takes_and_serve_help_says_what_it_does(
     with pytest.raises(SystemExit):
         main(["demo", "--help"])
     assert "where each replica's runner lives" in capsys.readouterr().out
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """``serve`` configures the root logger: put it back after the test."""
+    root, access = logging.getLogger(), logging.getLogger("trio_supervise.access")
+    handlers, level, access_level = list(root.handlers), root.level, access.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    access.setLevel(access_level)
+
+
+def test_serve_log_flags_reach_the_logging_set_up(
+    tmp_path: Path, restore_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Set up before the config is read (a bad config is reported, exit 2, the flags hold)."""
+    from trio_supervise.serve._logs import JsonFormatter
+
+    def ours() -> logging.Handler:
+        (handler,) = [h for h in logging.getLogger().handlers if h.get_name() == "trio_supervise"]
+        return handler
+
+    missing = str(tmp_path / "missing.toml")
+    assert main(["serve", missing]) == 2
+    assert type(ours().formatter) is logging.Formatter
+    assert logging.getLogger().level == logging.INFO
+    assert logging.getLogger("trio_supervise.access").isEnabledFor(logging.INFO)
+    flags = ["--log-json", "--log-level", "warning", "--no-access-log"]
+    assert main(["serve", missing, *flags]) == 2
+    assert isinstance(ours().formatter, JsonFormatter)  # and the first handler replaced
+    assert logging.getLogger().level == logging.WARNING
+    assert not logging.getLogger("trio_supervise.access").isEnabledFor(logging.CRITICAL)
+    assert "missing.toml" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["serve", missing, "--log-level", "loud"])
+    assert "invalid choice: 'loud'" in capsys.readouterr().err
