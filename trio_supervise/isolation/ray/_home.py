@@ -390,16 +390,17 @@ class RayHome:
         assert actor is not None
         if actor.dead is not None:
             raise actor.dead
+        if not isinstance(message, frames.Execute | frames.Cancel | frames.Rebuild):
+            return  # Stop: the actor is stopped by RayActors.retire, after the tier is torn down
         stream = self._stream
-        if stream is not None:  # every frame the actor is sent goes on the frame connection
-            if isinstance(message, frames.Execute | frames.Cancel | frames.Rebuild):
-                try:
-                    async with self._send_lock:
-                        await stream.send_all(codec.encode(message))
-                except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-                    raise actor.dead or ChildDied(
-                        f"the frame connection to the Ray actor of {actor.name!r} broke: {exc}"
-                    ) from exc
+        if stream is not None:  # on the frame connection
+            try:
+                async with self._send_lock:
+                    await stream.send_all(codec.encode(message))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise actor.dead or ChildDied(
+                    f"the frame connection to the Ray actor of {actor.name!r} broke: {exc}"
+                ) from exc
             return
         handle, bridge = actor.handle, self.actors.bridge
         if isinstance(message, frames.Execute):
@@ -413,7 +414,6 @@ class RayHome:
         elif isinstance(message, frames.Rebuild):
             bridge.then(handle.rebuild.remote(message.token, message.cause), self._on_frames,
                         self._on_lost)  # fmt: skip
-        # Stop: the actor is stopped by RayActors.retire, after the runner's tier is torn down.
 
     async def send_quietly(self, message: Any) -> None:
         """Send, ignoring an actor that is gone already."""
